@@ -1,0 +1,454 @@
+"""The ledger: one SQLite row per drop and a history of its transitions.
+
+The engine is the only writer; the CLI reads while it writes (WAL mode). The schema is the
+SQLModel tables below, built by named migrations that run in a transaction each and are
+recorded in ``schema_migrations``. Writes go through :meth:`Ledger.batch`, one
+transaction per batch, so a burst of events costs one commit, not one per event.
+
+::
+
+    ledger = Ledger.open("sqlite:////var/lib/ingest/ingest.db")
+    with ledger.batch() as tx:
+        drop_id = tx.add(rule="news", watch="/mnt/news", path="a.mxf", kind="file")
+        tx.transition(drop_id, State.SUBMITTING, "intent", object_name="a")
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlmodel import Field, SQLModel
+
+from .errors import LedgerError
+
+__all__ = [
+    "ACTIVE_STATES",
+    "FINAL_STATES",
+    "MIGRATIONS",
+    "Batch",
+    "DropRow",
+    "Ledger",
+    "State",
+    "TransitionRow",
+    "WatcherRow",
+    "dumps_body",
+    "sqlite_path",
+]
+
+
+class State(enum.StrEnum):
+    """A drop's state in the ledger."""
+
+    DETECTED = "DETECTED"  # seen, settling
+    SUBMITTING = "SUBMITTING"  # intent committed; the archive call may or may not have reached DIVA
+    SUBMITTED = "SUBMITTED"  # DIVA gave a request id
+    RUNNING = "RUNNING"  # DIVA is working on it
+    RETRY_WAIT = "RETRY_WAIT"  # a transient failure; another attempt at next_attempt_at
+    COMPLETED = "COMPLETED"  # archived
+    FAILED = "FAILED"  # DIVA aborted it, or attempts ran out
+    REJECTED = "REJECTED"  # DIVA refused it for good (bad media, object exists...)
+    SKIPPED = "SKIPPED"  # not archived on purpose (on_conflict=skip, vanished before settling)
+
+
+ACTIVE_STATES = frozenset(
+    {State.DETECTED, State.SUBMITTING, State.SUBMITTED, State.RUNNING, State.RETRY_WAIT}
+)
+FINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.REJECTED, State.SKIPPED})
+
+
+class DropRow(SQLModel, table=True):
+    """One drop: a file (file mode) or a top-level folder (folder mode)."""
+
+    __tablename__ = "drops"
+
+    id: int | None = Field(default=None, primary_key=True)
+    rule: str
+    watch: str  # the watch folder, absolute
+    path: str  # relative to ``watch``, '/'-separated
+    kind: str = "file"  # file | folder
+    state: str = State.DETECTED
+    object_name: str | None = None
+    collection: str | None = None
+    media: str | None = None
+    qos: int | None = None
+    priority: int | None = None
+    diva_state: str | None = None
+    progress: int | None = None
+    request_id: int | None = None
+    status_code: int | None = None
+    status_name: str | None = None
+    abort_reason: str | None = None
+    attempts: int = 0
+    source_deleted: bool | None = None
+    size: int | None = None  # bytes (a folder: all its members)
+    mtime_ns: int | None = None  # newest mtime of the drop, ns since the epoch
+    file_count: int | None = None
+    body: str | None = None  # the archive request body, JSON
+    error: str | None = None
+    detected_at: float = 0.0  # epoch seconds, UTC
+    settled_at: float | None = None
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    next_attempt_at: float | None = None
+    updated_at: float = 0.0
+
+
+class TransitionRow(SQLModel, table=True):
+    """One step in a drop's history."""
+
+    __tablename__ = "transitions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    drop_id: int
+    at: float
+    from_state: str | None = None
+    to_state: str
+    detail: str = ""
+
+
+class WatcherRow(SQLModel, table=True):
+    """The health of one watch folder, as the engine last saw it (for ``ingest status``)."""
+
+    __tablename__ = "watchers"
+
+    watch: str = Field(primary_key=True)
+    observer: str  # native | polling
+    health: str  # ok | paused | down
+    detail: str = ""
+    last_scan_at: float | None = None
+    updated_at: float = 0.0
+
+
+class MigrationRow(SQLModel, table=True):
+    __tablename__ = "schema_migrations"
+
+    name: str = Field(primary_key=True)
+    applied_at: float
+
+
+_INITIAL = """
+CREATE TABLE drops (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL,
+    watch TEXT NOT NULL,
+    path TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'file',
+    state TEXT NOT NULL,
+    object_name TEXT, collection TEXT, media TEXT, qos INTEGER, priority INTEGER,
+    diva_state TEXT, progress INTEGER, request_id INTEGER,
+    status_code INTEGER, status_name TEXT, abort_reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    source_deleted BOOLEAN,
+    size INTEGER, mtime_ns INTEGER, file_count INTEGER,
+    body TEXT, error TEXT,
+    detected_at REAL NOT NULL, settled_at REAL, submitted_at REAL, finished_at REAL,
+    next_attempt_at REAL, updated_at REAL NOT NULL
+);
+CREATE INDEX ix_drops_state_id ON drops (state, id);
+CREATE INDEX ix_drops_state_rule ON drops (state, rule);
+CREATE INDEX ix_drops_watch_path ON drops (watch, path);
+CREATE INDEX ix_drops_rule_id ON drops (rule, id);
+CREATE INDEX ix_drops_object ON drops (object_name, collection);
+CREATE INDEX ix_drops_detected ON drops (detected_at);
+CREATE INDEX ix_drops_finished ON drops (finished_at);
+CREATE TABLE transitions (
+    id INTEGER PRIMARY KEY,
+    drop_id INTEGER NOT NULL REFERENCES drops (id),
+    at REAL NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX ix_transitions_drop ON transitions (drop_id, id);
+CREATE TABLE watchers (
+    watch TEXT PRIMARY KEY,
+    observer TEXT NOT NULL,
+    health TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    last_scan_at REAL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+def _run_script(script: str) -> Callable[[Connection], None]:
+    def apply(conn: Connection) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+
+    return apply
+
+
+#: Named schema migrations, applied in order, each in its own transaction.
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("0001_initial", _run_script(_INITIAL)),
+]
+
+_DROPS = DropRow.__table__  # type: ignore[attr-defined]
+_TRANSITIONS = TransitionRow.__table__  # type: ignore[attr-defined]
+_WATCHERS = WatcherRow.__table__  # type: ignore[attr-defined]
+_MIGRATIONS = MigrationRow.__table__  # type: ignore[attr-defined]
+_COLUMNS = frozenset(c.name for c in _DROPS.columns)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` URL, or None for an in-memory database.
+
+    >>> sqlite_path("sqlite:////var/lib/ingest/ingest.db")
+    PosixPath('/var/lib/ingest/ingest.db')
+    """
+    if not url.startswith("sqlite:///"):
+        raise LedgerError(f"the ledger must be SQLite (sqlite:///PATH), not {url!r}")
+    raw = url.removeprefix("sqlite:///")
+    if raw in ("", ":memory:"):
+        return None
+    return Path(raw)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The writes of one transaction; get one from :meth:`Ledger.batch`."""
+
+    conn: Connection
+    now: float
+
+    def add(self, *, detail: str = "detected", **fields: Any) -> int:
+        """Insert a drop (state DETECTED unless given) and its first transition; returns its id."""
+        _check_fields(fields)
+        fields.setdefault("state", State.DETECTED)
+        fields.setdefault("detected_at", self.now)
+        fields["updated_at"] = self.now
+        result = self.conn.execute(insert(_DROPS).values(**fields))
+        drop_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
+        if not isinstance(drop_id, int):
+            raise LedgerError("the ledger did not give the new drop an id")
+        self.conn.execute(
+            insert(_TRANSITIONS).values(
+                drop_id=drop_id, at=self.now, from_state=None, to_state=fields["state"],
+                detail=detail,
+            )
+        )  # fmt: skip
+        return drop_id
+
+    def transition(
+        self, drop_id: int, from_state: str | None, to_state: str, detail: str, **fields: Any
+    ) -> None:
+        """Move a drop to ``to_state``, update ``fields``, and record the step."""
+        _check_fields(fields)
+        fields["state"] = to_state
+        fields["updated_at"] = self.now
+        self.conn.execute(update(_DROPS).where(_DROPS.c.id == drop_id).values(**fields))
+        self.conn.execute(
+            insert(_TRANSITIONS).values(
+                drop_id=drop_id, at=self.now, from_state=from_state, to_state=to_state,
+                detail=detail,
+            )
+        )  # fmt: skip
+
+    def update(self, drop_id: int, **fields: Any) -> None:
+        """Change fields without a transition (progress, DIVA's state while running)."""
+        _check_fields(fields)
+        fields["updated_at"] = self.now
+        self.conn.execute(update(_DROPS).where(_DROPS.c.id == drop_id).values(**fields))
+
+    def watcher(self, watch: str, observer: str, health: str, detail: str = "", **kw: Any) -> None:
+        """Record a watch folder's health (upsert)."""
+        row: dict[str, Any] = {"watch": watch, "observer": observer, "health": health}
+        row["detail"] = detail
+        row["updated_at"] = self.now
+        row.update(kw)
+        self.conn.exec_driver_sql(
+            "INSERT INTO watchers (watch, observer, health, detail, last_scan_at, updated_at) "
+            "VALUES (:watch, :observer, :health, :detail, :last_scan_at, :updated_at) "
+            "ON CONFLICT (watch) DO UPDATE SET observer = excluded.observer, "
+            "health = excluded.health, detail = excluded.detail, "
+            "last_scan_at = COALESCE(excluded.last_scan_at, watchers.last_scan_at), "
+            "updated_at = excluded.updated_at",
+            {"last_scan_at": None, **row},
+        )
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    unknown = set(fields) - _COLUMNS
+    if unknown:
+        raise LedgerError(f"unknown ledger fields: {', '.join(sorted(unknown))}")
+
+
+class Ledger:
+    """The SQLite ledger: open it with :meth:`open`, write with :meth:`batch`."""
+
+    def __init__(self, engine: Engine, path: Path | None) -> None:
+        self.engine = engine
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path) if self.path else ':memory:'!r})"
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Ledger:
+        """Open (creating if needed, readable only by its owner) and migrate the ledger."""
+        path = sqlite_path(url)
+        if path is not None:
+            _create_private(path)
+        engine = create_engine(url if path is None else f"sqlite:///{path}")
+        event.listen(engine, "connect", _on_connect)
+        ledger = cls(engine, path)
+        try:
+            if migrate:
+                ledger.migrate()
+            else:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:
+            engine.dispose()
+            raise _ledger_error(exc, path) from exc
+        return ledger
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations not yet applied; returns their names."""
+        applied: list[str] = []
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+        for name, apply in MIGRATIONS:
+            with self.engine.begin() as conn:
+                done = conn.execute(select(_MIGRATIONS.c.name).where(_MIGRATIONS.c.name == name))
+                if done.first() is not None:
+                    continue
+                apply(conn)
+                conn.execute(insert(_MIGRATIONS).values(name=name, applied_at=time.time()))
+                applied.append(name)
+        return applied
+
+    def pending_migrations(self) -> list[str]:
+        """Migrations this version knows that the ledger has not had (for ``doctor``)."""
+        with self.engine.connect() as conn:
+            done = {r[0] for r in conn.exec_driver_sql("SELECT name FROM schema_migrations")}
+        return [name for name, _ in MIGRATIONS if name not in done]
+
+    @contextmanager
+    def batch(self, now: float | None = None) -> Iterator[Batch]:
+        """One transaction: everything written inside commits together, or not at all."""
+        try:
+            with self.engine.begin() as conn:
+                yield Batch(conn, time.time() if now is None else now)
+        except LedgerError:
+            raise
+        except Exception as exc:
+            if _is_db_error(exc):
+                raise _ledger_error(exc, self.path) from exc
+            raise
+
+    # -- reads -----------------------------------------------------------------------
+
+    def get(self, drop_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(_DROPS).where(_DROPS.c.id == drop_id)).mappings().first()
+        return dict(row) if row else None
+
+    def rows(self, *states: str) -> list[dict[str, Any]]:
+        """Every drop in one of ``states`` (all drops when none is given)."""
+        query = select(_DROPS).order_by(_DROPS.c.id)
+        if states:
+            query = query.where(_DROPS.c.state.in_([str(s) for s in states]))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def latest_by_path(self, watch: str) -> dict[str, tuple[int, str, int | None, int | None]]:
+        """The newest drop of each path under ``watch``: path -> (id, state, size, mtime_ns).
+
+        What a rescan compares the filesystem with; tuples, not rows, to stay small for
+        hundreds of thousands of files.
+        """
+        found: dict[str, tuple[int, str, int | None, int | None]] = {}
+        with self.engine.connect() as conn:
+            result = conn.exec_driver_sql(
+                "SELECT path, id, state, size, mtime_ns FROM drops WHERE watch = ? ORDER BY id",
+                (watch,),
+            )
+            for path, drop_id, state, size, mtime_ns in result:
+                found[path] = (drop_id, state, size, mtime_ns)
+        return found
+
+    def history(self, drop_id: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            query = (
+                select(_TRANSITIONS)
+                .where(_TRANSITIONS.c.drop_id == drop_id)
+                .order_by(_TRANSITIONS.c.id)
+            )
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def watchers(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(_WATCHERS)).mappings()]
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            result = conn.exec_driver_sql("SELECT state, count(*) FROM drops GROUP BY state")
+            return {state: n for state, n in result}
+
+
+def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+    cursor = dbapi_conn.cursor()
+    # WAL lets the CLI read while the daemon writes; FULL makes a committed intent survive
+    # a power cut, which is what stops a second archive of the same drop.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _create_private(path: Path) -> None:
+    """Create the ledger's folder (0700) and file (0600) when they do not exist yet."""
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+            os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise LedgerError(f"cannot create the ledger {path}: {exc.strerror}") from exc
+
+
+def _is_db_error(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    return isinstance(exc, OperationalError | DBAPIError | sqlite3.Error)
+
+
+def _ledger_error(exc: BaseException, path: Path | None) -> LedgerError:
+    reason = str(getattr(exc, "orig", exc)) or type(exc).__name__
+    where = str(path) if path else "the in-memory ledger"
+    hint = ""
+    if "readonly" in reason or "read-only" in reason:
+        hint = ": the ledger or its folder is read-only for this user"
+    elif "disk" in reason and "full" in reason:
+        hint = ": the disk is full"
+    elif "locked" in reason:
+        hint = ": another process holds a write lock too long"
+    return LedgerError(f"ledger {where}: {reason}{hint}")
+
+
+def dumps_body(body: Mapping[str, Any]) -> str:
+    """The archive body as stored in the ledger: compact, stable key order."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,83 @@
+"""Settling: the timer heap decides when a drop is complete, with explicit clocks."""
+
+from __future__ import annotations
+
+from ingest.settle import Settler
+
+
+def test_stable_drop_is_complete_after_its_window() -> None:
+    s = Settler()
+    s.observe("a", (10, 1, 1), settle=5.0, now=100.0)
+    assert s.due(now=104.9) == []
+    assert s.due(now=105.0) == ["a"]
+    assert s.check("a", (10, 1, 1), now=105.0) is True
+    assert "a" not in s and len(s) == 0
+
+
+def test_a_growing_file_is_never_complete() -> None:
+    s = Settler()
+    s.observe("a", (1, 1, 1), settle=5.0, now=0.0)
+    size = 1
+    now = 0.0
+    for _ in range(50):
+        now += 5.0
+        assert s.due(now=now) == ["a"]
+        size += 1  # grew by a byte since the last look: however slow, it is not done
+        assert s.check("a", (size, size, 1), now=now) is False
+    assert s.due(now=now + 4.9) == []
+    assert s.due(now=now + 5.0) == ["a"]
+    assert s.check("a", (size, size, 1), now=now + 5.0) is True
+
+
+def test_events_restart_the_window_without_growing_the_heap() -> None:
+    s = Settler()
+    s.observe("a", (1, 1, 1), settle=5.0, now=0.0)
+    for i in range(10_000):
+        s.touch("a", settle=5.0, now=i * 0.0004)  # a burst of write events within 4 s
+    assert len(s._heap) == 1
+    assert s.due(now=5.0) == []  # the last event was at ~4 s: the window runs to ~9 s
+    assert s.due(now=8.9) == []
+    assert s.due(now=9.0) == ["a"]
+
+
+def test_a_touch_creates_an_entry_that_must_be_read_before_it_counts() -> None:
+    s = Settler()
+    s.touch("new", settle=2.0, now=0.0)
+    assert s.due(now=2.0) == ["new"]
+    # The first read has nothing to compare with: it starts a window, it does not end one.
+    assert s.check("new", (5, 5, 1), now=2.0) is False
+    assert s.due(now=4.0) == ["new"]
+    assert s.check("new", (5, 5, 1), now=4.0) is True
+
+
+def test_a_scan_that_sees_a_change_restarts_the_window() -> None:
+    s = Settler()
+    s.observe("f", (100, 1, 10), settle=3.0, now=0.0)
+    s.observe("f", (100, 1, 11), settle=3.0, now=2.0)  # one more file in the folder
+    assert s.due(now=3.0) == []
+    assert s.due(now=5.0) == ["f"]
+    assert s.check("f", (100, 1, 11), now=5.0) is True
+
+
+def test_vanished_and_forgotten_drops_are_dropped() -> None:
+    s = Settler()
+    s.observe("a", (1, 1, 1), settle=1.0, now=0.0)
+    s.observe("b", (1, 1, 1), settle=1.0, now=0.0)
+    s.forget("a")
+    assert s.due(now=1.0) == ["b"]
+    assert s.check("b", None, now=1.0) is False
+    assert len(s) == 0
+    assert s.next_deadline() is None
+
+
+def test_many_drops_come_due_in_deadline_order() -> None:
+    s = Settler()
+    for i in range(20_000):
+        s.observe(i, (i, i, 1), settle=float(i % 7), now=0.0)
+    assert s.next_deadline() == 0.0
+    seen = []
+    for t in range(7):
+        seen.extend(s.due(now=float(t)))
+    assert sorted(seen) == list(range(20_000))
+    assert all(i % 7 <= 6 for i in seen)
+    assert seen.index(7) < seen.index(1)  # settle 0 comes before settle 1
