@@ -24,6 +24,8 @@ __all__ = ["LAZY_COMMANDS", "cli", "configure_logging", "main"]
 #: command name -> "module:attribute"; modules are imported on first use.
 LAZY_COMMANDS: dict[str, str] = {
     "emulator": "ingest.commands.emulator:emulator",
+    "rules": "ingest.commands.rules:rules",
+    "run": "ingest.commands.run:run",
 }
 
 
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
     """Run the CLI and turn every :class:`IngestError` into one stderr line and its exit code."""
     run: Callable[..., Any] = cli.main
     try:
-        run(args=argv, prog_name=prog_name or "ingest", standalone_mode=False)
+        # Outside standalone mode click returns ctx.exit(n)'s code instead of exiting.
+        result = run(args=argv, prog_name=prog_name or "ingest", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -128,4 +131,4 @@ def main(argv: list[str] | None = None, prog_name: str | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    sys.exit(0)
+    sys.exit(result if isinstance(result, int) else 0)

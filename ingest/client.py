@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import httpx
 
+from . import defaults
 from .errors import (
     DivaAccessDenied,
     DivaAuthError,
@@ -267,7 +268,7 @@ class DivaClient:
         manager_url: str | None = None,
         auth_scheme: AuthScheme = "raw",
         verify: bool | str = True,
-        timeout: float = 30.0,
+        timeout: float = defaults.DIVA_TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         base = url.rstrip("/")

@@ -1,0 +1,406 @@
+"""The service config, ``ingest.toml``: how to reach DIVA, where the ledger and rules are.
+
+Found by :func:`find_config` (``--config`` flag, then env ``INGEST_CONFIG``, then
+``./ingest.toml``), loaded and checked by :func:`load_config`: every problem at once,
+each naming file, line, section and key, raised as one :class:`~ingest.errors.ConfigError`.
+Relative paths in the file (ledger, rules, CA bundle) are relative to the file's folder.
+
+The DIVA password is never stored: :meth:`DivaConfig.password` reads it from the
+environment or the password file each time it is asked for, so it cannot leak through a
+repr, a log line or an exception.
+
+>>> # doctest: +SKIP
+>>> config = load_config(find_config(None))
+>>> config.diva.manager_url
+'https://diva.example:8765/manager'
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import defaults
+from .errors import ConfigError
+from .tomlcheck import Field, Problem, TableLines, check_table, did_you_mean, parse_toml
+
+__all__ = [
+    "DivaConfig",
+    "EngineConfig",
+    "LedgerConfig",
+    "RulesConfig",
+    "ServiceConfig",
+    "find_config",
+    "load_config",
+]
+
+log = logging.getLogger("ingest.config")
+
+
+@dataclass(frozen=True)
+class DivaConfig:
+    """``[diva]``: the gateway, the credentials (by reference), TLS and pacing."""
+
+    url: str
+    username: str
+    data_url: str
+    manager_url: str
+    password_env: str | None = None
+    password_file: Path | None = None
+    auth_scheme: Literal["raw", "bearer"] = "raw"
+    #: True / False, or the CA bundle to verify DIVA's certificate with
+    verify: bool | Path = True
+    timeout_seconds: float = defaults.DIVA_TIMEOUT_SECONDS
+    poll_seconds: float = defaults.DIVA_POLL_SECONDS
+    max_in_flight: int = defaults.DIVA_MAX_IN_FLIGHT
+    max_attempts: int = defaults.DIVA_MAX_ATTEMPTS
+
+    def password(self) -> str:
+        """The DIVA password, read now from the env var or the owner-only password file.
+
+        Raises :class:`ConfigError` (naming the variable or file, never the password)
+        when it cannot be had.
+        """
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"[diva] password_env: the environment variable {self.password_env} is not set"
+                )
+            return value
+        if self.password_file is None:  # pragma: no cover - the loader requires one of them
+            raise ConfigError("[diva]: no password_env or password_file")
+        problem = _password_file_problem(self.password_file, must_exist=True)
+        if problem:
+            raise ConfigError(f"[diva] password_file: {problem}")
+        try:
+            text = self.password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"[diva] password_file: cannot read {self.password_file}: {type(exc).__name__}"
+            ) from None
+        # An editor's trailing newline is not part of the password.
+        return text.rstrip("\r\n")
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    """``[ledger]``: the SQLite ledger (``url`` with its path made absolute)."""
+
+    url: str = defaults.LEDGER_URL
+
+    @property
+    def path(self) -> Path | None:
+        """The ledger file, or None for an in-memory ledger."""
+        rest = self.url.removeprefix("sqlite:///")
+        return None if rest == ":memory:" else Path(rest)
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """``[rules]``: rule files or folders, absolute."""
+
+    paths: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """``[engine]``: the engine's pacing."""
+
+    rescan_seconds: float = defaults.ENGINE_RESCAN_SECONDS
+    reload_seconds: float = defaults.ENGINE_RELOAD_SECONDS
+    watch_poll_seconds: float = defaults.ENGINE_WATCH_POLL_SECONDS
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The whole service config. ``path`` is None when no file was found (all defaults)."""
+
+    path: Path | None
+    base_dir: Path
+    diva: DivaConfig | None
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    warnings: tuple[Problem, ...] = ()
+
+    def require_diva(self) -> DivaConfig:
+        """``[diva]``, or :class:`ConfigError` saying it is missing (for talking to DIVA)."""
+        if self.diva is None:
+            where = self.path if self.path is not None else "the service config"
+            raise ConfigError(f"{where}: no [diva] section: DIVA's url and username are needed")
+        return self.diva
+
+
+def find_config(flag: str | Path | None, *, required: bool = False) -> Path | None:
+    """The config file: the ``--config`` flag, else env ``INGEST_CONFIG``, else ``./ingest.toml``.
+
+    A file named by the flag or the env var must exist (:class:`ConfigError`); the
+    implicit ``./ingest.toml`` may be absent (None), unless ``required``.
+    """
+    env = os.environ.get(defaults.CONFIG_ENV)
+    for given, origin in ((flag, "--config"), (env, defaults.CONFIG_ENV)):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                what = "does not exist" if not path.exists() else "is not a file"
+                raise ConfigError(f"config file {what} (from {origin})", path=str(path))
+            return path
+    path = Path(defaults.CONFIG_FILE_NAME)
+    if path.is_file():
+        return path
+    if required:
+        raise ConfigError(
+            f"no service config: give --config PATH, set {defaults.CONFIG_ENV}, "
+            f"or create ./{defaults.CONFIG_FILE_NAME}"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# checks
+
+
+def _positive(value: float) -> str | None:
+    return None if math.isfinite(value) and value > 0 else f"must be > 0, got {value}"
+
+
+def _at_least(minimum: int) -> Any:
+    def check(value: int) -> str | None:
+        return None if value >= minimum else f"must be >= {minimum}, got {value}"
+
+    return check
+
+
+def _poll(value: float) -> str | None:
+    if math.isfinite(value) and value >= defaults.DIVA_POLL_SECONDS_MIN:
+        return None
+    return f"must be >= {defaults.DIVA_POLL_SECONDS_MIN:g}, got {value}"
+
+
+def _url(value: str) -> str | None:
+    if value.startswith(("http://", "https://")) and len(value) > len("https://"):
+        return None
+    return f"must be an http:// or https:// URL, got {value!r}"
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _scheme(value: str) -> str | None:
+    if value in ("raw", "bearer"):
+        return None
+    return f"must be 'raw' or 'bearer', got {value!r}" + did_you_mean(value, ["raw", "bearer"])
+
+
+def _ledger_url(value: str) -> str | None:
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return None
+    return f"must be sqlite:///PATH (e.g. {defaults.LEDGER_URL!r}), got {value!r}"
+
+
+SECTIONS: dict[str, dict[str, Field]] = {
+    "diva": {
+        f.name: f
+        for f in [
+            Field("url", "str", check=_url),
+            Field("data_url", "str", None, check=_url),
+            Field("manager_url", "str", None, check=_url),
+            Field("username", "str", check=_non_empty),
+            Field("password_env", "str", None, check=_non_empty),
+            Field("password_file", "str", None, check=_non_empty),
+            Field("auth_scheme", "str", defaults.DIVA_AUTH_SCHEME, check=_scheme),
+            Field("verify", "bool_or_str", defaults.DIVA_VERIFY),
+            Field("timeout_seconds", "number", defaults.DIVA_TIMEOUT_SECONDS, check=_positive),
+            Field("poll_seconds", "number", defaults.DIVA_POLL_SECONDS, check=_poll),
+            Field("max_in_flight", "int", defaults.DIVA_MAX_IN_FLIGHT, check=_at_least(1)),
+            Field("max_attempts", "int", defaults.DIVA_MAX_ATTEMPTS, check=_at_least(1)),
+        ]
+    },
+    "ledger": {"url": Field("url", "str", defaults.LEDGER_URL, check=_ledger_url)},
+    "rules": {"paths": Field("paths", "str_list", defaults.RULES_PATHS)},
+    "engine": {
+        f.name: f
+        for f in [
+            Field("rescan_seconds", "number", defaults.ENGINE_RESCAN_SECONDS, check=_positive),
+            Field("reload_seconds", "number", defaults.ENGINE_RELOAD_SECONDS, check=_positive),
+            Field(
+                "watch_poll_seconds", "number", defaults.ENGINE_WATCH_POLL_SECONDS, check=_positive
+            ),
+        ]
+    },
+}
+
+
+def _password_file_problem(path: Path, *, must_exist: bool) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"{path} does not exist" if must_exist else None
+    except OSError as exc:
+        return f"cannot read {path}: {type(exc).__name__}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a file"
+    if st.st_mode & 0o077:
+        return (
+            f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"it must be readable only by its owner: chmod 600 {path}"
+        )
+    return None
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
+
+
+def load_config(path: Path | str | None) -> ServiceConfig:
+    """Load and check the service config at ``path`` (None: every default, no ``[diva]``).
+
+    Raises :class:`ConfigError` naming the file and listing every problem. Warnings (a
+    poll interval below the guide's 10 s, TLS verification off) are logged and kept in
+    ``warnings``.
+    """
+    if path is None:
+        base = Path.cwd()
+        paths = tuple(_resolve(base, p) for p in defaults.RULES_PATHS)
+        return ServiceConfig(None, base, None, rules=RulesConfig(paths))
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=str(path)) from None
+    base = Path(os.path.abspath(path)).parent
+    doc, syntax = parse_toml(path, text)
+    if doc is None:
+        assert syntax is not None
+        raise ConfigError(str(syntax))
+    lines = TableLines(text)
+    headers = {name: next(iter(lines.headers(rf"^\s*\[\s*{name}\s*\]")), None) for name in doc}
+
+    def line_of(section: str, key: str | None) -> int | None:
+        header = headers.get(section)
+        if header is None:
+            return None
+        return lines.key_line(header, key) if key else header + 1
+
+    problems: list[Problem] = []
+    values: dict[str, dict[str, Any]] = {}
+    for name, table in doc.items():
+        if name not in SECTIONS or not isinstance(table, dict):
+            line = line_of(name, None) or lines.key_line(None, name)
+            message = (
+                f"unknown section{did_you_mean(name, list(SECTIONS))}"
+                if name not in SECTIONS
+                else f"must be a section: write [{name}] above its keys"
+            )
+            problems.append(Problem(message, path, line, section=name))
+            continue
+
+        def report(key: str | None, message: str, section: str = name) -> None:
+            problems.append(Problem(message, path, line_of(section, key), section=section, key=key))
+
+        values[name] = check_table(table, SECTIONS[name], report)
+    for name in SECTIONS:
+        if name not in doc:
+            values[name] = check_table({}, SECTIONS[name], lambda key, message: None)
+    warnings: list[Problem] = []
+    diva = _diva(values.get("diva", {}), "diva" in doc, base, path, line_of, problems, warnings)
+    ledger_url = values.get("ledger", {}).get("url", defaults.LEDGER_URL)
+    rest = ledger_url.removeprefix("sqlite:///")
+    if rest != ":memory:":
+        ledger_url = "sqlite:///" + str(_resolve(base, rest))
+    given_paths = values.get("rules", {}).get("paths", defaults.RULES_PATHS)
+    rule_paths = tuple(_resolve(base, p) for p in given_paths)
+    engine = values.get("engine", {})
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        count = len(errors)
+        head = f"{count} problem{'s' if count != 1 else ''} in the service config"
+        raise ConfigError(head + ":\n  " + "\n  ".join(str(p) for p in errors))
+    for warning in warnings:
+        log.warning("%s", warning)
+    return ServiceConfig(
+        path=path,
+        base_dir=base,
+        diva=diva,
+        ledger=LedgerConfig(ledger_url),
+        rules=RulesConfig(rule_paths),
+        engine=EngineConfig(
+            rescan_seconds=engine.get("rescan_seconds", defaults.ENGINE_RESCAN_SECONDS),
+            reload_seconds=engine.get("reload_seconds", defaults.ENGINE_RELOAD_SECONDS),
+            watch_poll_seconds=engine.get("watch_poll_seconds", defaults.ENGINE_WATCH_POLL_SECONDS),
+        ),
+        warnings=tuple(warnings),
+    )
+
+
+def _diva(
+    values: Mapping[str, Any],
+    present: bool,
+    base: Path,
+    path: Path,
+    line_of: Callable[[str, str | None], int | None],
+    problems: list[Problem],
+    warnings: list[Problem],
+) -> DivaConfig | None:
+    if not present:
+        return None
+
+    def problem(key: str, message: str, severity: Literal["error", "warning"] = "error") -> None:
+        target = problems if severity == "error" else warnings
+        line = line_of("diva", key)
+        target.append(Problem(message, path, line, section="diva", key=key, severity=severity))
+
+    env, file = values.get("password_env"), values.get("password_file")
+    password_file: Path | None = None
+    if env is not None and file is not None:
+        problem("password_file", "give password_env or password_file, not both")
+    elif env is None and file is None and "username" in values:
+        problem("password_env", "missing: give password_env (a variable name) or password_file")
+    elif file is not None:
+        password_file = _resolve(base, file)
+        message = _password_file_problem(password_file, must_exist=False)
+        if message:
+            problem("password_file", message)
+    verify: bool | Path = values.get("verify", True)
+    if isinstance(verify, str):
+        verify = _resolve(base, verify)
+        if not verify.is_file():
+            problem("verify", f"the CA bundle {str(verify)!r} does not exist")
+    elif verify is False:
+        problem("verify", "TLS verification is off: DIVA's identity is not checked", "warning")
+    poll = values.get("poll_seconds", defaults.DIVA_POLL_SECONDS)
+    if poll < defaults.DIVA_POLL_SECONDS_ADVISED_MIN:
+        problem(
+            "poll_seconds",
+            f"{poll:g} s is below the API guide's advice of polling no more often than "
+            f"every {defaults.DIVA_POLL_SECONDS_ADVISED_MIN:g} s",
+            "warning",
+        )
+    if any(p.section == "diva" and p.severity == "error" for p in problems):
+        return None
+    if "url" not in values or "username" not in values:
+        return None
+    url = values["url"].rstrip("/")
+    return DivaConfig(
+        url=url,
+        username=values["username"],
+        data_url=(values.get("data_url") or url + defaults.DIVA_DATA_PATH).rstrip("/"),
+        manager_url=(values.get("manager_url") or url + defaults.DIVA_MANAGER_PATH).rstrip("/"),
+        password_env=env,
+        password_file=password_file,
+        auth_scheme=values["auth_scheme"],
+        verify=verify,
+        timeout_seconds=values["timeout_seconds"],
+        poll_seconds=poll,
+        max_in_flight=values["max_in_flight"],
+        max_attempts=values["max_attempts"],
+    )

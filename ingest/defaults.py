@@ -1,0 +1,115 @@
+"""Every default value ingest uses, in one place, each with its unit.
+
+The service config (``ingest.config``), the rules (``ingest.rules``) and the docs read
+them from here, so a default is changed once. Units are in the name (``_SECONDS``,
+``_CHARS``) or in the comment.
+"""
+
+from __future__ import annotations
+
+# --- service config: where it is -------------------------------------------------------
+#: environment variable naming the service config when ``--config`` is not given
+CONFIG_ENV = "INGEST_CONFIG"
+#: the service config looked for in the current folder when neither flag nor env is given
+CONFIG_FILE_NAME = "ingest.toml"
+
+# --- [diva] -----------------------------------------------------------------------------
+#: path prefix of the data service (login, users) under the gateway URL
+DIVA_DATA_PATH = "/dataservice"
+#: path prefix of the manager (requests, objects) under the gateway URL
+DIVA_MANAGER_PATH = "/manager"
+#: how the token is sent: "raw" (``Authorization: <token>``, as the guide's sample) or "bearer"
+DIVA_AUTH_SCHEME = "raw"
+#: TLS verification of DIVA's certificate: on unless the config says otherwise
+DIVA_VERIFY = True
+#: timeout of one HTTP call to DIVA, seconds
+DIVA_TIMEOUT_SECONDS = 30.0
+#: how often each in-flight request is polled, seconds (the API guide: no more often than 10 s)
+DIVA_POLL_SECONDS = 10.0
+#: below this poll interval the config loader warns (the guide's rule), seconds
+DIVA_POLL_SECONDS_ADVISED_MIN = 10.0
+#: the smallest poll interval accepted at all, seconds
+DIVA_POLL_SECONDS_MIN = 1.0
+#: archive requests submitted and not finished, at most (requests)
+DIVA_MAX_IN_FLIGHT = 50
+#: attempts per drop for transient failures before it is FAILED (attempts)
+DIVA_MAX_ATTEMPTS = 5
+
+# --- [ledger] ---------------------------------------------------------------------------
+#: SQLite ledger; a relative path is resolved against the config file's folder
+LEDGER_URL = "sqlite:///ingest.db"
+
+# --- [rules] ----------------------------------------------------------------------------
+#: rule files or folders of ``*.toml``; relative paths: to the config file's folder
+RULES_PATHS: tuple[str, ...] = ("rules",)
+
+# --- [engine] ---------------------------------------------------------------------------
+#: full rescan of every watch folder, catching lost events, seconds
+ENGINE_RESCAN_SECONDS = 60.0
+#: how often rule files are checked for edits (hot reload), seconds
+ENGINE_RELOAD_SECONDS = 2.0
+#: how often a polled folder (network share, or a native watcher that is down) is scanned, seconds
+ENGINE_WATCH_POLL_SECONDS = 5.0
+#: a watch folder that suddenly reads empty is believed only after this long, seconds
+ENGINE_BLIP_GRACE_SECONDS = 30.0
+#: after a failed ledger write, wait this long before trying again, seconds
+ENGINE_LEDGER_RETRY_SECONDS = 5.0
+#: hints and answers handled in one turn (one ledger transaction) at most
+ENGINE_MAX_EVENTS_PER_TURN = 20_000
+#: on SIGTERM, wait this long for DIVA calls already made to answer, seconds
+ENGINE_STOP_GRACE_SECONDS = 10.0
+#: first wait after a transient failure of one drop, doubled each attempt, seconds
+ENGINE_RETRY_BACKOFF_SECONDS = 5.0
+#: longest wait between two attempts of one drop, seconds
+ENGINE_RETRY_BACKOFF_MAX_SECONDS = 300.0
+#: first pause of all submissions while DIVA is unreachable, doubled each time, seconds
+ENGINE_OUTAGE_BACKOFF_SECONDS = 2.0
+#: longest pause between two tries to reach DIVA again, seconds
+ENGINE_OUTAGE_BACKOFF_MAX_SECONDS = 60.0
+
+# --- a rule's optional keys -------------------------------------------------------------
+#: "file": each file is a drop; "folder": each top-level folder under `watch` is a drop
+RULE_MODE = "file"
+#: a drop is complete when unchanged (size, mtime) this long, seconds
+RULE_SETTLE_SECONDS = 30.0
+#: no marker: settling alone completes a drop
+RULE_READY_MARKER = ""
+#: the object name: the file's (or folder's) full name, unique within a folder
+RULE_OBJECT_NAME = "{name}"
+#: DIVA's default quality of service (0)
+RULE_QOS = "default"
+#: OR delete-on-source (0x100) into qos: DIVA removes the source once it is archived
+RULE_DELETE_ON_SOURCE = True
+#: -1: DIVA's default priority
+RULE_PRIORITY = -1
+#: empty: the source server's default root
+RULE_FILE_PATH_ROOT = ""
+RULE_COMMENTS = ""
+RULE_OPTIONS = ""
+#: what to do when the object exists in DIVA: "fail" | "skip" | "suffix"
+RULE_ON_CONFLICT = "fail"
+#: how the engine watches: "auto" (native unless a network filesystem) | "native" | "polling"
+RULE_OBSERVER = "auto"
+RULE_ENABLED = True
+#: globs are case-sensitive unless the rule says otherwise
+RULE_IGNORE_CASE = False
+
+# --- DIVA's limits on names (legacy API) ------------------------------------------------
+#: longest object name DIVA accepts, characters
+OBJECT_NAME_MAX_CHARS = 192
+#: longest collection (category) name DIVA accepts, characters
+COLLECTION_MAX_CHARS = 96
+
+#: files never counted as drops or members, whatever the rule: hidden, temporary,
+#: partial downloads, Office lock files, desktop litter. Matched against every path
+#: component's name below the watch folder.
+BUILTIN_IGNORES: tuple[str, ...] = (
+    ".*",
+    "*.part",
+    "*.tmp",
+    "*.crdownload",
+    "~$*",
+    "Thumbs.db",
+    ".DS_Store",
+    "._*",
+)
