@@ -73,6 +73,7 @@ PERMANENT_ARCHIVE_CODES = frozenset({1008, 1016, 1017, 1018, 1035, 1040})
 #: The status description DIVA gives with a code, for the emulator's answers.
 STATUS_DESCRIPTIONS: dict[int, str] = {
     1000: "success",
+    1001: "unknown error",
     1002: "internal error",
     1008: "invalid parameter",
     1009: "object does not exist",
@@ -82,6 +83,8 @@ STATUS_DESCRIPTIONS: dict[int, str] = {
     1017: "group, media or storage plan does not exist",
     1018: "source or destination does not exist",
     1020: "not connected: invalid or expired token",
+    1026: "destination path problem",
+    1027: "instance does not exist",
     1032: "cannot accept more requests",
     1035: "access denied",
     1038: "component not found",
