@@ -450,7 +450,9 @@ class DivaClient:
     def _call(self, method: str, url: str, **kwargs: Any) -> Any:
         request = self._http.build_request(method, url, **kwargs)
         response = self._send(request, auth=True)
-        return _read_json(response)
+        # A POST's statusCode is the call's verdict; a GET's may describe the thing read
+        # (an aborted request reports its own failure code with HTTP 200).
+        return _read_json(response, verdict=method == "POST")
 
     def _send(self, request: httpx.Request, *, auth: bool, check: bool = True) -> httpx.Response:
         try:
@@ -565,7 +567,7 @@ def _read_capped(response: httpx.Response) -> None:
     response._content = b"".join(chunks)
 
 
-def _read_json(response: httpx.Response) -> Any:
+def _read_json(response: httpx.Response, *, verdict: bool = True) -> Any:
     where = f"{response.request.method} {response.request.url.path}"
     ctype = response.headers.get("content-type", "")
     if not response.content:
@@ -586,7 +588,7 @@ def _read_json(response: httpx.Response) -> Any:
             http_status=response.status_code,
             url=str(response.request.url),
         ) from None
-    if isinstance(data, Mapping):
+    if verdict and isinstance(data, Mapping):
         code = _int(data.get("statusCode"))
         # Some DIVA versions answer HTTP 200 with an error status inside.
         if code is not None and code not in (1000, 1019):

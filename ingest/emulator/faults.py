@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..protocol import STATUS_DESCRIPTIONS, status_name
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["FaultMiddleware", "Knobs", "Runtime"]
 
@@ -38,6 +38,9 @@ class Knobs:
     http_error_status: int = 503
     latency: float = 0.0
     latency_rate: float = 1.0
+    #: a request submission (POST /manager/requests/...) is carried out, then its answer
+    #: held back this long: a slow or lost reply
+    reply_latency: float = 0.0
     request_seconds: float = 0.0
 
     def updated(self, changes: dict[str, Any]) -> Knobs:
@@ -60,7 +63,7 @@ class Knobs:
         for name in ("abort_rate", "http_error_rate", "latency_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("token_ttl", "throughput", "latency", "request_seconds"):
+        for name in ("token_ttl", "throughput", "latency", "reply_latency", "request_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.max_active < 1:
@@ -178,6 +181,17 @@ class FaultMiddleware:
         if runtime.roll(knobs.http_error_rate):
             runtime.count("injected_errors")
             await _send_error(send, knobs.http_error_status)
+            return
+        submission = scope["method"] == "POST" and path.startswith("/manager/requests/")
+        if knobs.reply_latency > 0 and submission:
+            delay = knobs.reply_latency
+
+            async def slow_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    await asyncio.sleep(delay)
+                await send(message)
+
+            await self.app(scope, receive, slow_send)
             return
         await self.app(scope, receive, send)
 

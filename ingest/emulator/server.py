@@ -83,6 +83,8 @@ def _server(config: EmulatorConfig) -> tuple[_Server, socket.socket]:
         ssl_certfile=str(config.certfile) if config.certfile else None,
         ssl_keyfile=str(config.keyfile) if config.keyfile else None,
         timeout_keep_alive=30,
+        # Slow replies (the reply_latency knob) must not hold a stop for long.
+        timeout_graceful_shutdown=3,
     )
     return _Server(uv_config, url, config), sock
 
