@@ -63,9 +63,9 @@ ENGINE_RETRY_BACKOFF_SECONDS = 5.0
 #: longest wait between two attempts of one drop, seconds
 ENGINE_RETRY_BACKOFF_MAX_SECONDS = 300.0
 #: first pause of all submissions while DIVA is unreachable, doubled each time, seconds
-ENGINE_OUTAGE_BACKOFF_SECONDS = 2.0
+ENGINE_OUTAGE_BACKOFF_SECONDS = 1.0
 #: longest pause between two tries to reach DIVA again, seconds
-ENGINE_OUTAGE_BACKOFF_MAX_SECONDS = 60.0
+ENGINE_OUTAGE_BACKOFF_MAX_SECONDS = 15.0
 
 # --- a rule's optional keys -------------------------------------------------------------
 #: "file": each file is a drop; "folder": each top-level folder under `watch` is a drop

@@ -624,6 +624,12 @@ class Engine:
                 self.settler.recheck(key, after=1.0, now=now)
                 continue
             sig, members = self._read(folder, tr)
+            if sig is None and not os.path.isdir(folder.watch):
+                # The whole folder is away (a share dropped): its files did not vanish.
+                self._pause(tx, folder, "the watch folder is gone")
+                folder.next_scan = min(folder.next_scan, now + 1.0)
+                self.settler.recheck(key, after=1.0, now=now)
+                continue
             if not self.settler.check(key, sig, now=now):
                 if sig is None:
                     self.tracker.move(tr, State.SKIPPED, "vanished before it settled")

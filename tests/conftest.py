@@ -8,7 +8,14 @@ emptied before each test too.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -109,6 +116,12 @@ class DivaApi:
     def close(self) -> None:
         self.client.close()
 
+    def __enter__(self) -> DivaApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def get(self, path: str, **kwargs: object) -> httpx.Response:
         return self.client.get(path, headers={"Authorization": self.token}, **kwargs)  # type: ignore[arg-type]
 
@@ -157,3 +170,158 @@ def diva(emulator: RunningEmulator) -> Iterator[Callable[[str], DivaApi]]:
     yield login
     for api in opened:
         api.close()
+
+
+# --- the engine: a deployment of ingest against the session emulator --------------------
+
+DIVA_PASSWORD_ENV = "INGEST_TEST_DIVA_PASSWORD"
+
+
+@dataclass
+class Deployment:
+    """A service config, rules and a watch folder on the emulator's NAS server.
+
+    The watch folder is ``NAS/news``, which DIVA sees as ``/news`` on server ``NAS``.
+    ``start()`` runs the real engine in a thread; ``daemon()`` runs ``ingest run`` as a
+    subprocess (for SIGKILL tests).
+    """
+
+    root: Path
+    emulator: RunningEmulator
+    watch: Path
+    rules_dir: Path
+    config_path: Path
+    ledger_path: Path
+    engine: Any = None
+    thread: threading.Thread | None = None
+
+    def rule(self, name: str = "news", **keys: Any) -> Path:
+        """Write (or rewrite) ``rules/<name>.toml`` with one rule; keys override defaults."""
+        values: dict[str, Any] = {
+            "name": name, "watch": str(self.watch), "match": ["**/*.mxf"],
+            "settle_seconds": 0.5, "object_name": "{stem}", "collection": "NEWS",
+            "media": "DISK1", "source_server": "NAS", "file_path_root": "/news",
+        }  # fmt: skip
+        values.update(keys)
+        lines = ["[[rule]]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        path = self.rules_dir / f"{name}.toml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(path)
+        return path
+
+    def write_config(self, **diva: Any) -> None:
+        values = {"url": self.emulator.url, "poll_seconds": 1, "max_attempts": 3, **diva}
+        extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+        self.config_path.write_text(
+            "[diva]\n"
+            'username = "operator"\n'
+            f'password_env = "{DIVA_PASSWORD_ENV}"\n{extra}'
+            f'[ledger]\nurl = "sqlite:///{self.ledger_path}"\n'
+            f'[rules]\npaths = ["{self.rules_dir}"]\n'
+            "[engine]\nrescan_seconds = 2\nreload_seconds = 0.3\nwatch_poll_seconds = 0.3\n"
+        )
+
+    def start(self, until_idle: bool = False) -> Any:
+        from ingest.config import load_config
+        from ingest.engine import Engine
+
+        self.engine = Engine(load_config(self.config_path), seed=7)
+        self.thread = threading.Thread(
+            target=self.engine.run, kwargs={"until_idle": until_idle}, daemon=True
+        )
+        self.thread.start()
+        return self.engine
+
+    def stop(self) -> None:
+        if self.engine is not None and self.thread is not None:
+            self.engine.stop()
+            self.thread.join(timeout=30)
+            assert not self.thread.is_alive(), "the engine did not stop"
+        self.engine = self.thread = None
+
+    def daemon(self, *args: str, log_name: str = "daemon.log") -> subprocess.Popen[bytes]:
+        env = {**os.environ, DIVA_PASSWORD_ENV: "operator"}
+        log = open(self.root / log_name, "ab")  # noqa: SIM115 - owned by the process
+        cmd = [sys.executable, "-m", "ingest", *args, "run", "--config", str(self.config_path)]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        return proc
+
+    # -- reading the ledger (plain sqlite3: what an operator's tool would see) --
+
+    def rows(self, path: str | None = None) -> list[dict[str, Any]]:
+        if not self.ledger_path.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(self.ledger_path, timeout=30)) as conn:
+            conn.row_factory = sqlite3.Row
+            query, args = "SELECT * FROM drops ORDER BY id", ()
+            if path is not None:
+                query, args = "SELECT * FROM drops WHERE path = ? ORDER BY id", (path,)
+            try:
+                return [dict(r) for r in conn.execute(query, args)]
+            except sqlite3.OperationalError:  # not created yet
+                return []
+
+    def history(self, drop_id: int) -> list[dict[str, Any]]:
+        with contextlib.closing(sqlite3.connect(self.ledger_path, timeout=30)) as conn:
+            conn.row_factory = sqlite3.Row
+            query = "SELECT * FROM transitions WHERE drop_id = ? ORDER BY id"
+            return [dict(r) for r in conn.execute(query, (drop_id,))]
+
+    def wait_state(self, path: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
+        """The newest row of ``path`` once it is in one of ``states``."""
+
+        def check() -> dict[str, Any] | None:
+            rows = self.rows(path)
+            return rows[-1] if rows and rows[-1]["state"] in states else None
+
+        return wait_for(check, timeout)
+
+    def watcher(self) -> dict[str, Any] | None:
+        with contextlib.closing(sqlite3.connect(self.ledger_path, timeout=30)) as conn:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT * FROM watchers WHERE watch = ?", (str(self.watch),))
+            found = row.fetchone()
+            return dict(found) if found else None
+
+    # -- the emulator's side --
+
+    def objects(self) -> list[dict[str, Any]]:
+        return self.objects_at(self.emulator.url, "admin")
+
+    def objects_at(self, url: str, user: str = "operator") -> list[dict[str, Any]]:
+        with DivaApi(url, user, user) as api:
+            response = api.get("/manager/objects/list")
+            response.raise_for_status()
+            doc = response.json()
+        return list(doc["objects"] if isinstance(doc, dict) else doc)
+
+    def archive_requests(self) -> list[dict[str, Any]]:
+        with DivaApi(self.emulator.url, "admin", "admin") as api:
+            response = api.get("/manager/requests", params={"type": "Archive"})
+            response.raise_for_status()
+            return list(response.json()["requests"])
+
+    def knobs(self, **changes: float) -> None:
+        url = f"{self.emulator.url}/_emulator/faults"
+        httpx.put(url, json=changes, timeout=10).raise_for_status()
+
+
+@pytest.fixture
+def deployment(
+    emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Deployment]:
+    monkeypatch.setenv(DIVA_PASSWORD_ENV, "operator")
+    watch = emulator.servers["NAS"] / "news"
+    watch.mkdir()
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    dep = Deployment(
+        tmp_path, emulator, watch, rules_dir, tmp_path / "ingest.toml", tmp_path / "ledger.db"
+    )
+    dep.write_config()
+    try:
+        yield dep
+    finally:
+        dep.stop()

@@ -1,0 +1,367 @@
+"""The engine end to end: real folders, the real emulator over loopback HTTP, the real ledger."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ingest.client import DivaClient
+from ingest.emulator.server import EmulatorProcess
+
+from .conftest import Deployment, wait_for
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def stored_md5(dep: Deployment, name: str) -> dict[str, str]:
+    objects = {o["objectName"]: o for o in dep.objects()}
+    return {c["fileName"]: c["checksum"] for c in objects[name]["components"]}
+
+
+def test_a_file_drop_is_archived_then_deleted_by_diva(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule()
+    (dep.watch / "sub").mkdir()
+    source = dep.watch / "sub" / "clip.mxf"
+    source.write_bytes(os.urandom(300_000))
+    digest = md5(source)
+    (dep.watch / "notes.txt").write_text("not matched")
+    dep.start()
+    row = dep.wait_state("sub/clip.mxf", "COMPLETED")
+    assert row["object_name"] == "clip" and row["collection"] == "NEWS"
+    assert row["qos"] == 0x100 and row["source_deleted"] == 1 and row["request_id"]
+    assert json.loads(row["body"])["components"] == ["sub/clip.mxf"]
+    assert stored_md5(dep, "clip") == {"sub/clip.mxf": digest}
+    assert not source.exists()
+    assert (dep.watch / "notes.txt").exists()
+    steps = [(h["from_state"], h["to_state"]) for h in dep.history(row["id"])]
+    assert steps[:3] == [(None, "DETECTED"), ("DETECTED", "SUBMITTING"),
+                         ("SUBMITTING", "SUBMITTED")]  # fmt: skip
+    assert steps[-1][1] == "COMPLETED"
+    assert dep.rows("notes.txt") == []
+
+
+def test_without_delete_on_source_the_file_stays_and_is_not_archived_again(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    dep.rule(delete_on_source=False)
+    (dep.watch / "keep.mxf").write_bytes(b"keep me")
+    dep.start()
+    row = dep.wait_state("keep.mxf", "COMPLETED")
+    assert row["qos"] == 0 and row["source_deleted"] == 0
+    assert (dep.watch / "keep.mxf").exists()
+    scans = dep.watcher()
+    assert scans is not None
+    wait_for(lambda: (w := dep.watcher()) and w["last_scan_at"] > scans["last_scan_at"])
+    assert len(dep.rows("keep.mxf")) == 1
+    assert len(dep.archive_requests()) == 1
+
+
+def test_files_dropped_while_the_daemon_was_down_are_found(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule()
+    for i in range(5):
+        (dep.watch / f"early{i}.mxf").write_bytes(b"e" * (i + 1))
+    dep.start()
+    for i in range(5):
+        dep.wait_state(f"early{i}.mxf", "COMPLETED")
+    assert sorted(o["objectName"] for o in dep.objects()) == [f"early{i}" for i in range(5)]
+
+
+def test_a_growing_file_is_not_submitted_before_it_settles(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule(settle_seconds=0.6)
+    dep.start()
+    path = dep.watch / "growing.mxf"
+    last_write = 0.0
+    with path.open("wb") as fh:
+        for _ in range(25):  # ~2.5 s of a slow copy, much longer than the settle window
+            fh.write(os.urandom(1000))
+            fh.flush()
+            last_write = time.time()
+            assert dep.rows("growing.mxf") == [] or all(
+                r["state"] == "DETECTED" for r in dep.rows("growing.mxf")
+            )
+            time.sleep(0.1)  # the copy's pace, not a wait for a condition
+    row = dep.wait_state("growing.mxf", "COMPLETED")
+    submitting = [h for h in dep.history(row["id"]) if h["to_state"] == "SUBMITTING"]
+    assert len(submitting) == 1
+    assert submitting[0]["at"] >= last_write + 0.6
+    [component] = next(o for o in dep.objects() if o["objectName"] == "growing")["components"]
+    assert component["size"] == 25_000
+
+
+def test_a_folder_drop_waits_for_its_marker(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule("dpx", mode="folder", match=["*"], ready_marker="_COMPLETE",
+             object_name="{folder}", settle_seconds=0.5)  # fmt: skip
+    dep.start()
+    reel = dep.watch / "reel1"
+    reel.mkdir()
+    for i in range(30):
+        (reel / f"frame{i:05d}.dpx").write_bytes(i.to_bytes(4, "big") * 100)
+    (reel / ".DS_Store").write_bytes(b"litter")
+    row = wait_for(
+        lambda: (r := dep.rows("reel1")) and (r[-1]["error"] or "").startswith("waiting") and r[-1]
+    )
+    assert row["state"] == "DETECTED"
+    assert dep.archive_requests() == []
+    (reel / "_COMPLETE").touch()
+    row = dep.wait_state("reel1", "COMPLETED")
+    assert row["kind"] == "folder" and row["file_count"] == 30
+    stored = stored_md5(dep, "reel1")
+    assert sorted(stored) == [f"reel1/frame{i:05d}.dpx" for i in range(30)]
+    assert not list(reel.glob("*.dpx"))
+    assert (reel / "_COMPLETE").exists()  # the marker is not archived, so DIVA left it
+
+
+def test_a_folder_moved_in_with_its_content_is_found(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    dep = deployment
+    dep.rule("dpx", mode="folder", match=["reel*"], object_name="{folder}")
+    dep.start()
+    staging = tmp_path / "staging" / "reel9"
+    staging.mkdir(parents=True)
+    for i in range(10):
+        (staging / f"f{i}.dpx").write_bytes(b"x" * i)
+    # Same filesystem as the watch folder? tmp_path and the emulator's servers both live
+    # under pytest's base temp folder, so this is a rename: one event for the whole folder.
+    staging.rename(dep.watch / "reel9")
+    row = dep.wait_state("reel9", "COMPLETED")
+    assert row["file_count"] == 10
+
+
+@pytest.mark.parametrize(
+    ("keys", "code"),
+    [({"media": "NO_SUCH_MEDIA"}, 1017), ({"source_server": "NO_SUCH_SERVER"}, 1018)],
+)
+def test_permanent_refusals_are_rejected_and_leave_the_file(
+    deployment: Deployment, keys: dict[str, str], code: int
+) -> None:
+    dep = deployment
+    dep.rule(**keys)
+    (dep.watch / "bad.mxf").write_bytes(b"bad")
+    dep.start()
+    row = dep.wait_state("bad.mxf", "REJECTED")
+    assert row["status_code"] == code and str(code) in row["error"]
+    assert (dep.watch / "bad.mxf").read_bytes() == b"bad"
+    assert row["attempts"] == 1
+    scans = dep.watcher()
+    assert scans is not None
+    wait_for(lambda: (w := dep.watcher()) and w["last_scan_at"] > scans["last_scan_at"])
+    assert len(dep.rows("bad.mxf")) == 1  # not submitted again until it changes
+
+
+@pytest.mark.parametrize(
+    ("on_conflict", "state", "name"),
+    [("fail", "REJECTED", "dup"), ("skip", "SKIPPED", "dup"), ("suffix", "COMPLETED", "dup_2")],
+)
+def test_an_object_that_exists_in_diva(
+    deployment: Deployment, on_conflict: str, state: str, name: str
+) -> None:
+    dep = deployment
+    (dep.watch / "first.mxf").write_bytes(b"first")
+    with DivaClient(dep.emulator.url, "operator", "operator") as diva:
+        rid = diva.archive({"objectName": "dup", "collectionName": "NEWS", "media": "DISK1",
+                            "components": ["first.mxf"], "sourceServer": "NAS",
+                            "filePathRoot": "/news", "qos": 0})  # fmt: skip
+        wait_for(lambda: diva.request(rid).state.finished)
+    (dep.watch / "first.mxf").unlink()
+    dep.rule(on_conflict=on_conflict)
+    (dep.watch / "dup.mxf").write_bytes(b"second")
+    dep.start()
+    row = dep.wait_state("dup.mxf", state)
+    assert row["object_name"] == name
+    assert (dep.watch / "dup.mxf").exists() is (state != "COMPLETED")
+    names = sorted(o["objectName"] for o in dep.objects())
+    assert names == (["dup", "dup_2"] if on_conflict == "suffix" else ["dup"])
+
+
+def test_aborted_requests_are_retried_then_failed_with_the_file_in_place(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    dep.write_config(max_attempts=2)
+    dep.rule()
+    dep.knobs(abort_rate=1)
+    (dep.watch / "doomed.mxf").write_bytes(b"doomed")
+    dep.start()
+    row = dep.wait_state("doomed.mxf", "FAILED", timeout=60)
+    assert row["attempts"] == 2
+    assert row["abort_reason"] in ("DIVA_AR_DRIVE", "DIVA_AR_RESOURCES")
+    assert row["diva_state"] == "DIVA_ABORTED"
+    assert (dep.watch / "doomed.mxf").read_bytes() == b"doomed"
+    assert dep.objects() == []
+    states = [h["to_state"] for h in dep.history(row["id"])]
+    assert states.count("SUBMITTING") == 2 and "RETRY_WAIT" in states
+
+
+def test_a_rule_added_while_running_is_watched(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule()
+    dep.start()
+    other = dep.emulator.servers["NAS"] / "promos"
+    other.mkdir()
+    dep.rule("promos", watch=str(other), file_path_root="/promos", match=["*.mov"])
+    wait_for(lambda: any(f == str(other) for f in dep.engine.folders))
+    (other / "promo.mov").write_bytes(b"promo")
+    row = dep.wait_state("promo.mov", "COMPLETED")
+    assert row["rule"] == "promos"
+
+
+def test_an_invalid_rule_edit_keeps_the_old_rules_working(deployment: Deployment) -> None:
+    dep = deployment
+    path = dep.rule()
+    dep.start()
+    path.write_text(path.read_text() + "settle_seconds = 'soon'\n")  # duplicate key: bad TOML
+    (dep.watch / "still.mxf").write_bytes(b"still works")
+    dep.wait_state("still.mxf", "COMPLETED")
+
+
+def test_polling_mode(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule(observer="polling")
+    dep.start()
+    (dep.watch / "polled.mxf").write_bytes(b"p")
+    dep.wait_state("polled.mxf", "COMPLETED")
+    watcher = dep.watcher()
+    assert watcher is not None and watcher["observer"] == "polling"
+    assert dep.engine.folders[str(dep.watch)].watcher is None
+
+
+def test_a_mount_blip_loses_nothing_and_archives_nothing_twice(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule(settle_seconds=1.0)
+    dep.start()
+    (dep.watch / "blip.mxf").write_bytes(b"blip")
+    dep.wait_state("blip.mxf", "DETECTED")
+    away = dep.watch.with_name("news.away")
+    dep.watch.rename(away)
+    wait_for(lambda: (w := dep.watcher()) and w["health"] == "paused")
+    time.sleep(1.5)  # longer than the settle window: the drop must survive the absence
+    away.rename(dep.watch)
+    row = dep.wait_state("blip.mxf", "COMPLETED")
+    assert [r["state"] for r in dep.rows("blip.mxf")] == ["COMPLETED"]
+    assert row["id"] == dep.rows()[0]["id"]
+    assert [o["objectName"] for o in dep.objects()] == ["blip"]
+    assert wait_for(lambda: (w := dep.watcher()) and w["health"] == "ok")
+
+
+def test_unsafe_object_names_are_rejected_with_a_reason(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule(object_name="{stem}")
+    name = "line\nbreak.mxf"
+    (dep.watch / name).write_bytes(b"x")
+    dep.start()
+    row = dep.wait_state(name, "REJECTED")
+    assert "control character" in row["error"]
+    assert (dep.watch / name).exists()
+    assert dep.archive_requests() == []
+
+
+def test_until_idle_exits_once_everything_is_final(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule()
+    (dep.watch / "a.mxf").write_bytes(b"a")
+    engine = dep.start(until_idle=True)
+    assert dep.thread is not None
+    dep.thread.join(timeout=60)
+    assert not dep.thread.is_alive()
+    assert engine.dispatcher.running == 0
+    assert [r["state"] for r in dep.rows()] == ["COMPLETED"]
+
+
+def test_server_errors_are_retried_and_nothing_is_archived_twice(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    dep.write_config(max_attempts=5)
+    dep.rule()
+    dep.knobs(http_error_rate=1)  # every call answered 503: DIVA is sick
+    dep.start()
+    for i in range(3):
+        (dep.watch / f"o{i}.mxf").write_bytes(b"o")
+    wait_for(lambda: any(r["state"] == "RETRY_WAIT" for r in dep.rows()))
+    dep.knobs(http_error_rate=0)
+    for i in range(3):
+        dep.wait_state(f"o{i}.mxf", "COMPLETED", timeout=60)
+    assert sorted(r["objectName"] for r in dep.archive_requests()) == ["o0", "o1", "o2"]
+
+
+def test_diva_unreachable_fails_no_drop(deployment: Deployment, tmp_path: Path) -> None:
+    dep = deployment
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--port", str(port), "--server", f"NAS={dep.watch.parent}", "--media", "DISK1",
+            "--user", "operator:operator:operator"]  # fmt: skip
+    diva = EmulatorProcess(tmp_path / "diva", args).start()
+    try:
+        dep.write_config(url=diva.url, max_attempts=1)
+        dep.rule()
+        dep.start()
+        (dep.watch / "before.mxf").write_bytes(b"b")
+        dep.wait_state("before.mxf", "COMPLETED")
+        diva.stop()
+        for i in range(2):
+            (dep.watch / f"during{i}.mxf").write_bytes(b"d")
+        # Attempts pile up past max_attempts, and still nothing is FAILED: an outage is
+        # DIVA's, not the drop's.
+        wait_for(lambda: all(r["attempts"] >= 2 for r in dep.rows()[1:]) and dep.rows()[1:],
+                 timeout=60)  # fmt: skip
+        assert {r["state"] for r in dep.rows()[1:]} <= {"RETRY_WAIT", "SUBMITTING"}
+        diva.start()
+        for i in range(2):
+            dep.wait_state(f"during{i}.mxf", "COMPLETED", timeout=60)
+        names = sorted(o["objectName"] for o in dep.objects_at(diva.url))
+        assert names == ["before", "during0", "during1"]
+    finally:
+        diva.stop()
+
+
+def test_logs_one_json_line_per_transition(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule()
+    (dep.watch / "logged.mxf").write_bytes(b"l")
+    proc = dep.daemon("--log-format", "json")
+    try:
+        dep.wait_state("logged.mxf", "COMPLETED")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    lines = (dep.root / "daemon.log").read_text().splitlines()
+    docs = [json.loads(line) for line in lines]
+    moves = [d for d in docs if d.get("drop_id") and d.get("to")]
+    assert [d["to"] for d in moves][-1] == "COMPLETED"
+    assert {"time", "level", "logger", "message"} <= set(docs[0])
+    assert any("stopping" in d["message"] for d in docs)
+
+
+def test_many_drops_settling_at_once(deployment: Deployment) -> None:
+    dep = deployment
+    dep.write_config(max_in_flight=20)
+    dep.rule(settle_seconds=0.3)
+    dep.start()
+
+    def writer() -> None:
+        for i in range(200):
+            (dep.watch / f"m{i:03d}.mxf").write_bytes(b"m" * i)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join()
+    wait_for(lambda: sum(r["state"] == "COMPLETED" for r in dep.rows()) == 200, timeout=90)
+    assert len({o["objectName"] for o in dep.objects()}) == 200
+    assert len(dep.archive_requests()) == 200
+    assert list(dep.watch.iterdir()) == []
