@@ -23,9 +23,13 @@ __all__ = ["LAZY_COMMANDS", "cli", "configure_logging", "main"]
 
 #: command name -> "module:attribute"; modules are imported on first use.
 LAZY_COMMANDS: dict[str, str] = {
+    "doctor": "ingest.commands.doctor:doctor",
     "emulator": "ingest.commands.emulator:emulator",
+    "ledger": "ingest.commands.ledger:ledger",
+    "retry": "ingest.commands.retry:retry",
     "rules": "ingest.commands.rules:rules",
     "run": "ingest.commands.run:run",
+    "status": "ingest.commands.status:status",
 }
 
 

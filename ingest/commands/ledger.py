@@ -1,0 +1,365 @@
+"""``ingest ledger list|show|export``: what happened to each drop, read from the ledger."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import queries
+from ..errors import NotFoundError
+from ..report import (
+    Column,
+    config_option,
+    dumps,
+    iso_utc,
+    local_time,
+    output_format,
+    parse_when,
+    quiet_broken_pipe,
+    render_table,
+    style,
+    table_width,
+    use_colour,
+    write_records,
+)
+
+__all__ = ["ledger"]
+
+#: Rows a table shows when ``--limit`` is not given.
+TABLE_LIMIT = 100
+
+
+@click.group()
+def ledger() -> None:
+    """List, show and export the drops recorded in the ledger.
+
+    Every command reads the ledger read-only and never blocks the running daemon.
+    Tables show local time; --json, --nl and --csv show ISO 8601 UTC.
+
+    \b
+    Example:
+      ingest ledger list --state FAILED --since 24h
+      ingest ledger show 42
+      ingest ledger export --since 30d > audit.csv
+    """
+
+
+def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The filters ``list`` and ``export`` share; the command gets ``drop_filter``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        now = time.time()
+        since, until = kwargs.pop("since"), kwargs.pop("until")
+        kwargs["drop_filter"] = queries.DropFilter(
+            states=queries.validate_states(kwargs.pop("states")),
+            rules=tuple(kwargs.pop("rules")),
+            since=parse_when(since, now) if since else None,
+            until=parse_when(until, now) if until else None,
+            path_glob=kwargs.pop("path_glob"),
+            object_name=kwargs.pop("object_name"),
+        )
+        return func(*args, **kwargs)
+
+    options = [
+        click.option(
+            "--state",
+            "states",
+            multiple=True,
+            metavar="STATE",
+            help="Only drops in STATE (repeatable; any case): " + ", ".join(queries.STATES) + ".",
+        ),
+        click.option("--rule", "rules", multiple=True, help="Only drops of RULE (repeatable)."),
+        click.option(
+            "--since",
+            metavar="WHEN",
+            help="Only drops detected at or after WHEN: 24h, 7d, 30m, 2w ago, or an ISO "
+            "date/time (local time unless it ends in Z or +HH:MM).",
+        ),
+        click.option("--until", metavar="WHEN", help="Only drops detected before WHEN."),
+        click.option(
+            "--path",
+            "path_glob",
+            metavar="GLOB",
+            help="Only drops whose path (relative to the watch folder) matches GLOB "
+            "(* ? [abc] [!abc]; * crosses /). A GLOB starting with / matches the absolute path.",
+        ),
+        click.option("--object", "object_name", metavar="NAME", help="Only the object NAME."),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+_limit_option = click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help=f"At most N drops, newest first (default: {TABLE_LIMIT} in the table, all with "
+    "--json, --nl or --csv; 0 means no limit).",
+)
+
+
+@ledger.command("list")
+@config_option
+@_filter_options
+@_limit_option
+@output_format("json", "nl", "csv")
+@quiet_broken_pipe
+def list_(
+    config_path: Path | None, drop_filter: queries.DropFilter, limit: int | None, fmt: str
+) -> None:
+    """List drops, newest first: a table, or every field as JSON, JSON lines or CSV.
+
+    Filters combine (AND); a repeated --state or --rule means any of them. Rows are
+    streamed, so a million-row ledger is never loaded into memory. The JSON fields
+    are those of the ledger contract: id, rule, watch, path, object_name,
+    collection, media, qos, state, diva_state, request_id, status_code, status_name,
+    abort_reason, attempts, source_deleted, detected_at, submitted_at, finished_at,
+    error, progress and more.
+
+    \b
+    Example:
+      ingest ledger list --state FAILED --state REJECTED --since 24h
+      ingest ledger list --rule news --path '*.mxf' --json
+      ingest ledger list --object CLIP_0042 --nl
+    """
+    if limit == 0:
+        limit = None
+    elif limit is None and fmt == "table":
+        limit = TABLE_LIMIT
+    path = queries.ledger_path(config_path)
+    with queries.open_ledger(path) as conn, queries.errors(path):
+        # One row more than asked tells the table whether it was cut.
+        probe = None if limit is None or fmt != "table" else limit + 1
+        cursor = queries.select_drops(conn, drop_filter, limit=probe or limit)
+        if fmt == "table":
+            _table(cursor, limit)
+        else:
+            records = (queries.drop_record(row) for row in cursor)
+            write_records(records, fmt, queries.RECORD_FIELDS, sys.stdout)
+
+
+def _table(rows: Iterable[sqlite3.Row], limit: int | None) -> None:
+    colour = use_colour(sys.stdout)
+    columns = [
+        Column("ID", align="right"),
+        Column("STATE", min=6, colour=True),
+        Column("RULE", min=4, max=20),
+        Column("PATH", min=10, cut="left"),
+        Column("DETECTED", min=16, max=16),
+        Column("NOTE", min=8),
+    ]
+    shown = 0
+    cut = False
+
+    def cells() -> Iterator[list[Any]]:
+        nonlocal shown, cut
+        for row in rows:
+            if limit is not None and shown >= limit:
+                cut = True
+                return
+            shown += 1
+            yield [
+                row["id"],
+                row["state"],
+                row["rule"],
+                row["path"],
+                local_time(row["detected_at"]),
+                _note(row),
+            ]
+
+    for line in render_table(columns, cells(), width=table_width(), colour=colour):
+        click.echo(line)
+    if shown == 0:
+        click.echo("(no drops match)")
+    elif cut:
+        click.echo(f"(the newest {shown}; --limit N shows more, --limit 0 all)")
+
+
+def _note(row: sqlite3.Row) -> str:
+    """The one thing worth knowing about a drop in its state."""
+    state = row["state"]
+    if state in ("SUBMITTED", "RUNNING"):
+        progress = "" if row["progress"] is None else f" {row['progress']}%"
+        return f"request {row['request_id']} {row['diva_state'] or ''}{progress}".strip()
+    if state in ("FAILED", "REJECTED"):
+        parts = [row["error"] or "", row["status_name"] or "", row["abort_reason"] or ""]
+        text = parts[0]
+        for extra in parts[1:]:
+            if extra and extra not in text:
+                text = f"{text}; {extra}" if text else extra
+        return text
+    if state == "COMPLETED":
+        gone = {1: ", source deleted", 0: ", source still there"}.get(row["source_deleted"], "")
+        return f"{row['object_name'] or ''}{gone}"
+    if state in ("DETECTED", "SUBMITTING", "RETRY_WAIT"):
+        return queries.waiting_reason(row)
+    return str(row["error"] or "")
+
+
+@ledger.command()
+@click.argument("drop", metavar="ID|PATH")
+@config_option
+@output_format("json")
+def show(drop: str, config_path: Path | None, fmt: str) -> None:
+    """Show everything about one drop and its full history.
+
+    ID is the drop's number (as `ledger list` shows it). PATH is the drop's path
+    relative to its watch folder, or its absolute path; when the same path was
+    recorded several times (re-dropped, retried), the newest drop is shown and the
+    others are named. Exit 9 when nothing matches.
+
+    \b
+    Example:
+      ingest ledger show 42
+      ingest ledger show /mnt/nas/news/clip.mxf --json
+    """
+    path = queries.ledger_path(config_path)
+    with queries.open_ledger(path) as conn, queries.errors(path), queries.snapshot(conn):
+        rows: list[sqlite3.Row] = []
+        if drop.isdigit():
+            row = queries.get_drop(conn, int(drop))
+            if row is not None:
+                rows = [row]
+        if not rows:
+            rows = queries.find_by_path(conn, drop)
+        if not rows:
+            what = "drop id or path" if drop.isdigit() else "path"
+            raise NotFoundError(
+                f"no {what} {drop!r} in the ledger {path}: "
+                "see `ingest ledger list --path GLOB` for what is recorded"
+            )
+        row = rows[0]
+        steps = queries.history(conn, row["id"])
+    record = queries.drop_record(row)
+    body = record.pop("body", None)
+    record.pop("mtime_ns", None)
+    try:
+        record["body"] = json.loads(body) if body else None
+    except ValueError:
+        record["body"] = body
+    others = [r["id"] for r in rows[1:]]
+    if fmt == "json":
+        record["history"] = [
+            {
+                "at": iso_utc(s["at"]),
+                "from_state": s["from_state"],
+                "to_state": s["to_state"],
+                "detail": s["detail"],
+            }
+            for s in steps
+        ]
+        record["same_path_ids"] = [row["id"], *others]
+        click.echo(dumps(record, indent=2))
+        return
+    _print_drop(row, record, steps, others)
+
+
+_SHOW_FIELDS = [f for f in queries.RECORD_FIELDS if f not in ("id", "state")]
+
+
+def _print_drop(
+    row: sqlite3.Row, record: dict[str, Any], steps: list[sqlite3.Row], others: list[int]
+) -> None:
+    colour = use_colour(sys.stdout)
+    echo = click.echo
+    echo(f"drop {row['id']}: {style(row['state'], colour)}")
+    if others:
+        echo(
+            f"  ({len(others) + 1} drops recorded for this path; this is the newest. "
+            f"Older: {', '.join(str(i) for i in others)})"
+        )
+    for field in _SHOW_FIELDS:
+        value = row[field]
+        if value is None:
+            continue
+        if field.endswith("_at"):
+            value = f"{local_time(value, seconds=True)}  ({record[field]})"
+        elif field == "source_deleted":
+            value = "yes" if value else "no"
+        elif field == "qos":
+            value = f"{value} (0x{value:x})"
+        echo(f"  {field:<16}{value}")
+    if record.get("body") is not None:
+        echo("  archive request body:")
+        text = record["body"]
+        text = json.dumps(text, indent=2, ensure_ascii=False) if not isinstance(text, str) else text
+        for line in text.splitlines():
+            echo("    " + line)
+    echo("history:")
+    width = table_width()
+    for step in steps:
+        before = step["from_state"] or "(new)"
+        head = f"  {local_time(step['at'], seconds=True)}  {before} → {step['to_state']}"
+        detail = step["detail"] or ""
+        if detail and len(head) + 2 + len(detail) <= width:
+            echo(f"{head}  {detail}")
+            continue
+        echo(head)
+        for line in _wrap(detail, width - 6):
+            echo("      " + line)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, max(20, width), break_long_words=True) if text else []
+
+
+@ledger.command()
+@config_option
+@_filter_options
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="At most N drops, newest first (default: all).",
+)
+@click.option(
+    "--output",
+    "-o",
+    "output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+@output_format("csv", "nl", "json", default="csv")
+@quiet_broken_pipe
+def export(
+    config_path: Path | None,
+    drop_filter: queries.DropFilter,
+    limit: int | None,
+    output: Path | None,
+    fmt: str,
+) -> None:
+    """Export the whole ledger, or a filtered part, for audits: CSV (default) or JSON lines.
+
+    Every field of every matching drop, newest first, streamed: exporting a million
+    drops takes little memory and does not hold up the daemon. Takes the same filters
+    as `ledger list`. Times are ISO 8601 UTC.
+
+    \b
+    Example:
+      ingest ledger export > ledger.csv
+      ingest ledger export --since 2024-05-01 --until 2024-06-01 --nl -o may.jsonl
+    """
+    path = queries.ledger_path(config_path)
+    with queries.open_ledger(path) as conn, queries.errors(path):
+        cursor = queries.select_drops(conn, drop_filter, limit=limit)
+        records = (queries.drop_record(row) for row in cursor)
+        if output is None:
+            write_records(records, fmt, queries.RECORD_FIELDS, sys.stdout)
+            return
+        with output.open("w", encoding="utf-8", newline="") as out:
+            count = write_records(records, fmt, queries.RECORD_FIELDS, out)
+        click.echo(f"exported {count:,} drop{'s' if count != 1 else ''} to {output}", err=True)

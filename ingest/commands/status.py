@@ -1,0 +1,276 @@
+"""``ingest status``: what the daemon is doing and whether anything needs a person."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .. import queries
+from ..report import (
+    Column,
+    ago,
+    config_option,
+    dumps,
+    iso_utc,
+    local_time,
+    output_format,
+    render_table,
+    style,
+    table_width,
+    use_colour,
+)
+
+__all__ = ["status"]
+
+#: How far back ``status`` looks for failures, seconds.
+FAILURE_WINDOW_SECONDS = 24 * 3600
+#: Rows shown per section of the table (JSON gives as many).
+SHOWN = 10
+
+
+@click.command()
+@config_option
+@output_format("json")
+def status(config_path: Path | None, fmt: str) -> None:
+    """Show the ledger at a glance: counts, requests in flight, what waits, what failed.
+
+    Counts per state and per rule; the requests DIVA is working on with their DIVA
+    state and progress; the oldest drop still waiting and why (settling, queued, a
+    ready marker, a retry at a given time); the failures of the last 24 hours; the
+    health of each watch folder (native events or polling, last scan, paused for a
+    mount problem). Reads the ledger without blocking the daemon.
+
+    Exit 0 when healthy; 1 when a drop failed in the last 24 hours or a watcher is
+    down or paused, so it can serve as a monitoring check.
+
+    \b
+    Example:
+      ingest status --config /etc/ingest/ingest.toml
+      ingest status --json | jq .failures_24h.count
+    """
+    path = queries.ledger_path(config_path)
+    with queries.open_ledger(path) as conn, queries.errors(path):
+        doc, raw = _collect(conn, path, time.time())
+    if fmt == "json":
+        click.echo(dumps(doc, indent=2))
+    else:
+        _print(doc, raw)
+    if not doc["healthy"]:
+        raise SystemExit(1)
+
+
+def _collect(
+    conn: sqlite3.Connection, path: Path, now: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    with queries.snapshot(conn):
+        pairs = queries.state_rule_counts(conn)
+        flying = queries.in_flight(conn, SHOWN * 10)
+        waiting = queries.oldest_waiting(conn)
+        failed_count, failed = queries.recent_failures(conn, now - FAILURE_WINDOW_SECONDS, SHOWN)
+        watcher_rows = queries.watchers(conn)
+    states = dict.fromkeys(queries.STATES, 0)
+    rules: dict[str, dict[str, int]] = {}
+    for state, rule, count in pairs:
+        states[state] = states.get(state, 0) + count
+        rules.setdefault(rule, dict.fromkeys(queries.STATES, 0))[state] = count
+    watchers = [
+        {
+            "watch": w["watch"],
+            "observer": w["observer"],
+            "health": w["health"],
+            "detail": w["detail"],
+            "last_scan_at": iso_utc(w["last_scan_at"]),
+            "updated_at": iso_utc(w["updated_at"]),
+        }
+        for w in watcher_rows
+    ]
+    problems = []
+    if failed_count:
+        problems.append(f"{failed_count} drop(s) failed in the last 24 h")
+    for w in watchers:
+        if w["health"] != "ok":
+            problems.append(f"watcher {w['watch']} is {w['health']}: {w['detail']}")
+    waiting_docs = [
+        {**queries.drop_record(r), "reason": queries.waiting_reason(r)} for r in waiting
+    ]
+    doc = {
+        "ledger": str(path),
+        "now": iso_utc(now),
+        "healthy": not problems,
+        "problems": problems,
+        "total": sum(states.values()),
+        "states": states,
+        "rules": {name: rules[name] for name in sorted(rules)},
+        "in_flight": [queries.drop_record(r) for r in flying],
+        "in_flight_total": states.get("SUBMITTED", 0) + states.get("RUNNING", 0),
+        "oldest_waiting": waiting_docs[0] if waiting_docs else None,
+        "waiting": waiting_docs,
+        "failures_24h": {"count": failed_count, "recent": [queries.drop_record(r) for r in failed]},
+        "watchers": watchers,
+    }
+    # The rows themselves, with epoch times, for the table's local times.
+    raw = {"waiting": waiting, "failed": failed, "flying": flying, "watchers": watcher_rows}
+    return doc, raw
+
+
+def _print(doc: dict[str, Any], raw: dict[str, Any]) -> None:
+    colour = use_colour(sys.stdout)
+    width = table_width()
+    echo = click.echo
+    total = doc["total"]
+    verdict = "healthy" if doc["healthy"] else "NEEDS ATTENTION"
+    head = style(verdict, colour, "OK" if doc["healthy"] else "FAIL", bold=True)
+    echo(f"{head}: {total:,} drop{'s' if total != 1 else ''} in the ledger")
+    echo(f"ledger: {doc['ledger']}")
+    for problem in doc["problems"]:
+        echo("  " + style("!", colour, "FAIL") + " " + problem)
+
+    shown = [(s, n) for s, n in doc["states"].items() if n]
+    echo("")
+    if shown:
+        parts = [f"{style(s, colour)} {n:,}" for s, n in shown]
+        echo(_wrap("states: ", parts, width))
+    else:
+        echo("states: no drops yet")
+
+    if doc["rules"]:
+        echo("")
+        columns = [
+            Column("RULE", min=8, max=40),
+            Column("WAITING", align="right"),
+            Column("IN FLIGHT", align="right"),
+            Column("COMPLETED", align="right"),
+            Column("FAILED", align="right"),
+            Column("SKIPPED", align="right"),
+            Column("TOTAL", align="right"),
+        ]
+        rows = []
+        for name, counts in doc["rules"].items():
+            waiting = sum(counts[s] for s in ("DETECTED", "SUBMITTING", "RETRY_WAIT"))
+            flying = counts["SUBMITTED"] + counts["RUNNING"]
+            failed = counts["FAILED"] + counts["REJECTED"]
+            values = [waiting, flying, counts["COMPLETED"], failed, counts["SKIPPED"]]
+            rows.append([name, *(f"{v:,}" for v in values), f"{sum(counts.values()):,}"])
+        for line in render_table(columns, rows, width=width, colour=colour):
+            echo(line)
+
+    echo("")
+    flying = raw["flying"]
+    n = doc["in_flight_total"]
+    echo(f"in flight: {n:,} request{'s' if n != 1 else ''}" + (":" if n else ""))
+    if flying:
+        columns = [
+            Column("ID", align="right"),
+            Column("RULE", max=20),
+            Column("OBJECT", min=8, cut="left"),
+            Column("REQUEST", align="right"),
+            Column("DIVA STATE", min=8, max=20),
+            Column("PROGRESS", align="right"),
+            Column("SUBMITTED", min=16, max=16),
+        ]
+        rows = [
+            [
+                r["id"],
+                r["rule"],
+                r["object_name"] or r["path"],
+                r["request_id"] or "",
+                r["diva_state"] or r["state"],
+                "" if r["progress"] is None else f"{r['progress']}%",
+                local_time(r["submitted_at"]),
+            ]
+            for r in flying[:SHOWN]
+        ]
+        for line in render_table(columns, rows, width=width, colour=colour):
+            echo("  " + line if line else line)
+        if n > SHOWN:
+            echo(f"  ... and {n - SHOWN:,} more (ingest ledger list --state RUNNING)")
+
+    echo("")
+    waiting = raw["waiting"]
+    if waiting:
+        oldest = waiting[0]
+        echo(
+            f"oldest waiting: #{oldest['id']} {oldest['rule']} {oldest['path']}, detected "
+            f"{local_time(oldest['detected_at'], seconds=True)} "
+            f"({ago(oldest['detected_at'])})"
+        )
+        echo(f"  why: {queries.waiting_reason(oldest)}")
+    else:
+        echo("oldest waiting: nothing waits")
+
+    echo("")
+    count = doc["failures_24h"]["count"]
+    label = style(f"{count:,}", colour, "FAIL" if count else "OK")
+    echo(f"failures in the last 24 h: {label}" + (":" if count else ""))
+    if count:
+        columns = [
+            Column("ID", align="right"),
+            Column("STATE", min=6),
+            Column("RULE", max=20),
+            Column("PATH", min=10, cut="left"),
+            Column("FINISHED", min=16, max=16),
+            Column("WHY", min=10),
+        ]
+        rows = [
+            [
+                r["id"],
+                r["state"],
+                r["rule"],
+                r["path"],
+                local_time(r["finished_at"]),
+                _why(r),
+            ]
+            for r in raw["failed"]
+        ]
+        for line in render_table(columns, rows, width=width - 2, colour=colour):
+            echo("  " + line)
+        if count > SHOWN:
+            echo(f"  ... and {count - SHOWN:,} more: ingest ledger list --state FAILED --since 24h")
+
+    echo("")
+    if raw["watchers"]:
+        echo("watchers:")
+        columns = [
+            Column("WATCH", min=12, cut="left"),
+            Column("OBSERVER", min=7),
+            Column("HEALTH", min=6, colour=True),
+            Column("LAST SCAN", min=16, max=16),
+            Column("DETAIL", min=8),
+        ]
+        rows = [
+            [w["watch"], w["observer"], w["health"], local_time(w["last_scan_at"]), w["detail"]]
+            for w in raw["watchers"]
+        ]
+        for line in render_table(columns, rows, width=width - 2, colour=colour):
+            echo("  " + line)
+    else:
+        echo("watchers: none recorded (has `ingest run` started?)")
+
+
+def _why(row: sqlite3.Row) -> str:
+    parts = [row["error"] or ""]
+    if row["status_name"] and row["status_name"] not in parts[0]:
+        parts.append(str(row["status_name"]))
+    if row["abort_reason"] and row["abort_reason"] not in parts[0]:
+        parts.append(str(row["abort_reason"]))
+    return "; ".join(p for p in parts if p) or (row["diva_state"] or "")
+
+
+def _wrap(prefix: str, parts: list[str], width: int) -> str:
+    # Colour codes do not take room on screen: measure the text without them.
+    lines, line, seen = [], prefix, len(prefix)
+    for part in parts:
+        visible = len(click.unstyle(part))
+        if seen > len(prefix) and seen + 3 + visible > width:
+            lines.append(line)
+            line, seen = " " * len(prefix) + part, len(prefix) + visible
+        else:
+            sep = " · " if seen > len(prefix) else ""
+            line, seen = line + sep + part, seen + len(sep) + visible
+    lines.append(line)
+    return "\n".join(lines)
