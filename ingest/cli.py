@@ -24,6 +24,7 @@ __all__ = ["LAZY_COMMANDS", "cli", "configure_logging", "main"]
 #: command name -> "module:attribute"; modules are imported on first use.
 LAZY_COMMANDS: dict[str, str] = {
     "doctor": "ingest.commands.doctor:doctor",
+    "demo": "ingest.commands.demo:demo",
     "emulator": "ingest.commands.emulator:emulator",
     "ledger": "ingest.commands.ledger:ledger",
     "retry": "ingest.commands.retry:retry",

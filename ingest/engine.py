@@ -15,6 +15,7 @@ on disk; a crash at any point leaves rows that the next start reconciles with DI
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
@@ -441,7 +442,10 @@ class Engine:
         )  # fmt: skip
 
     def _expects_files(self, folder: Folder) -> bool:
-        return any(k[0] == folder.watch for k in self.by_key)
+        """Whether drops still settling here should be on disk (files of drops in flight
+        may vanish at any time: DIVA deletes them)."""
+        settling = [k for k in self.settler if isinstance(k, tuple)]
+        return any(k[0] == folder.watch for k in (*settling, *self.waiting_marker))
 
     def _pause(self, tx: Batch, folder: Folder, why: str) -> None:
         if folder.paused != why:
@@ -723,6 +727,25 @@ class Engine:
         folder = self.folders.get(tr.watch)
         if folder is not None:
             folder.known[tr.path] = (tr.id, tr.state, tr.size, tr.mtime_ns)
+        if tr.state == State.COMPLETED and tr.source_deleted:
+            self._tidy(tr)
+
+    def _tidy(self, tr: Tracked) -> None:
+        """After DIVA archived and deleted a drop, remove what only marked it: its ready
+        marker (a stale one would make the next drop of that name ready at once) and the
+        folders DIVA emptied. Only empty folders and the marker are ever removed."""
+        rule = self.book.rules.get(tr.rule)
+        if rule is not None and rule.ready_marker:
+            marker = rule.marker_path(tr.as_drop(rule))
+            if marker is not None and marker.is_file() and not marker.is_symlink():
+                with contextlib.suppress(OSError):
+                    marker.unlink()
+                    log.info("%s: removed its ready marker %s", tr.label, marker.name)
+        if tr.kind == "folder":
+            top = os.path.join(tr.watch, tr.path)
+            for current, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(current)  # fails, as it should, on anything not empty
 
 
 def _regular(st: os.stat_result) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 
 __all__ = ["Settler", "Signature"]
@@ -155,8 +155,9 @@ class Settler:
             return when
         return None
 
-    def keys(self) -> list[Hashable]:
-        return list(self._entries)
+    def __iter__(self) -> Iterator[Hashable]:
+        """The keys of the drops settling now (a copy: safe to forget while iterating)."""
+        return iter(list(self._entries))
 
     def changed_at(self, key: Hashable) -> float | None:
         entry = self._entries.get(key)

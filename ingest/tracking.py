@@ -228,6 +228,7 @@ class Tracked:
     diva_state: str | None = None
     progress: int | None = None
     next_attempt_at: float | None = None  # epoch seconds
+    source_deleted: bool | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Tracked:
@@ -584,7 +585,7 @@ class Tracker:
     def complete(self, tr: Tracked, detail: str, **fields: Any) -> None:
         """COMPLETED: check (never do) the deletion DIVA was asked for, and record it."""
         present = [p for p in tr.sources() if os.path.lexists(p)]
-        deleted = not present
+        deleted = tr.source_deleted = not present
         asked = bool(tr.body and int(tr.body.get("qos", 0)) & DELETE_ON_SOURCE)
         if asked and present:
             log.warning("%s: archived, but DIVA left %d source file(s) in place, e.g. %s",
