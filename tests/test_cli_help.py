@@ -1,7 +1,6 @@
 """Every command of ``ingest`` has help with an example and is documented.
 
-Documented means named (``ingest ledger list``) in README.md or in one of docs/*.md (the
-operator-CLI docs are merged into the README later; then this reads the README alone).
+Documented means named (``ingest ledger list``) in README.md, where the users look.
 """
 
 from __future__ import annotations
@@ -34,11 +33,7 @@ COMMANDS = _commands(cli, click.Context(cli))
 
 
 def _docs() -> str:
-    texts = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))]
-    readme = ROOT / "README.md"
-    if readme.exists():
-        texts.append(readme.read_text(encoding="utf-8"))
-    return "\n".join(texts)
+    return (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_the_operator_commands_are_there() -> None:
