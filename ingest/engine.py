@@ -297,15 +297,15 @@ class Engine:
         rule = self.book.rules.get(tr.rule)
         if rule is not None:
             tr.on_conflict = rule.on_conflict
-        if tr.state == State.DETECTED or tr.body is None:
-            # Not settled (or never given a request body): settle it again from scratch.
+        if tr.state == State.DETECTED or tr.body is None or external:
+            # Not settled, never given a request body, or requeued by an operator (who may
+            # have mended the rule since): settle it again and build its request anew.
             self.tracker.drops[tr.id] = tr
+            tr.uncertain = external  # an earlier attempt may have reached DIVA: ask first
             folder = self.folders.get(tr.watch)
             self.settler.touch(key, settle=folder.settle_max if folder else 0.0, now=now)
             return True
         self.tracker.adopt(tr, now)
-        if external:
-            tr.uncertain = True  # an operator's retry: ask DIVA before sending again
         if tr.state == State.SUBMITTING:
             self._enqueue(tr)  # the dispatcher reconciles it with DIVA first
         return True

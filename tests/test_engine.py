@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -367,3 +369,23 @@ def test_many_drops_settling_at_once(deployment: Deployment) -> None:
     assert len({o["objectName"] for o in dep.objects()}) == 200
     assert len(dep.archive_requests()) == 200
     assert list(dep.watch.iterdir()) == []
+
+
+def test_an_operator_retry_is_picked_up_by_the_running_engine(deployment: Deployment) -> None:
+    dep = deployment
+    path = dep.rule(media="NO_SUCH_MEDIA")
+    (dep.watch / "fixme.mxf").write_bytes(b"fix me")
+    dep.start()
+    row = dep.wait_state("fixme.mxf", "REJECTED")
+    dep.rule(media="DISK1")  # the admin mends the rule...
+    wait_for(lambda: dep.engine.book.rules.get("news").media == "DISK1")
+    assert path.exists()
+    result = subprocess.run(  # ...and the operator asks for another go
+        [sys.executable, "-m", "ingest", "retry", str(row["id"]), "--config",
+         str(dep.config_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    done = dep.wait_state("fixme.mxf", "COMPLETED")
+    assert done["id"] == row["id"] and done["media"] == "DISK1"
+    assert [o["objectName"] for o in dep.objects()] == ["fixme"]
