@@ -389,6 +389,7 @@ class Engine:
                         log.error("the native watcher of %s died; restarting it", folder.watch)
                         folder.watcher.stop()
                         folder.watcher = None
+                        folder.next_scan = now  # whatever happened while it was dead
                     self._start_watcher(folder, now)
             if now >= folder.next_scan:
                 self._full_scan(tx, folder, now)

@@ -389,3 +389,18 @@ def test_an_operator_retry_is_picked_up_by_the_running_engine(deployment: Deploy
     done = dep.wait_state("fixme.mxf", "COMPLETED")
     assert done["id"] == row["id"] and done["media"] == "DISK1"
     assert [o["objectName"] for o in dep.objects()] == ["fixme"]
+
+
+def test_a_dead_native_watcher_is_restarted(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    dep = deployment
+    dep.rule()
+    engine = dep.start()
+    folder = wait_for(lambda: engine.folders.get(str(dep.watch)))
+    first = wait_for(lambda: folder.watcher)
+    first._observer.stop()  # the observer thread ends, as when a share goes away under it
+    wait_for(lambda: folder.watcher is not first and folder.watcher and folder.watcher.alive)
+    assert "died; restarting it" in caplog.text
+    (dep.watch / "after.mxf").write_bytes(b"after")
+    dep.wait_state("after.mxf", "COMPLETED")
