@@ -128,6 +128,8 @@ class Engine:
         self._next_reload = 0.0
         self._last_activity = time.monotonic()
         self._ledger_down_until = 0.0
+        self._needs_recover = False
+        self._held: tuple[Any, ...] | None = None
 
     def __repr__(self) -> str:
         return f"<Engine folders={len(self.folders)} active={len(self.tracker.drops)}>"
@@ -170,6 +172,15 @@ class Engine:
         now = time.monotonic()
         if now < self._ledger_down_until:
             return
+        if self._needs_recover:
+            try:
+                self._recover()
+            except LedgerError as exc:
+                log.error("ledger still unusable, trying again shortly: %s", exc)
+                self._ledger_down_until = now + defaults.ENGINE_LEDGER_RETRY_SECONDS
+                return
+            self._needs_recover = False
+            log.info("ledger writable again: resuming")
         sends: list[Callable[[], None]] = []
         try:
             with self.ledger.batch() as tx:
@@ -184,7 +195,7 @@ class Engine:
             # sends, and rebuild from the ledger once it can be written again.
             log.error("ledger write failed, not submitting until it recovers: %s", exc)
             self._ledger_down_until = now + defaults.ENGINE_LEDGER_RETRY_SECONDS
-            self._recover()
+            self._needs_recover = True
             return
         finally:
             self.tracker.tx = None
@@ -205,18 +216,23 @@ class Engine:
         if self._ledger_down_until > now:
             deadlines.append(self._ledger_down_until)
         timeout = max(0.0, min(deadlines) - now)
+        if self._held is not None:
+            return
         try:
             item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
             return
-        self._queue.put(item)  # handled, in order, by the next turn's drain
+        self._held = item  # the wake-up call is handled first by the next turn's drain
 
     def _drain(self, tx: Batch, now: float) -> None:
         for _ in range(defaults.ENGINE_MAX_EVENTS_PER_TURN):
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
+            if self._held is not None:
+                item, self._held = self._held, None
+            else:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
             if item[0] == "hint":
                 self._hint(item[1], item[2], now)
             elif item[0] == "outcome":

@@ -363,8 +363,18 @@ class Ledger:
 
     # -- reads -----------------------------------------------------------------------
 
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except Exception as exc:
+            if _is_db_error(exc):
+                raise _ledger_error(exc, self.path) from exc
+            raise
+
     def get(self, drop_id: int) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             row = conn.execute(select(_DROPS).where(_DROPS.c.id == drop_id)).mappings().first()
         return dict(row) if row else None
 
@@ -373,7 +383,7 @@ class Ledger:
         query = select(_DROPS).order_by(_DROPS.c.id)
         if states:
             query = query.where(_DROPS.c.state.in_([str(s) for s in states]))
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def latest_by_path(self, watch: str) -> dict[str, tuple[int, str, int | None, int | None]]:
@@ -383,7 +393,7 @@ class Ledger:
         hundreds of thousands of files.
         """
         found: dict[str, tuple[int, str, int | None, int | None]] = {}
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             result = conn.exec_driver_sql(
                 "SELECT path, id, state, size, mtime_ns FROM drops WHERE watch = ? ORDER BY id",
                 (watch,),
@@ -393,7 +403,7 @@ class Ledger:
         return found
 
     def history(self, drop_id: int) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             query = (
                 select(_TRANSITIONS)
                 .where(_TRANSITIONS.c.drop_id == drop_id)
@@ -402,11 +412,11 @@ class Ledger:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def watchers(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             return [dict(r) for r in conn.execute(select(_WATCHERS)).mappings()]
 
     def counts(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             result = conn.exec_driver_sql("SELECT state, count(*) FROM drops GROUP BY state")
             return {state: n for state, n in result}
 
