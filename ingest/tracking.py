@@ -37,7 +37,7 @@ from .errors import (
     DivaRefused,
     DivaUnavailable,
 )
-from .ledger import Batch, State
+from .ledger import FINAL_STATES, Batch, State
 from .protocol import DELETE_ON_SOURCE, TRANSIENT_ABORT_REASONS, RequestState
 from .rules import Rule
 from .templates import Drop, DropRefused
@@ -135,10 +135,12 @@ def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random) -
 
 def uncertain(error: DivaError) -> bool:
     """Whether the failed call may still have reached DIVA (so a blind resubmit could
-    archive twice). Only a connection that never opened is certain not to have."""
+    archive twice). Only a connection that never opened, or DIVA's own refusal, is certain
+    not to have: an answer DIVA would not send (HTML from a proxy, truncated JSON) or an
+    unexpected failure may come after the request was created."""
     if isinstance(error, DivaUnavailable):
         return not _never_connected(error)
-    return error.transient
+    return not isinstance(error, DivaRefused | DivaAuthError)
 
 
 def _never_connected(error: DivaError) -> bool:
@@ -334,6 +336,8 @@ class Tracker:
         """Record a transition in the ledger and log it, one line per transition."""
         assert self.tx is not None, "transitions happen inside the engine's turn"
         before = tr.state
+        if state in FINAL_STATES:
+            fields.setdefault("finished_at", time.time())
         self.tx.transition(tr.id, before, state, detail, **fields)
         tr.state = state
         if state in (State.SUBMITTING, State.SUBMITTED, State.RUNNING):
@@ -346,7 +350,7 @@ class Tracker:
             extra={"fields": {"drop_id": tr.id, "rule": tr.rule, "path": tr.path,
                               "from": before, "to": state, "request_id": tr.request_id}},
         )  # fmt: skip
-        if state in (State.COMPLETED, State.FAILED, State.REJECTED, State.SKIPPED):
+        if state in FINAL_STATES:
             tr.queued = False
             self.drops.pop(tr.id, None)
             self._on_final(tr)
