@@ -110,9 +110,14 @@ def _exit_code_epilog() -> str:
 def cli(log_level: str, log_format: str) -> None:
     """Watch-folder ingest for Telestream DIVA archives.
 
+    Start with `ingest demo`; in production, `ingest run` is the daemon and `ingest status`
+    and `ingest ledger` answer "did my file make it?".
+
     \b
     Example:
-      ingest emulator --port 8765 --state /tmp/diva --server NAS=/mnt/nas --media DISK1
+      ingest demo
+      ingest run --config /etc/ingest/ingest.toml
+      ingest ledger list --state FAILED --config /etc/ingest/ingest.toml
     """
     configure_logging(log_level, log_format)
 

@@ -261,7 +261,7 @@ def _resolve(base: Path, value: str) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
-def load_config(path: Path | str | None) -> ServiceConfig:
+def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
     """Load and check the service config at ``path`` (None: every default, no ``[diva]``).
 
     Raises :class:`ConfigError` naming the file and listing every problem. Warnings (a
@@ -325,8 +325,9 @@ def load_config(path: Path | str | None) -> ServiceConfig:
         count = len(errors)
         head = f"{count} problem{'s' if count != 1 else ''} in the service config"
         raise ConfigError(head + ":\n  " + "\n  ".join(str(p) for p in errors))
-    for warning in warnings:
-        log.warning("%s", warning)
+    if warn:  # read-only commands need only the ledger's path, not advice on polling
+        for warning in warnings:
+            log.warning("%s", warning)
     return ServiceConfig(
         path=path,
         base_dir=base,

@@ -106,7 +106,7 @@ BUSY_TIMEOUT_MS = 5000
 
 def ledger_path(config_path: Path | None) -> Path:
     """The ledger file named by the service config (``--config``, env, ``./ingest.toml``)."""
-    config = load_config(find_config(config_path))
+    config = load_config(find_config(config_path), warn=False)
     path = config.ledger.path
     if path is None:
         raise UsageError("the ledger is in memory ([ledger] url): no other process can read it")

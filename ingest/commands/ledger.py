@@ -37,6 +37,10 @@ __all__ = ["ledger"]
 TABLE_LIMIT = 100
 
 
+#: components of an archive body listed by ``ledger show`` before "... and N more"
+_SHOWN_COMPONENTS = 10
+
+
 @click.group()
 def ledger() -> None:
     """List, show and export the drops recorded in the ledger.
@@ -292,8 +296,15 @@ def _print_drop(
         echo(f"  {field:<16}{value}")
     if record.get("body") is not None:
         echo("  archive request body:")
-        text = record["body"]
-        text = json.dumps(text, indent=2, ensure_ascii=False) if not isinstance(text, str) else text
+        body = record["body"]
+        if isinstance(body, str):
+            body = json.loads(body)
+        components = body.get("components") if isinstance(body, dict) else None
+        if isinstance(components, list) and len(components) > _SHOWN_COMPONENTS:
+            # A DPX reel has thousands of frames: the table shows a few, --json shows all.
+            more = f"... and {len(components) - _SHOWN_COMPONENTS} more (--json lists all)"
+            body = {**body, "components": [*components[:_SHOWN_COMPONENTS], more]}
+        text = json.dumps(body, indent=2, ensure_ascii=False)
         for line in text.splitlines():
             echo("    " + line)
     echo("history:")
