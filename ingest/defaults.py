@@ -56,6 +56,8 @@ ENGINE_BLIP_GRACE_SECONDS = 30.0
 ENGINE_LEDGER_RETRY_SECONDS = 5.0
 #: hints and answers handled in one turn (one ledger transaction) at most
 ENGINE_MAX_EVENTS_PER_TURN = 20_000
+#: paths whose drop the engine remembers between events (cleared when full or on reload)
+ENGINE_HINT_CACHE_SIZE = 100_000
 #: on SIGTERM, wait this long for DIVA calls already made to answer, seconds
 ENGINE_STOP_GRACE_SECONDS = 10.0
 #: first wait after a transient failure of one drop, doubled each attempt, seconds

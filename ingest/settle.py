@@ -103,11 +103,16 @@ class Settler:
             ready.append(key)
         return ready
 
-    def check(self, key: Hashable, signature: Signature | None, *, now: float) -> bool:
+    def check(
+        self, key: Hashable, signature: Signature | None, *, now: float, vouched: bool = False
+    ) -> bool:
         """Compare a fresh read with the last one: True when the drop is complete.
 
-        A drop that changed is re-armed for another full window. A drop that is complete
-        is forgotten (the engine takes it from here); so is one that can no longer be read
+        A drop that changed is re-armed for another full window, unless ``vouched``: the
+        caller saw no event for the whole window from a live native watcher (which reports
+        every write) and the drop's newest mtime is older than the window, so the change
+        is one our earlier read caught mid-copy, not a new one. A drop that is complete is
+        forgotten (the engine takes it from here); so is one that can no longer be read
         (``signature=None``): the engine decides what vanishing means.
         """
         entry = self._entries.get(key)
@@ -116,6 +121,9 @@ class Settler:
         if signature is None:
             self.forget(key)
             return False
+        if entry.signature != signature and vouched and now - entry.changed_at >= entry.settle:
+            self.forget(key)
+            return True
         if entry.signature != signature:
             entry.signature = signature
             entry.changed_at = now

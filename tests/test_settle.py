@@ -81,3 +81,18 @@ def test_many_drops_come_due_in_deadline_order() -> None:
     assert sorted(seen) == list(range(20_000))
     assert all(i % 7 <= 6 for i in seen)
     assert seen.index(7) < seen.index(1)  # settle 0 comes before settle 1
+
+
+def test_a_change_caught_mid_copy_is_vouched_for_by_a_quiet_native_watcher() -> None:
+    s = Settler()
+    s.observe("a", (0, 1, 1), settle=1.0, now=0.0)  # read at the "created" event: empty
+    s.touch("a", settle=1.0, now=0.1)  # the write and close events
+    assert s.due(now=1.1) == ["a"]
+    # Without the watcher's word, the first full size restarts the window...
+    assert s.check("a", (500, 2, 1), now=1.1) is False
+    s2 = Settler()
+    s2.observe("a", (0, 1, 1), settle=1.0, now=0.0)
+    s2.touch("a", settle=1.0, now=0.1)
+    assert s2.due(now=1.1) == ["a"]
+    # ...with it (no event for a whole window, mtime older than the window) it is done.
+    assert s2.check("a", (500, 2, 1), now=1.1, vouched=True) is True
