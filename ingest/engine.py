@@ -130,6 +130,7 @@ class Engine:
         self._ledger_down_until = 0.0
         self._needs_recover = False
         self._held: tuple[Any, ...] | None = None
+        self._hinted: dict[str, tuple[Key, float]] = {}  # path -> (drop key, settle seconds)
 
     def __repr__(self) -> str:
         return f"<Engine folders={len(self.folders)} active={len(self.tracker.drops)}>"
@@ -165,7 +166,7 @@ class Engine:
             len(rules), self.ledger.path or ":memory:", self.client.manager_url,
             self.poll_seconds, self.max_in_flight,
         )  # fmt: skip
-        self._apply_rules(rules)
+        self._apply_rules(rules, load_known=False)  # _recover loads it, once
         self._recover()
 
     def _turn(self) -> None:
@@ -336,7 +337,7 @@ class Engine:
 
     # -- rules and folders ------------------------------------------------------------
 
-    def _apply_rules(self, rules: RuleSet) -> None:
+    def _apply_rules(self, rules: RuleSet, *, load_known: bool = True) -> None:
         wanted = {str(watch): tuple(rs) for watch, rs in rules.watch_folders().items()}
         now = time.monotonic()
         for watch in list(self.folders):
@@ -357,7 +358,8 @@ class Engine:
                 if old is not None and old.watcher is not None:
                     old.watcher.stop()
                 folder = Folder(watch, folder_rules, observer, why)
-                folder.known = self.ledger.latest_by_path(watch)
+                if load_known:
+                    folder.known = self.ledger.latest_by_path(watch)
                 self.folders[watch] = folder
                 if observer == "native":
                     self._start_watcher(folder, now)
@@ -395,6 +397,7 @@ class Engine:
         if now >= self._next_reload:
             self._next_reload = now + self.reload_seconds
             if self.book.maybe_reload():
+                self._hinted.clear()
                 self._apply_rules(self.book.rules)
             self._adopt_external(now)
         for folder in self.folders.values():
@@ -510,9 +513,18 @@ class Engine:
         if not relpath or any(ignored_name(part) for part in relpath.split("/")):
             return
         self._last_activity = now
+        # A file being written sends an event per write: once its drop is known to be
+        # settling, restart the timer without matching the rules again.
+        cached = self._hinted.get(path)
+        if cached is not None and cached[0] in self.settler:
+            self.settler.touch(cached[0], settle=cached[1], now=now)
+            return
         match = self.book.rules.match(Path(path))
         if match is not None and not match.marker:
             key = (watch, match.drop)
+            if len(self._hinted) >= defaults.ENGINE_HINT_CACHE_SIZE:
+                self._hinted.clear()
+            self._hinted[path] = (key, match.rule.settle_seconds)
             if key in self.settler:
                 self.settler.touch(key, settle=match.rule.settle_seconds, now=now)
                 return
@@ -536,12 +548,11 @@ class Engine:
                 self._complete(tx, folder, self.tracker.drops[self.waiting_marker[key]], now)
                 continue
             try:
-                result = scan(folder.watch, prefix=relpath)
+                files = scan(folder.watch, prefix=relpath).files
+            except NotADirectoryError:
+                files = {}  # a file: read it below (this must come before OSError, its base)
             except OSError:
                 continue
-            except NotADirectoryError:
-                continue
-            files = result.files
             if not files:
                 try:
                     st = os.lstat(os.path.join(folder.watch, relpath))
@@ -645,13 +656,22 @@ class Engine:
                 self.settler.recheck(key, after=1.0, now=now)
                 continue
             sig, members = self._read(folder, tr)
-            if sig is None and not os.path.isdir(folder.watch):
-                # The whole folder is away (a share dropped): its files did not vanish.
-                self._pause(tx, folder, "the watch folder is gone")
+            crowd = sum(1 for k in self.by_key if k[0] == folder.watch) > 1
+            if sig is None and _looks_away(folder.watch, folder.dev, empty_means_away=crowd):
+                # The whole folder is away (a share dropped, perhaps leaving an empty
+                # mount point behind): its files did not vanish.
+                self._pause(tx, folder, "the watch folder is gone or reads empty")
                 folder.next_scan = min(folder.next_scan, now + 1.0)
                 self.settler.recheck(key, after=1.0, now=now)
                 continue
-            if not self.settler.check(key, sig, now=now):
+            vouched = (
+                sig is not None
+                and folder.observer == "native"
+                and folder.watcher is not None
+                and folder.watcher.alive
+                and time.time() - sig[1] / 1e9 >= folder.settle_max
+            )
+            if not self.settler.check(key, sig, now=now, vouched=vouched):
                 if sig is None:
                     self.tracker.move(tr, State.SKIPPED, "vanished before it settled")
                 continue
@@ -769,3 +789,16 @@ def _regular(st: os.stat_result) -> bool:
     import stat as stat_module
 
     return stat_module.S_ISREG(st.st_mode)
+
+
+def _looks_away(watch: str, dev: int | None, *, empty_means_away: bool) -> bool:
+    """Whether the watch folder as a whole looks away, rather than one drop having left it:
+    gone or unreadable, on another filesystem than at the last scan, or (when other drops
+    are expected in it) suddenly empty, as an unmounted share's mount point is."""
+    try:
+        if dev is not None and os.stat(watch).st_dev != dev:
+            return True
+        with os.scandir(watch) as entries:
+            return empty_means_away and next(entries, None) is None
+    except OSError:
+        return True

@@ -180,6 +180,11 @@ class NativeWatcher:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.event_type in ("opened", "closed_no_write"):
                     return
+                if event.is_directory and event.event_type == "modified":
+                    # A folder "modified" only because an entry in it came or went: that
+                    # entry has its own event. Reporting it would make the engine rescan
+                    # the whole folder for every file of a burst.
+                    return
                 report(watch, os.fsdecode(event.src_path))
                 dest = getattr(event, "dest_path", "")
                 if dest:
