@@ -46,6 +46,9 @@ log = logging.getLogger("ingest.engine")
 
 Key = tuple[str, str]  # (watch folder, drop relpath)
 
+#: a watch folder's unchanged health is written to the ledger at most this often, seconds
+WATCHER_REPORT_SECONDS = 10.0
+
 
 @dataclass
 class Folder:
@@ -69,6 +72,10 @@ class Folder:
     health: str = "ok"
     detail: str = ""
     unmatched: set[str] = field(default_factory=set)
+    reported: tuple[str, str, str] | None = None  # the health last written to the ledger
+    reported_at: float = 0.0
+    #: the last scan's files, kept only while the folder is polled (to diff the next one)
+    last_files: dict[str, tuple[int, int]] | None = None
     looks: set[str] = field(default_factory=set)  # relpaths to look at this turn
 
     @property
@@ -301,6 +308,7 @@ class Engine:
             folder.known = self.ledger.latest_by_path(folder.watch)
             folder.next_scan = now
             folder.scanned = False
+            folder.last_files = None
         if counts:
             summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             log.info("resuming from the ledger: %s", summary)
@@ -365,6 +373,7 @@ class Engine:
                     self._start_watcher(folder, now)
             folder.rules = folder_rules
             folder.unmatched.clear()
+            folder.last_files = None  # new rules may take files that did not change
             folder.next_scan = now
             names = ", ".join(r.name for r in folder_rules)
             log.info("watching %s with %s events (%s) for rules: %s", watch, observer, why, names)
@@ -449,17 +458,29 @@ class Engine:
             if relpath not in folder.unmatched:
                 folder.unmatched.add(relpath)
                 log.warning("%s/%s is %s: not archived", folder.watch, relpath, why)
-        drops = self._group(folder, result.files)
+        files = result.files
+        previous = folder.last_files
+        if previous is not None and all(r.mode == "file" for r in folder.rules):
+            # Polling an idle share: only what changed since the last cycle needs a look.
+            changed = {k: v for k, v in files.items() if previous.get(k) != v}
+        else:
+            changed = files
+        folder.last_files = files if polling else None
+        drops = self._group(folder, changed)
         for key, (match, sig) in drops.items():
             self._consider(tx, folder, key, match, sig, now)
-        self._vanished(tx, folder, drops, now)
+        self._vanished(tx, folder, drops, files, now)
         folder.scanned = True
         if folder.health != "down":
             folder.health, folder.detail = "ok", ""
-        tx.watcher(
-            folder.watch, folder.observer, folder.health, folder.detail or folder.why,
-            last_scan_at=time.time(),
-        )  # fmt: skip
+        report = (folder.observer, folder.health, folder.detail or folder.why)
+        wall = time.time()
+        # A polled folder is scanned every few seconds: its health row (a commit, an
+        # fsync) is rewritten when it changes, and otherwise only now and then.
+        stale = not polling or wall - folder.reported_at >= WATCHER_REPORT_SECONDS
+        if report != folder.reported or stale:
+            tx.watcher(folder.watch, *report, last_scan_at=wall)
+            folder.reported, folder.reported_at = report, wall
 
     def _expects_files(self, folder: Folder) -> bool:
         """Whether drops still settling here should be on disk (files of drops in flight
@@ -472,6 +493,7 @@ class Engine:
             log.warning("pausing %s: %s; nothing in it is treated as gone", folder.watch, why)
         folder.paused = why
         tx.watcher(folder.watch, folder.observer, "paused", why)
+        folder.reported = (folder.observer, "paused", why)
 
     def _group(
         self, folder: Folder, files: dict[str, tuple[int, int]]
@@ -593,9 +615,13 @@ class Engine:
         self._last_activity = now
         log.info("%s %s: detected (%s drop), settling", rule.name, key[1], match.kind)
 
-    def _vanished(self, tx: Batch, folder: Folder, drops: dict[Key, Any], now: float) -> None:
-        for key in [k for k in self.by_key if k[0] == folder.watch and k not in drops]:
-            if key in self.settler:
+    def _vanished(
+        self, tx: Batch, folder: Folder, drops: dict[Key, Any], files: dict[str, Any],
+        now: float,
+    ) -> None:  # fmt: skip
+        gone = [k for k in self.by_key if k[0] == folder.watch and k not in drops]
+        for key in gone:
+            if key in self.settler and key[1] not in files:
                 self._read_or_forget(tx, folder, key, now)
 
     def _read(self, folder: Folder, tr: Tracked) -> tuple[Signature | None, tuple[str, ...]]:
