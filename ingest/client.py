@@ -472,6 +472,19 @@ class DivaClient:
             raise
         try:
             _read_capped(response)
+        except httpx.TimeoutException as exc:
+            # The answer started and then stalled: the call may well have been carried out.
+            raise DivaUnavailable(
+                f"DIVA's answer to {request.method} {request.url.path} stalled",
+                url=str(request.url),
+            ) from exc
+        except httpx.TransportError as exc:
+            # The connection dropped mid-answer (a proxy or DIVA restarting): same story.
+            raise DivaUnavailable(
+                f"DIVA's answer to {request.method} {request.url.path} was cut off: "
+                f"{self._scrub(_transport_reason(exc))}",
+                url=str(request.url),
+            ) from exc
         finally:
             response.close()
         if response.is_success or not check:

@@ -42,6 +42,10 @@ class Knobs:
     #: held back this long: a slow or lost reply
     reply_latency: float = 0.0
     request_seconds: float = 0.0
+    #: fraction of calls carried out whose reply is then cut off mid-body and the
+    #: connection closed: the client never learns the answer (an aborted HTTP request);
+    #: runtime only (``PUT /_emulator/faults``)
+    drop_rate: float = 0.0
 
     def updated(self, changes: dict[str, Any]) -> Knobs:
         """A copy with ``changes`` applied (``-`` in keys read as ``_``); ValueError if bad."""
@@ -60,7 +64,7 @@ class Knobs:
         return new
 
     def check(self) -> None:
-        for name in ("abort_rate", "http_error_rate", "latency_rate"):
+        for name in ("abort_rate", "http_error_rate", "latency_rate", "drop_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         for name in ("token_ttl", "throughput", "latency", "reply_latency", "request_seconds"):
@@ -94,6 +98,7 @@ class Runtime:
         self.logouts = 0
         self.injected_errors = 0
         self.injected_latency = 0
+        self.dropped_replies = 0
         self.calls: Counter[str] = Counter()
         self.polls: dict[int, dict[str, float]] = {}
 
@@ -152,6 +157,7 @@ class Runtime:
                 "logouts": self.logouts,
                 "injectedErrors": self.injected_errors,
                 "injectedLatency": self.injected_latency,
+                "droppedReplies": self.dropped_replies,
                 "calls": dict(self.calls),
                 "polls": {str(k): dict(v) for k, v in self.polls.items()},
             }
@@ -182,6 +188,10 @@ class FaultMiddleware:
             runtime.count("injected_errors")
             await _send_error(send, knobs.http_error_status)
             return
+        if runtime.roll(knobs.drop_rate):
+            runtime.count("dropped_replies")
+            await self.app(scope, receive, _cut_off(send))
+            return
         submission = scope["method"] == "POST" and path.startswith("/manager/requests/")
         if knobs.reply_latency > 0 and submission:
             delay = knobs.reply_latency
@@ -194,6 +204,23 @@ class FaultMiddleware:
             await self.app(scope, receive, slow_send)
             return
         await self.app(scope, receive, send)
+
+
+def _cut_off(send: Send) -> Send:
+    """A ``send`` that promises more body than it delivers, then never ends the response:
+    uvicorn closes the connection, and the client sees it drop mid-reply."""
+
+    async def cut(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k != b"content-length"]
+            headers.append((b"content-length", b"1000000"))
+            await send({**message, "headers": headers})
+        elif message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            await send({"type": "http.response.body", "body": body[: len(body) // 2],
+                        "more_body": True})  # fmt: skip
+
+    return cut
 
 
 async def _send_error(send: Send, status: int) -> None:
