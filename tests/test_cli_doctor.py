@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,8 @@ import pytest
 from ingest.commands import doctor as doctor_module
 from ingest.ledger import Ledger
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import RunningEmulator
-from test_cli_ledger import Result, invoke
+from .conftest import RunningEmulator
+from .test_cli_ledger import Result, invoke
 
 RULE = """
 [[rule]]

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cli_ledger import Setup, build
+from .test_cli_ledger import Setup, build
 
 
 @pytest.fixture
@@ -189,7 +187,7 @@ def test_usage_errors(setup: Setup, args: list[str]) -> None:
 
 
 def test_retry_without_a_ledger(tmp_path: Path) -> None:
-    from test_cli_ledger import invoke, write_config
+    from .test_cli_ledger import invoke, write_config
 
     result = invoke("retry", "1", "--config", str(write_config(tmp_path)))
     assert result.exit_code == 8

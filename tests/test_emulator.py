@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import DivaApi, RunningEmulator, wait_for
+
+from .conftest import DivaApi, RunningEmulator, wait_for
 
 EXAMPLES = Path(__file__).parent / "fixtures" / "diva-examples"
 Diva = Callable[[str], DivaApi]

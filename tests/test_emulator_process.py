@@ -12,12 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
-from conftest import DivaApi, emulator_args, make_servers, wait_for
 
 from ingest.emulator.config import EmulatorConfig
 from ingest.emulator.server import EmulatorProcess, EmulatorThread
 from ingest.emulator.store import Store
 from ingest.protocol import RequestState
+
+from .conftest import DivaApi, emulator_args, make_servers, wait_for
 
 
 def md5(path: Path) -> str:

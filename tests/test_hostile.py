@@ -1,0 +1,603 @@
+"""Hostile inputs: odd names, odd files, odd timing, odd rules and odd DIVA answers.
+
+Every case checks the same promise: no crash, a clear log line or ledger reason, nothing
+lost (a source file leaves its folder only with its bytes stored in DIVA), nothing
+archived twice. Cases already covered elsewhere are not repeated here: a newline in an
+object name (test_engine::test_unsafe_object_names_are_rejected_with_a_reason), a file
+growing 1 kB per 0.1 s (test_engine::test_a_growing_file_...), each ``on_conflict`` for an
+existing object (test_engine::test_an_object_that_exists_in_diva), the client's parsing of
+odd answers (test_client_protocol).
+
+The suite runs as root, which no file mode stops: "unreadable" files and folders are
+readable to root, so as root those cases check that they are archived normally; as
+another user they check that the drop fails with the reason and the file stays.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ingest.client import DivaClient
+
+from .conftest import Deployment, wait_for
+
+FINAL = ("COMPLETED", "REJECTED", "SKIPPED", "FAILED")
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def stored(dep: Deployment) -> dict[str, dict[str, str]]:
+    """object name -> {component: md5} of everything DIVA holds."""
+    return {
+        o["objectName"]: {c["fileName"]: c["checksum"] for c in o["components"]}
+        for o in dep.objects()
+    }
+
+
+def nothing_lost(dep: Deployment, files: dict[str, bytes]) -> None:
+    """Each file (relpath -> bytes written) is either still there untouched, or gone with
+    exactly those bytes stored in DIVA under its component name."""
+    objects = stored(dep)
+    for rel, data in files.items():
+        path = dep.watch / rel
+        if path.exists() or path.is_symlink():
+            continue
+        holders = [name for name, comps in objects.items() if comps.get(rel) == md5(data)]
+        assert holders, f"{rel!r} left the drop folder but DIVA does not hold its bytes"
+
+
+def archived_once(dep: Deployment) -> None:
+    names = collections.Counter(o["objectName"] for o in dep.objects())
+    assert all(n == 1 for n in names.values()), names
+    done = collections.Counter(
+        r["objectName"] for r in dep.archive_requests() if r["stateName"] == "DIVA_COMPLETED"
+    )
+    assert all(n == 1 for n in done.values()), done
+
+
+def final_row(dep: Deployment, rel: str, timeout: float = 30.0) -> dict[str, Any]:
+    row = dep.wait_state(rel, *FINAL, timeout=timeout)
+    if row["state"] != "COMPLETED":
+        assert row["error"] or dep.history(row["id"])[-1]["detail"], "no reason recorded"
+    return row
+
+
+# --- odd file names ----------------------------------------------------------------
+
+NAMES = {
+    "space": "with space.mxf",
+    "single-quote": "it's.mxf",
+    "double-quote": 'say "cheese".mxf',
+    "percent": "100%done %s %n.mxf",
+    "braces": "{stem}{name}{}.mxf",
+    "leading-dash": "-rf.mxf",
+    "double-dash": "--help.mxf",
+    "nfc": unicodedata.normalize("NFC", "café.mxf"),
+    "nfd": unicodedata.normalize("NFD", "café.mxf"),
+    "255-bytes": "n" * 251 + ".mxf",
+    "255-bytes-multibyte": "é" * 125 + "e.mxf",
+    "deep-35-levels": "/".join(f"l{i}" for i in range(35)) + "/deep.mxf",
+    "backslash": "back\\slash.mxf",
+    "shell": "a;b&c$(id)`x`|y.mxf",
+    "emoji": "clip 🎬.mxf",
+    "trailing-space": "trailing .mxf",
+    "tab": "tab\there.mxf",
+    "escape": "\x1b[31mred.mxf",
+    "carriage-return": "cr\rname.mxf",
+    "colon": "10:30:00.mxf",
+    "newline-in-folder": "line\nbreak/inside.mxf",
+    "dot-dot-inside": "a..b...mxf",
+}
+
+
+@pytest.mark.parametrize("name", list(NAMES.values()), ids=list(NAMES))
+def test_odd_file_names(deployment: Deployment, name: str) -> None:
+    dep = deployment
+    dep.rule()
+    data = os.urandom(1000)
+    path = dep.watch / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    dep.start()
+    row = final_row(dep, name)
+    if row["state"] == "COMPLETED":
+        assert not path.exists()
+        assert stored(dep)[row["object_name"]] == {name: md5(data)}
+    else:
+        assert row["state"] == "REJECTED", row
+        assert path.read_bytes() == data
+        assert dep.archive_requests() == []
+    nothing_lost(dep, {name: data})
+    archived_once(dep)
+
+
+def test_nfc_and_nfd_twins_in_one_folder(deployment: Deployment) -> None:
+    """Two files whose names differ only by Unicode normalisation are two drops."""
+    dep = deployment
+    dep.rule()
+    files = {
+        unicodedata.normalize(form, "Ångström.mxf"): os.urandom(100) for form in ("NFC", "NFD")
+    }
+    for rel, data in files.items():
+        (dep.watch / rel).write_bytes(data)
+    dep.start()
+    rows = [final_row(dep, rel) for rel in files]
+    # Each ends with a verdict; one may be refused as a name clash, never both lost.
+    assert any(r["state"] == "COMPLETED" for r in rows)
+    nothing_lost(dep, files)
+    archived_once(dep)
+
+
+# --- odd content and timing --------------------------------------------------------
+
+
+def test_zero_byte_file(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule()
+    (dep.watch / "empty.mxf").write_bytes(b"")
+    dep.start()
+    row = final_row(dep, "empty.mxf")
+    assert row["state"] == "COMPLETED" and row["size"] == 0
+    assert stored(dep)["empty"] == {"empty.mxf": md5(b"")}
+
+
+def test_a_file_growing_one_byte_per_second(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule(settle_seconds=1.5)
+    dep.start()
+    path = dep.watch / "trickle.mxf"
+    last = 0.0
+    with path.open("ab") as fh:
+        for _ in range(5):
+            fh.write(b"t")
+            fh.flush()
+            last = time.time()
+            assert all(r["state"] == "DETECTED" for r in dep.rows("trickle.mxf"))
+            time.sleep(1.0)  # the writer's pace: one byte a second
+    row = dep.wait_state("trickle.mxf", "COMPLETED")
+    intents = [h for h in dep.history(row["id"]) if h["to_state"] == "SUBMITTING"]
+    assert len(intents) == 1 and intents[0]["at"] >= last + 1.5
+    assert stored(dep)["trickle"] == {"trickle.mxf": md5(b"ttttt")}
+
+
+@pytest.fixture
+def queued(deployment: Deployment) -> Callable[[str, bytes], dict[str, Any]]:
+    """Settle a drop and hold it in the engine's queue (one slot, taken by a slow
+    request), so the test can act between settling and submitting."""
+    dep = deployment
+    dep.write_config(max_in_flight=1)
+    dep.rule(settle_seconds=0.3)
+    dep.knobs(request_seconds=4)
+    (dep.watch / "blocker.mxf").write_bytes(b"blocker")
+    dep.start()
+    dep.wait_state("blocker.mxf", "SUBMITTED", "RUNNING")
+
+    def settle(rel: str, data: bytes) -> dict[str, Any]:
+        (dep.watch / rel).write_bytes(data)
+
+        def settled() -> dict[str, Any] | None:
+            rows = dep.rows(rel)
+            return rows[-1] if rows and rows[-1]["settled_at"] else None
+
+        return wait_for(settled)
+
+    return settle
+
+
+def test_rewritten_after_settling_before_submission(
+    deployment: Deployment, queued: Callable[[str, bytes], dict[str, Any]]
+) -> None:
+    dep = deployment
+    row = queued("rewrite.mxf", b"first version")
+    assert row["state"] == "DETECTED"
+    time.sleep(0.05)  # a distinct mtime for the new version
+    (dep.watch / "rewrite.mxf").write_bytes(b"second, longer version")
+    row = dep.wait_state("rewrite.mxf", "COMPLETED", timeout=30)
+    assert stored(dep)["rewrite"] == {"rewrite.mxf": md5(b"second, longer version")}
+    assert len(dep.rows("rewrite.mxf")) == 1 and row["size"] == 22
+
+
+def test_renamed_between_settling_and_submission(
+    deployment: Deployment, queued: Callable[[str, bytes], dict[str, Any]]
+) -> None:
+    dep = deployment
+    queued("before.mxf", b"moving")
+    (dep.watch / "before.mxf").rename(dep.watch / "after.mxf")
+    old = dep.wait_state("before.mxf", "SKIPPED", timeout=30)
+    assert "vanished" in dep.history(old["id"])[-1]["detail"]
+    dep.wait_state("after.mxf", "COMPLETED", timeout=30)
+    assert stored(dep)["after"] == {"after.mxf": md5(b"moving")}
+    assert "before" not in stored(dep)
+
+
+def test_deleted_between_settling_and_submission(
+    deployment: Deployment, queued: Callable[[str, bytes], dict[str, Any]]
+) -> None:
+    dep = deployment
+    queued("gone.mxf", b"gone")
+    (dep.watch / "gone.mxf").unlink()
+    row = dep.wait_state("gone.mxf", "SKIPPED", timeout=30)
+    assert "vanished" in dep.history(row["id"])[-1]["detail"]
+    dep.wait_state("blocker.mxf", "COMPLETED", timeout=30)
+    assert [r["objectName"] for r in dep.archive_requests()] == ["blocker"]
+
+
+def test_replaced_by_a_folder_of_the_same_name(
+    deployment: Deployment, queued: Callable[[str, bytes], dict[str, Any]]
+) -> None:
+    dep = deployment
+    queued("shape.mxf", b"a file")
+    (dep.watch / "shape.mxf").unlink()
+    (dep.watch / "shape.mxf").mkdir()
+    (dep.watch / "shape.mxf" / "inner.mxf").write_bytes(b"inside")
+    row = dep.wait_state("shape.mxf", "SKIPPED", timeout=30)
+    assert dep.history(row["id"])[-1]["detail"]
+    dep.wait_state("shape.mxf/inner.mxf", "COMPLETED", timeout=30)
+    assert stored(dep)["inner"] == {"shape.mxf/inner.mxf": md5(b"inside")}
+    assert "shape" not in stored(dep)
+
+
+# --- links and special files -------------------------------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder outside every watch folder (but on the NAS server DIVA can read)."""
+    return tmp_path
+
+
+def make_link(dep: Deployment, outside: Path, kind: str) -> tuple[str, Path | None]:
+    """Create the link; returns its relpath and the outside file that must survive."""
+    watch = dep.watch
+    if kind == "to-file-inside":
+        (watch / "real.mxf").write_bytes(b"real")
+        (watch / "link.mxf").symlink_to(watch / "real.mxf")
+        return "link.mxf", None
+    if kind == "to-file-outside":
+        target = dep.emulator.servers["NAS"] / "secret.mxf"  # DIVA could read it
+        target.write_bytes(b"outside")
+        (watch / "link.mxf").symlink_to(target)
+        return "link.mxf", target
+    if kind == "relative-dotdot":
+        target = dep.emulator.servers["NAS"] / "secret.mxf"
+        target.write_bytes(b"outside")
+        (watch / "link.mxf").symlink_to(Path("..") / "secret.mxf")
+        return "link.mxf", target
+    if kind == "to-folder-outside":
+        (outside / "dir").mkdir()
+        (outside / "dir" / "x.mxf").write_bytes(b"outside")
+        (watch / "linkdir").symlink_to(outside / "dir")
+        return "linkdir/x.mxf", outside / "dir" / "x.mxf"
+    if kind == "dangling":
+        (watch / "link.mxf").symlink_to(watch / "nowhere.mxf")
+        return "link.mxf", None
+    if kind == "loop":
+        (watch / "a.mxf").symlink_to(watch / "b.mxf")
+        (watch / "b.mxf").symlink_to(watch / "a.mxf")
+        return "a.mxf", None
+    if kind == "self-loop-folder":
+        (watch / "loopdir").symlink_to(watch)
+        return "loopdir/loopdir/x.mxf", None
+    raise AssertionError(kind)
+
+
+LINKS = ["to-file-inside", "to-file-outside", "relative-dotdot", "to-folder-outside",
+         "dangling", "loop", "self-loop-folder"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", LINKS)
+def test_symlinks_are_never_archived(deployment: Deployment, outside: Path, kind: str) -> None:
+    dep = deployment
+    dep.rule()
+    rel, survivor = make_link(dep, outside, kind)
+    before = survivor.read_bytes() if survivor else None
+    (dep.watch / "canary.mxf").write_bytes(b"canary")  # proves the engine kept working
+    dep.start()
+    dep.wait_state("canary.mxf", "COMPLETED")
+    assert dep.rows(rel) == []
+    names = {r["objectName"] for r in dep.archive_requests()}
+    assert "link" not in names and "x" not in names
+    if survivor is not None:
+        assert survivor.read_bytes() == before
+    if kind == "to-file-inside":
+        dep.wait_state("real.mxf", "COMPLETED")  # the real file is archived under its name
+        assert (dep.watch / "link.mxf").is_symlink()  # the link was never touched
+
+
+def test_a_symlink_inside_a_folder_drop_is_left_out(deployment: Deployment, outside: Path) -> None:
+    dep = deployment
+    dep.rule("dpx", mode="folder", match=["reel*"], object_name="{folder}")
+    secret = dep.emulator.servers["NAS"] / "secret.dpx"
+    secret.write_bytes(b"do not archive me")
+    staging = outside / "reel1"
+    staging.mkdir()
+    (staging / "f1.dpx").write_bytes(b"frame")
+    (staging / "evil.dpx").symlink_to(secret)
+    staging.rename(dep.watch / "reel1")
+    dep.start()
+    row = dep.wait_state("reel1", "COMPLETED")
+    assert json.loads(row["body"])["components"] == ["reel1/f1.dpx"]
+    assert stored(dep)["reel1"] == {"reel1/f1.dpx": md5(b"frame")}
+    assert secret.read_bytes() == b"do not archive me"
+
+
+def test_a_folder_drop_that_is_a_symlink(deployment: Deployment, outside: Path) -> None:
+    dep = deployment
+    dep.rule("dpx", mode="folder", match=["reel*"], object_name="{folder}")
+    (outside / "elsewhere").mkdir()
+    (outside / "elsewhere" / "f.dpx").write_bytes(b"outside")
+    (dep.watch / "reel2").symlink_to(outside / "elsewhere")
+    (dep.watch / "reel3").mkdir()
+    (dep.watch / "reel3" / "g.dpx").write_bytes(b"inside")
+    dep.start()
+    dep.wait_state("reel3", "COMPLETED")
+    assert dep.rows("reel2") == []
+    assert (outside / "elsewhere" / "f.dpx").read_bytes() == b"outside"
+
+
+def test_a_hard_link_is_archived_and_its_other_name_keeps_the_data(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    dep.rule()
+    other = dep.emulator.servers["NAS"] / "other-name.bin"
+    other.write_bytes(b"shared inode")
+    os.link(other, dep.watch / "hard.mxf")
+    dep.start()
+    dep.wait_state("hard.mxf", "COMPLETED")
+    assert stored(dep)["hard"] == {"hard.mxf": md5(b"shared inode")}
+    assert other.read_bytes() == b"shared inode"  # DIVA removed one name, not the data
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_fifos_and_sockets_are_skipped_without_blocking(
+    deployment: Deployment, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dep = deployment
+    dep.rule()
+    path = dep.watch / "special.mxf"
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it would block forever
+        holder = None
+    else:
+        holder = socket.socket(socket.AF_UNIX)
+        holder.bind(str(path))
+    try:
+        dep.start()
+        (dep.watch / "after.mxf").write_bytes(b"after")
+        dep.wait_state("after.mxf", "COMPLETED")
+        assert dep.rows("special.mxf") == []
+        assert any("not a regular file" in r.getMessage() for r in caplog.records)
+        assert path.exists()
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_unreadable_files_and_folders(deployment: Deployment, what: str) -> None:
+    dep = deployment
+    dep.rule()
+    folder = dep.watch / "locked"
+    folder.mkdir()
+    path = folder / "secret.mxf"
+    path.write_bytes(b"locked")
+    (path if what == "file" else folder).chmod(0)
+    try:
+        dep.start()
+        if os.geteuid() == 0:
+            # Root reads through any mode: the drop is archived like any other.
+            dep.wait_state("locked/secret.mxf", "COMPLETED")
+            assert stored(dep)["secret"] == {"locked/secret.mxf": md5(b"locked")}
+        else:  # pragma: no cover - the suite's CI runs as root
+            row = final_row(dep, "locked/secret.mxf", timeout=60)
+            assert row["state"] in ("FAILED", "REJECTED", "SKIPPED")
+    finally:
+        folder.chmod(0o755)
+        if path.exists():
+            path.chmod(0o644)
+    nothing_lost(dep, {"locked/secret.mxf": b"locked"})
+
+
+# --- names that exist in DIVA, rules that overlap ----------------------------------
+
+
+def preexisting(dep: Deployment, name: str, collection: str = "NEWS") -> None:
+    with DivaClient(dep.emulator.url, "operator", "operator") as diva:
+        src = dep.emulator.servers["NAS"] / f"{name}.src"
+        src.write_bytes(b"old")
+        rid = diva.archive({"objectName": name, "collectionName": collection,
+                            "media": "DISK1", "components": [src.name], "sourceServer": "NAS",
+                            "filePathRoot": "/", "qos": 0})  # fmt: skip
+        wait_for(lambda: diva.request(rid).state.finished)
+
+
+def test_suffix_skips_every_taken_name(deployment: Deployment) -> None:
+    dep = deployment
+    for name in ("dup", "dup_2", "dup_3"):
+        preexisting(dep, name)
+    dep.rule(on_conflict="suffix")
+    (dep.watch / "dup.mxf").write_bytes(b"new")
+    dep.start()
+    row = dep.wait_state("dup.mxf", "COMPLETED")
+    assert row["object_name"] == "dup_4"
+    assert stored(dep)["dup_4"] == {"dup.mxf": md5(b"new")}
+
+
+def test_same_name_in_another_collection_is_no_conflict(deployment: Deployment) -> None:
+    dep = deployment
+    preexisting(dep, "same", collection="OTHER")
+    dep.rule(on_conflict="fail")
+    (dep.watch / "same.mxf").write_bytes(b"ours")
+    dep.start()
+    row = dep.wait_state("same.mxf", "COMPLETED")
+    assert row["object_name"] == "same" and row["collection"] == "NEWS"
+
+
+def test_skip_on_conflict_leaves_the_file(deployment: Deployment) -> None:
+    dep = deployment
+    preexisting(dep, "kept")
+    dep.rule(on_conflict="skip")
+    (dep.watch / "kept.mxf").write_bytes(b"mine")
+    dep.start()
+    row = dep.wait_state("kept.mxf", "SKIPPED")
+    assert "on_conflict = skip" in dep.history(row["id"])[-1]["detail"]
+    assert (dep.watch / "kept.mxf").read_bytes() == b"mine"
+
+
+def test_two_rules_matching_one_file_archive_it_once(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule("a_first", match=["*.mxf"], collection="A")
+    dep.rule("b_second", match=["**/*.mxf"], collection="B")
+    (dep.watch / "both.mxf").write_bytes(b"both")
+    dep.start()
+    row = dep.wait_state("both.mxf", "COMPLETED")
+    assert len(dep.rows("both.mxf")) == 1
+    assert [r["objectName"] for r in dep.archive_requests()] == ["both"]
+    assert row["rule"] in ("a_first", "b_second")
+
+
+# --- bad rule files: the daemon refuses to start (exit 3) with a clear message -----
+
+BAD_RULES = {
+    "bad-toml": ('[[rule]]\nname = "x"\nmatch = [\n', "rules"),
+    "unknown-key": ("colour = 'blue'\n", "colour"),
+    "wrong-type": ("settle_seconds = 'soon'\n", "settle_seconds"),
+    "unsafe-template": ("object_name = '{stem}/../../etc'\n", "object_name"),
+    "unknown-field": ("object_name = '{nonsense}'\n", "nonsense"),
+    "missing-watch": ("watch = '/nonexistent/watch/folder'\n", "/nonexistent/watch/folder"),
+    "bad-on-conflict": ("on_conflict = 'overwrite'\n", "on_conflict"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RULES), ids=list(BAD_RULES))
+def test_bad_rule_files_stop_the_daemon_with_exit_3(deployment: Deployment, case: str) -> None:
+    dep = deployment
+    text, needle = BAD_RULES[case]
+    path = dep.rule()
+    if case == "bad-toml":
+        path.write_text(text)
+    else:
+        lines = [line for line in path.read_text().splitlines()
+                 if line.split(" = ")[0] not in text.split(" = ")[0]]  # fmt: skip
+        path.write_text("\n".join(lines) + "\n" + text)
+    (dep.watch / "waiting.mxf").write_bytes(b"w")
+    proc = dep.daemon(log_name=f"{case}.log")
+    assert proc.wait(timeout=60) == 3
+    output = (dep.root / f"{case}.log").read_text()
+    assert needle in output, output
+    assert "Traceback" not in output
+    assert (dep.watch / "waiting.mxf").exists() and dep.archive_requests() == []
+
+
+# --- DIVA answering what DIVA does not send ------------------------------------------
+
+
+class Garbling(httpx.BaseTransport):
+    """Forwards to the real emulator; the first archive call's answer is replaced by
+    ``kind`` *after* DIVA took the request (the hard case: it exists, we cannot tell)."""
+
+    def __init__(self, kind: str) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.kind = kind
+        self.left = 1
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if self.left and request.method == "POST" and request.url.path.endswith("/archive"):
+            self.left -= 1
+            response.read()
+            response.close()
+            return garbage(self.kind, request)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def garbage(kind: str, request: httpx.Request) -> httpx.Response:
+    if kind == "html":
+        return httpx.Response(200, html="<html><body>Welcome to nginx!</body></html>")
+    if kind == "truncated-json":
+        return httpx.Response(
+            200, content=b'{"requestId": 12', headers={"content-type": "application/json"}
+        )
+    if kind == "empty-body":
+        return httpx.Response(200, content=b"", headers={"content-type": "application/json"})
+    if kind == "huge-body":
+        # Past the client's 64 MiB cap, streamed without a Content-Length.
+        from ingest.client import MAX_BODY_BYTES
+
+        chunks = (b"x" * (1 << 20) for _ in range(MAX_BODY_BYTES // (1 << 20) + 2))
+        return httpx.Response(
+            200, stream=httpx.ByteStream(b"".join(chunks)),
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+    if kind == "wrong-content-type":
+        return httpx.Response(
+            200, content=b'{"statusCode": 1000}', headers={"content-type": "image/png"}
+        )
+    if kind == "redirect":
+        return httpx.Response(302, headers={"location": "http://127.0.0.1:9/login"})
+    raise AssertionError(kind)
+
+
+ANSWERS = ["html", "truncated-json", "empty-body", "huge-body", "wrong-content-type", "redirect"]
+
+
+@pytest.fixture
+def engine_with(deployment: Deployment) -> Iterator[Callable[[httpx.BaseTransport], Any]]:
+    from ingest.config import load_config
+    from ingest.engine import Engine
+
+    started: list[tuple[Any, threading.Thread]] = []
+
+    def start(transport: httpx.BaseTransport) -> Any:
+        client = DivaClient(deployment.emulator.url, "operator", "operator", transport=transport)
+        engine = Engine(load_config(deployment.config_path), client=client, seed=3)
+        thread = threading.Thread(target=engine.run, daemon=True)
+        thread.start()
+        started.append((engine, thread))
+        return engine
+
+    yield start
+    for engine, thread in started:
+        engine.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("kind", ANSWERS)
+def test_odd_diva_answers_to_an_archive_call(
+    deployment: Deployment, engine_with: Callable[[httpx.BaseTransport], Any], kind: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO)
+    dep = deployment
+    dep.rule()
+    (dep.watch / "odd.mxf").write_bytes(b"odd answer")
+    engine_with(Garbling(kind))
+    row = dep.wait_state("odd.mxf", "COMPLETED", timeout=60)
+    history = dep.history(row["id"])
+    # The odd answer is on record, then DIVA was asked before anything was sent again.
+    assert any(h["to_state"] == "RETRY_WAIT" for h in history), history
+    assert [r["objectName"] for r in dep.archive_requests()] == ["odd"]
+    assert stored(dep)["odd"] == {"odd.mxf": md5(b"odd answer")}
+    assert any("odd.mxf" in r.getMessage() and "RETRY_WAIT" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
