@@ -51,7 +51,8 @@ def _stage(folder: Path, prefix: str, n: int) -> list[str]:
 
 
 def _bodies(dep: Deployment, folder: Path, names: list[str]) -> list[dict[str, Any]]:
-    from ingest.rules import RuleBook, build_archive_body
+    from ingest.rulefiles import RuleBook
+    from ingest.rules import build_archive_body
     from ingest.templates import Drop
 
     rule = next(iter(RuleBook([dep.rules], dep.root).rules))

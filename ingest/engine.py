@@ -35,7 +35,8 @@ from .client import DivaClient
 from .config import ServiceConfig
 from .errors import LedgerError
 from .ledger import ACTIVE_STATES, Batch, Ledger, State
-from .rules import Match, Rule, RuleBook, RuleSet
+from .rulefiles import RuleBook
+from .rules import Match, Rule, RuleSet
 from .settle import Settler, Signature
 from .tracking import Dispatcher, Tracked, Tracker
 from .watch import NativeWatcher, choose_observer, ignored_name, scan

@@ -1,21 +1,21 @@
 """Rules: which folders to watch, which files count, and what archive request each drop makes.
 
-Rule files are TOML files of ``[[rule]]`` tables, edited by admins on live systems. They
-are loaded from files or folders (a folder's ``*.toml`` files, sorted by file name) and
-checked as a whole: every problem is reported at once, each naming file, line, rule and
-key. Rules are tried in a stable order (the paths in the order given, file name, order in
-the file) and the first rule that matches a path wins.
+A :class:`Rule` is one ``[[rule]]`` table of a rule file, compiled once: its globs, its
+ignores, its templates. Rules are tried in a stable order (the paths in the order given,
+file name, order in the file) and the first rule that matches a path wins
+(:meth:`RuleSet.match`); :func:`build_archive_body` turns a drop into the exact body of
+DIVA's archive call. Loading and checking rule files, and hot reload, are in
+:mod:`ingest.rulefiles`.
 
 >>> # doctest: +SKIP
->>> book = RuleBook(["rules"], base_dir=Path("/etc/ingest"))
->>> m = book.rules.match(Path("/mnt/nas/news/clip.mxf"))
+>>> rules = load_rules(["rules"], base_dir=Path("/etc/ingest"))
+>>> m = rules.match(Path("/mnt/nas/news/clip.mxf"))
 >>> body = build_archive_body(m.rule, m.rule.drop_for(m))
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import stat
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import defaults
-from .errors import RulesError
 from .protocol import DELETE_ON_SOURCE, QOS_NAMES
 from .templates import (
     FILE_FIELDS,
@@ -34,31 +33,25 @@ from .templates import (
     DropRefused,
     Kind,
     Template,
-    TemplateError,
     UnsafeNameError,
     check_component,
     check_name,
     clean_comment,
 )
-from .tomlcheck import Field, Problem, Severity, TableLines, check_table, did_you_mean, parse_toml
+from .tomlcheck import Problem
 
 __all__ = [
-    "CheckResult",
     "Drop",
     "DropRefused",
     "Explanation",
     "Match",
     "Problem",
     "Rule",
-    "RuleBook",
     "RuleSet",
     "Trial",
     "UnsafeNameError",
     "build_archive_body",
-    "check_rules",
     "glob_regex",
-    "load_rules",
-    "rule_files",
 ]
 
 log = logging.getLogger("ingest.rules")
@@ -613,467 +606,3 @@ class RuleSet:
         except DropRefused as exc:
             return Explanation(path, tuple(trials), winner, drop, None, exc.reason, marker)
         return Explanation(path, tuple(trials), winner, drop, body, None, marker)
-
-
-# ---------------------------------------------------------------------------------------
-# loading and checking
-
-
-def _one_of(*choices: str) -> Any:
-    def check(value: str) -> str | None:
-        if value in choices:
-            return None
-        return f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}" + (
-            did_you_mean(value, list(choices))
-        )
-
-    return check
-
-
-def _qos(value: str | int) -> str | None:
-    if isinstance(value, str):
-        if value in QOS_NAMES:
-            return None
-        return f"unknown QoS {value!r}; one of {', '.join(QOS_NAMES)} or 0-4" + did_you_mean(
-            value, list(QOS_NAMES)
-        )
-    if 0 <= value <= 4:
-        return None
-    if value & DELETE_ON_SOURCE:
-        return f"{value} includes 0x100: give 0-4 and set delete_on_source = true instead"
-    return f"must be 0-4 or a name ({', '.join(QOS_NAMES)}), got {value}"
-
-
-def _settle(value: float) -> str | None:
-    return None if math.isfinite(value) and value >= 0 else f"must be >= 0, got {value}"
-
-
-def _priority(value: int) -> str | None:
-    return None if value == -1 or 1 <= value <= 100 else f"must be 1-100 or -1, got {value}"
-
-
-_NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def _rule_name(value: str) -> str | None:
-    if _NAME_RX.fullmatch(value):
-        return None
-    return f"{value!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
-
-
-def _non_empty(value: str) -> str | None:
-    if not value.strip():
-        return "must not be empty"
-    problem = check_component(value)
-    return f"{problem}" if problem else None
-
-
-def _patterns(value: tuple[str, ...]) -> str | None:
-    for pattern in value:
-        problem = _pattern_problem(pattern)
-        if problem:
-            return problem
-    return None
-
-
-def _match(value: tuple[str, ...]) -> str | None:
-    return "must hold at least one pattern" if not value else _patterns(value)
-
-
-RULE_FIELDS: dict[str, Field] = {
-    f.name: f
-    for f in [
-        Field("name", "str", check=_rule_name),
-        Field("watch", "str", check=_non_empty),
-        Field("match", "str_list", check=_match),
-        Field("ignore", "str_list", (), check=_patterns),
-        Field("mode", "str", defaults.RULE_MODE, check=_one_of("file", "folder")),
-        Field("settle_seconds", "number", defaults.RULE_SETTLE_SECONDS, check=_settle),
-        Field("ready_marker", "str", defaults.RULE_READY_MARKER),
-        Field("object_name", "str", defaults.RULE_OBJECT_NAME),
-        Field("collection", "str"),
-        Field("media", "str", check=_non_empty),
-        Field("qos", "str_or_int", defaults.RULE_QOS, check=_qos),
-        Field("delete_on_source", "bool", defaults.RULE_DELETE_ON_SOURCE),
-        Field("priority", "int", defaults.RULE_PRIORITY, check=_priority),
-        Field("source_server", "str", check=_non_empty),
-        Field("file_path_root", "str", defaults.RULE_FILE_PATH_ROOT),
-        Field("comments", "str", defaults.RULE_COMMENTS),
-        Field("options", "str", defaults.RULE_OPTIONS),
-        Field("on_conflict", "str", "fail", check=_one_of("fail", "skip", "suffix")),
-        Field("observer", "str", "auto", check=_one_of("auto", "native", "polling")),
-        Field("enabled", "bool", defaults.RULE_ENABLED),
-        Field("ignore_case", "bool", defaults.RULE_IGNORE_CASE),
-        Field("description", "str", ""),
-    ]
-}
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """What checking rule files found: the rules (when valid) and every problem."""
-
-    ruleset: RuleSet | None
-    problems: tuple[Problem, ...]
-    files: tuple[Path, ...]
-    rule_count: int
-
-    @property
-    def ok(self) -> bool:
-        return self.ruleset is not None
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
-
-
-def rule_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[Problem]]:
-    """The rule files named by ``paths`` (files, or folders of ``*.toml`` sorted by name)."""
-    files: list[Path] = []
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    for given in paths:
-        path = Path(given).expanduser()
-        if path.is_dir():
-            found = sorted(
-                (p for p in path.iterdir() if p.suffix == ".toml" and not p.name.startswith(".")),
-                key=lambda p: p.name,
-            )
-        elif path.is_file():
-            found = [path]
-        else:
-            what = "does not exist" if not path.exists() else "is not a file or folder"
-            problems.append(Problem(f"rules path {what}", file=path))
-            continue
-        for file in found:
-            key = os.path.realpath(file)
-            if key not in seen:
-                seen.add(key)
-                files.append(file)
-    return files, problems
-
-
-_RULE_HEADER = r"^\s*\[\[\s*rule\s*\]\]"
-
-
-def _check_rule(
-    table: Any,
-    index: int,
-    file: Path,
-    lines: TableLines,
-    header: int | None,
-    base_dir: Path,
-    problems: list[Problem],
-) -> Rule | None:
-    label = table.get("name") if isinstance(table, dict) else None
-    label = label if isinstance(label, str) and label else f"#{index + 1} in file"
-    start_line = None if header is None else header + 1
-    before = len(problems)
-
-    def report(key: str | None, message: str, severity: Severity = "error") -> None:
-        line = lines.key_line(header, key) if key and header is not None else start_line
-        problems.append(Problem(message, file, line, label, None, key, severity))
-
-    if not isinstance(table, dict):
-        report(None, "each rule must be a table: write [[rule]] above its keys")
-        return None
-    values = check_table(table, RULE_FIELDS, report)
-    mode = values.get("mode", "file")
-    fields = FOLDER_FIELDS if mode == "folder" else FILE_FIELDS
-    samples = [Drop("sample", Path("/"), "sample.mxf", "folder" if mode == "folder" else "file")]
-    for key, limit in (
-        ("object_name", defaults.OBJECT_NAME_MAX_CHARS),
-        ("collection", None),
-        ("comments", None),
-    ):
-        if key not in values:
-            continue
-        try:
-            template = Template.compile(values[key], fields)
-        except TemplateError as exc:
-            report(key, f"bad template: {exc}")
-            continue
-        if key != "comments":
-            rendered = template.render(samples[0].fields(now=0.0))
-            problem = check_name(rendered, limit or defaults.COLLECTION_MAX_CHARS)
-            if problem and "characters long" not in problem:
-                report(key, f"renders an unsafe name even for a plain file: {rendered!r} {problem}")
-        if key == "object_name" and template.fields & {"relpath", "parent"}:
-            report(
-                key,
-                "uses {relpath} or {parent}: files in sub-folders will be refused "
-                "(object names cannot contain '/')",
-                "warning",
-            )
-        if key == "object_name" and "now" in template.fields:
-            report(
-                key,
-                "uses {now}: the name changes with time, so a resubmitted drop "
-                "gets a new object name",
-                "warning",
-            )
-    marker = values.get("ready_marker")
-    if marker:
-        allowed = _MARKER_FOLDER_FIELDS if mode == "folder" else _MARKER_FILE_FIELDS
-        try:
-            compiled = Template.compile(marker, allowed)
-            if "/" in marker or "\\" in marker:
-                report("ready_marker", "must be a file name, not a path")
-            elif not "".join(lit for lit, _, _ in compiled.pieces).strip():
-                report("ready_marker", 'must add text to the name, e.g. "{name}.ready"')
-        except TemplateError as exc:
-            report("ready_marker", f"bad template: {exc}")
-    watch: Path | None = None
-    if "watch" in values:
-        watch = Path(values["watch"]).expanduser()
-        watch = Path(_norm(watch if watch.is_absolute() else base_dir / watch))
-        if values.get("enabled", True):
-            if not watch.exists():
-                report("watch", f"the folder {str(watch)!r} does not exist")
-            elif not watch.is_dir():
-                report("watch", f"{str(watch)!r} is not a folder")
-    if any(p.severity == "error" for p in problems[before:]) or watch is None:
-        return None
-    qos = values["qos"]
-    values.update(
-        watch=watch,
-        qos=QOS_NAMES[qos] if isinstance(qos, str) else qos,
-        source=file,
-        line=start_line,
-    )
-    return Rule(**values)
-
-
-def _samples(pattern: str) -> list[str]:
-    """A few paths a glob matches, to guess whether two globs overlap."""
-    variants = [""]
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            variants = [v + add for v in variants for add in ("", "x/")]
-            i += 3
-        elif pattern.startswith("**", i):
-            variants = [v + add for v in variants for add in ("x", "x/x")]
-            i += 2
-        elif pattern[i] in "*?":
-            variants = [v + "x" for v in variants]
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.find("]", i + 2)
-            pick = pattern[i + 1] if end > 0 and pattern[i + 1] not in "!^" else "x"
-            variants = [v + pick for v in variants]
-            i = end + 1 if end > 0 else i + 1
-        else:
-            variants = [v + pattern[i] for v in variants]
-            i += 1
-        variants = variants[:16]
-    return variants
-
-
-def _file_globs(rule: Rule, prefix: str) -> list[str]:
-    globs = [g if rule.mode == "file" else g + "/**" for g in rule.match]
-    return [f"{prefix}/{g}" if prefix else g for g in globs]
-
-
-def _overlaps(rules: Sequence[Rule]) -> list[Problem]:
-    warnings: list[Problem] = []
-    enabled = [r for r in rules if r.enabled]
-    for i, first in enumerate(enabled):
-        for second in enabled[i + 1 :]:
-            a, b = str(first.watch), str(second.watch)
-            if a == b:
-                pa, pb = "", ""
-            elif b.startswith(a.rstrip("/") + "/"):
-                pa, pb = "", b[len(a.rstrip("/")) + 1 :]
-            elif a.startswith(b.rstrip("/") + "/"):
-                pa, pb = a[len(b.rstrip("/")) + 1 :], ""
-            else:
-                continue
-            ga = [_Glob.compile(g, True) for g in _file_globs(first, pa)]
-            gb = [_Glob.compile(g, True) for g in _file_globs(second, pb)]
-            clash = any(x.hit(s) for x in ga for y in gb for s in _samples(y.pattern)) or any(
-                y.hit(s) for x in ga for y in gb for s in _samples(x.pattern)
-            )
-            if clash:
-                message = (
-                    f"watches {str(second.watch)!r} with patterns that may overlap rule "
-                    f"{first.name!r} ({first.where}); {first.name!r} comes first and wins"
-                )
-                warnings.append(
-                    Problem(
-                        message,
-                        second.source,
-                        second.line,
-                        second.name,
-                        key="match",
-                        severity="warning",
-                    )
-                )
-    return warnings
-
-
-def check_rules(paths: Iterable[Path | str], base_dir: Path | None = None) -> CheckResult:
-    """Load and check every rule file named by ``paths``; never raises for bad content.
-
-    Relative ``watch`` folders are resolved against ``base_dir`` (the service config's
-    folder; the current folder when None).
-    """
-    base = Path(base_dir) if base_dir is not None else Path.cwd()
-    files, problems = rule_files(paths)
-    rules: list[Rule] = []
-    count = 0
-    first_seen: dict[str, Problem] = {}
-    for file in files:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(f"cannot read: {exc}", file=file))
-            continue
-        doc, syntax = parse_toml(file, text)
-        if doc is None:
-            assert syntax is not None
-            problems.append(syntax)
-            continue
-        lines = TableLines(text)
-        headers = lines.headers(_RULE_HEADER)
-        for key in doc:
-            if key != "rule":
-                line = lines.key_line(None, key) or next(
-                    (i + 1 for i, t in enumerate(lines.lines) if key in t), None
-                )
-                hint = did_you_mean(key, ["rule"]) or " (rules are [[rule]] tables)"
-                problems.append(Problem(f"unknown key{hint}", file, line, key=key))
-        tables = doc.get("rule", [])
-        if isinstance(tables, dict):
-            line = next((i + 1 for i, t in enumerate(lines.lines) if t.strip() == "[rule]"), None)
-            problems.append(Problem("write [[rule]] (double brackets) for each rule", file, line))
-            continue
-        if not isinstance(tables, list):
-            problems.append(Problem("'rule' must be [[rule]] tables", file, key="rule"))
-            continue
-        for index, table in enumerate(tables):
-            count += 1
-            header = headers[index] if index < len(headers) else None
-            rule = _check_rule(table, index, file, lines, header, base, problems)
-            name = table.get("name") if isinstance(table, dict) else None
-            if isinstance(name, str) and name:
-                where = Problem("", file, None if header is None else header + 1)
-                if name in first_seen:
-                    other = first_seen[name]
-                    at = f"{other.file}:{other.line}" if other.line else str(other.file)
-                    message = f"duplicate rule name; first defined at {at}"
-                    problems.append(Problem(message, where.file, where.line, name, key="name"))
-                    continue
-                first_seen[name] = where
-            if rule is not None:
-                rules.append(rule)
-    if not files and not problems:
-        problems.append(Problem("no rule files found", severity="warning"))
-    problems.extend(_overlaps(rules))
-    ok = not any(p.severity == "error" for p in problems)
-    warnings = [p for p in problems if p.severity == "warning"]
-    ruleset = RuleSet(rules, files, warnings) if ok else None
-    return CheckResult(ruleset, tuple(problems), tuple(files), count)
-
-
-def load_rules(paths: Iterable[Path | str], base_dir: Path | None = None) -> RuleSet:
-    """The valid rules named by ``paths``, or :class:`RulesError` listing every problem."""
-    result = check_rules(paths, base_dir)
-    if result.ruleset is None:
-        raise RulesError([str(p) for p in result.errors])
-    return result.ruleset
-
-
-# ---------------------------------------------------------------------------------------
-# hot reload
-
-
-class RuleBook:
-    """The rules in force, reloaded when rule files change; an invalid edit is refused.
-
-    >>> # doctest: +SKIP
-    >>> book = RuleBook(config.rules.paths, base_dir=config.base_dir)
-    >>> book.maybe_reload()   # every few seconds: cheap when nothing changed
-    False
-    """
-
-    def __init__(self, paths: Iterable[Path | str], base_dir: Path | None = None) -> None:
-        self.paths = tuple(Path(p) for p in paths)
-        self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
-        stamp = self._fingerprint()
-        self._rules = load_rules(self.paths, self.base_dir)
-        self._stamp = stamp
-        self._refused: tuple[Any, ...] | None = None
-
-    def __repr__(self) -> str:
-        return f"RuleBook({[str(p) for p in self.paths]!r}, {self._rules!r})"
-
-    @property
-    def rules(self) -> RuleSet:
-        """The rule set in force."""
-        return self._rules
-
-    def _fingerprint(self) -> tuple[Any, ...]:
-        stamp: list[Any] = []
-        for path in self.paths:
-            try:
-                if path.is_dir():
-                    with os.scandir(path) as entries:
-                        for entry in sorted(entries, key=lambda e: e.name):
-                            if entry.name.endswith(".toml") and not entry.name.startswith("."):
-                                st = entry.stat()
-                                stamp.append(
-                                    (
-                                        entry.path,
-                                        st.st_mtime_ns,
-                                        st.st_ctime_ns,
-                                        st.st_size,
-                                        st.st_ino,
-                                    )
-                                )
-                else:
-                    st = path.stat()
-                    stamp.append((str(path), st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino))
-            except OSError:
-                stamp.append((str(path), None))
-        return tuple(stamp)
-
-    def maybe_reload(self) -> bool:
-        """Reload when a rule file was added, edited or removed; True when new rules took effect.
-
-        An invalid edit is logged once (one error listing every problem) and the rules in
-        force stay in force.
-        """
-        stamp = self._fingerprint()
-        if stamp == self._stamp or stamp == self._refused:
-            return False
-        result = check_rules(self.paths, self.base_dir)
-        if result.ruleset is None:
-            self._refused = stamp
-            log.error(
-                "rule files changed but are invalid; keeping the %d rules in force:\n  %s",
-                len(self._rules),
-                "\n  ".join(str(p) for p in result.errors),
-            )
-            return False
-        old = {r.name: r for r in self._rules}
-        new = {r.name: r for r in result.ruleset}
-        added = sorted(new.keys() - old.keys())
-        removed = sorted(old.keys() - new.keys())
-        changed = sorted(n for n in new.keys() & old.keys() if new[n] != old[n])
-        self._rules, self._stamp, self._refused = result.ruleset, stamp, None
-        log.info(
-            "rules reloaded: %d rules from %d files (added %s; removed %s; changed %s)",
-            len(new),
-            len(result.files),
-            ", ".join(added) or "none",
-            ", ".join(removed) or "none",
-            ", ".join(changed) or "none",
-        )
-        for warning in result.warnings:
-            log.warning("%s", warning)
-        return True

@@ -11,16 +11,14 @@ from typing import Any
 import pytest
 
 from ingest.errors import RulesError
+from ingest.rulefiles import RuleBook, check_rules, load_rules
 from ingest.rules import (
     Drop,
     DropRefused,
     Rule,
-    RuleBook,
     RuleSet,
     build_archive_body,
-    check_rules,
     glob_regex,
-    load_rules,
 )
 
 

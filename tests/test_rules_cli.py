@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ingest.cli import main
-from ingest.rules import RULE_FIELDS
+from ingest.rulefiles import RULE_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,7 @@ PASSWORD = "Pa$$:w0rd%'\"ü-7f3a91"
 def test_a_path_through_dotdot_matches_no_rule(deployment: Deployment, rel: str) -> None:
     """A path that climbs out of the watch folder is outside every rule, so it can never
     become a component (and so never be deleted by DIVA)."""
-    from ingest.rules import RuleBook
+    from ingest.rulefiles import RuleBook
 
     dep = deployment
     dep.rule(match=["**/*.mxf", "*"])

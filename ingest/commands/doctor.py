@@ -113,7 +113,7 @@ def _check_config(report: Report, config_path: Path | None) -> ServiceConfig:
 
 
 def _check_rules(report: Report, config: ServiceConfig) -> Any:
-    from ..rules import check_rules
+    from ..rulefiles import check_rules
 
     paths = config.rules.paths
     result = check_rules(paths, config.base_dir)

@@ -12,7 +12,8 @@ import click
 
 from ..config import find_config, load_config
 from ..errors import RulesError
-from ..rules import Explanation, RuleSet, check_rules, load_rules
+from ..rulefiles import check_rules, load_rules
+from ..rules import Explanation, RuleSet
 
 __all__ = ["rules"]
 
