@@ -60,8 +60,8 @@ class Folder:
     observer: str  # native | polling
     why: str
     watcher: NativeWatcher | None = None
-    #: newest ledger row per path: path -> (id, state, size, mtime_ns)
-    known: dict[str, tuple[int, str, int | None, int | None]] = field(default_factory=dict)
+    #: what the ledger settled: path -> (size, mtime_ns) of its final drop (None: active)
+    known: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     next_scan: float = 0.0
     scanned: bool = False
     dev: int | None = None
@@ -306,7 +306,7 @@ class Engine:
             if self._take(tr, now):
                 counts[tr.state] = counts.get(tr.state, 0) + 1
         for folder in self.folders.values():
-            folder.known = self.ledger.latest_by_path(folder.watch)
+            folder.known = self.ledger.settled_by_path(folder.watch)
             folder.next_scan = now
             folder.scanned = False
             folder.last_files = None
@@ -368,7 +368,7 @@ class Engine:
                     old.watcher.stop()
                 folder = Folder(watch, folder_rules, observer, why)
                 if load_known:
-                    folder.known = self.ledger.latest_by_path(watch)
+                    folder.known = self.ledger.settled_by_path(watch)
                 self.folders[watch] = folder
                 if observer == "native":
                     self._start_watcher(folder, now)
@@ -504,10 +504,10 @@ class Engine:
         drops: dict[Key, tuple[Match | None, Signature]] = {}
         known = folder.known
         base = folder.watch
-        for relpath, (size, mtime) in files.items():
-            prior = known.get(relpath)
-            if prior is not None and prior[1] not in ACTIVE_STATES and prior[2:] == (size, mtime):
-                continue
+        for relpath, value in files.items():
+            if known.get(relpath) == value:
+                continue  # archived, rejected or failed as it is
+            size, mtime = value
             if relpath in folder.unmatched:
                 continue
             match = self.book.rules.match(Path(base, relpath))
@@ -597,8 +597,7 @@ class Engine:
             return
         if key in self.by_key:
             return
-        prior = folder.known.get(key[1])
-        if prior is not None and prior[1] not in ACTIVE_STATES and prior[2:] == sig[:2]:
+        if folder.known.get(key[1]) == sig[:2]:
             return  # archived, rejected or failed as it is: only a change brings it back
         if match is None:
             return
@@ -611,7 +610,7 @@ class Engine:
         tr = Tracked(drop_id, rule.name, folder.watch, key[1], match.kind, State.DETECTED)
         self.tracker.adopt(tr, now)
         self.by_key[key] = drop_id
-        folder.known[key[1]] = (drop_id, State.DETECTED, None, None)
+        folder.known[key[1]] = None
         self.settler.observe(key, sig, settle=rule.settle_seconds, now=now)
         self._last_activity = now
         log.info("%s %s: detected (%s drop), settling", rule.name, key[1], match.kind)
@@ -790,7 +789,8 @@ class Engine:
         self.settler.forget(key)
         folder = self.folders.get(tr.watch)
         if folder is not None:
-            folder.known[tr.path] = (tr.id, tr.state, tr.size, tr.mtime_ns)
+            size, mtime = tr.size, tr.mtime_ns
+            folder.known[tr.path] = None if size is None or mtime is None else (size, mtime)
         if tr.state == State.COMPLETED and tr.source_deleted:
             self._tidy(tr)
 

@@ -402,24 +402,27 @@ class Ledger:
         with self._reading() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
-    def latest_by_path(self, watch: str) -> dict[str, tuple[int, str, int | None, int | None]]:
-        """The newest drop of each path under ``watch``: path -> (id, state, size, mtime_ns).
+    def settled_by_path(self, watch: str) -> dict[str, tuple[int, int] | None]:
+        """What the ledger settled under ``watch``: path -> (size, mtime_ns) of the path's
+        newest drop when that drop is final, None while it is still active.
 
-        What a rescan compares the filesystem with; tuples, not rows, to stay small for
+        What a scan compares the filesystem with: a file whose (size, mtime) equals its
+        entry was archived, rejected or failed as it is, and needs no second look. Plain
+        tuples, shaped like :func:`ingest.watch.scan`'s, to stay small and quick for
         hundreds of thousands of files.
         """
+        final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATES))
         with self._reading() as conn:
             raw = conn.connection.driver_connection
             assert isinstance(raw, sqlite3.Connection)
             # The plain DBAPI cursor: SQLAlchemy's per-row processing doubles the cost of
             # a start-up over a few hundred thousand known paths.
             rows = raw.execute(
-                "SELECT path, id, state, size, mtime_ns FROM drops WHERE watch = ? ORDER BY id",
+                f"SELECT path, state IN ({final}), size, mtime_ns FROM drops "  # noqa: S608
+                "WHERE watch = ? ORDER BY id",
                 (watch,),
             )
-            return {
-                path: (drop_id, state, size, mtime) for path, drop_id, state, size, mtime in rows
-            }
+            return {path: (size, mtime) if done else None for path, done, size, mtime in rows}
 
     def history(self, drop_id: int) -> list[dict[str, Any]]:
         with self._reading() as conn:
