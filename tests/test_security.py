@@ -1,4 +1,4 @@
-"""The security model, point by point (see docs/reliability.md, "Security model").
+"""The security model, point by point (see the README, "Security model").
 
 Covered elsewhere, referenced not repeated: the emulator enforces DIVA roles
 (tests/test_emulator.py), the client verifies TLS by default, accepts a custom CA and
