@@ -227,8 +227,9 @@ class DivaAuth(httpx.Auth):
             return
         response.read()
         with self._lock:
-            if self._token == used:
-                # Ours was the token refused: expired, revoked, or the server restarted.
+            # Log in again if ours was the token refused (expired, revoked, the server
+            # restarted), or if another thread's new login failed and left none.
+            if self._token is None or self._token == used:
                 self._token = None
                 login = yield self.login_request()
                 login.read()

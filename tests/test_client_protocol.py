@@ -266,3 +266,23 @@ def test_secrets_never_reach_reprs_or_errors() -> None:
         assert PASSWORD not in text
         assert token not in text
     diva.close()
+
+
+def test_a_failed_relogin_in_one_thread_does_not_break_another() -> None:
+    """Two calls see the token expire; the first one's new login fails. The second must
+    log in itself, not send a call without a token."""
+    fake = FakeDiva(versions_ok)
+    diva = make_client(fake)
+    diva.versions()
+    fake.valid.clear()  # the token expires
+    flow = diva._auth.sync_auth_flow(httpx.Request("GET", f"{GATEWAY}/manager/versions"))
+    first = next(flow)
+    assert first.headers["Authorization"] == "tok-1"
+    diva._auth._token = None  # meanwhile another thread's re-login failed, leaving none
+    login = flow.send(httpx.Response(403, json={"statusCode": 1020}, request=first))
+    assert login.url.path == "/dataservice/users/login"
+    response = fake(login)
+    response.request = login
+    replay = flow.send(response)
+    assert replay.headers["Authorization"] == "tok-2"
+    diva.close()
