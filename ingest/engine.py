@@ -336,9 +336,12 @@ class Engine:
             self._enqueue(tr)  # the dispatcher reconciles it with DIVA first
         return True
 
-    def _adopt_external(self, now: float) -> None:
-        """Pick up drops an operator put back in the queue (``ingest retry``)."""
-        for row in self.ledger.rows(State.RETRY_WAIT):
+    def _adopt_external(self, tx: Batch, now: float) -> None:
+        """Pick up drops an operator put back in the queue (``ingest retry``).
+
+        Read through this turn's own transaction: a drop this turn just finished is no
+        longer in memory, and another connection would still see it waiting."""
+        for row in tx.rows(State.RETRY_WAIT):
             if row["id"] not in self.tracker.drops:
                 tr = Tracked.from_row(row)
                 if self._take(tr, now, external=True):
@@ -409,7 +412,7 @@ class Engine:
             if self.book.maybe_reload():
                 self._hinted.clear()
                 self._apply_rules(self.book.rules)
-            self._adopt_external(now)
+            self._adopt_external(tx, now)
         for folder in self.folders.values():
             if folder.observer == "native" and not folder.paused:
                 alive = folder.watcher is not None and folder.watcher.alive

@@ -268,6 +268,12 @@ class Batch:
         keys = tuple(fields)
         self._raw.execute(_update_sql(keys), (*(fields[k] for k in keys), drop_id))
 
+    def rows(self, state: str) -> list[dict[str, Any]]:
+        """The drops in ``state`` as this transaction sees them (its own writes included)."""
+        cursor = self._raw.execute("SELECT * FROM drops WHERE state = ? ORDER BY id", (state,))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
     def watcher(self, watch: str, observer: str, health: str, detail: str = "", **kw: Any) -> None:
         """Record a watch folder's health (upsert)."""
         row: dict[str, Any] = {"watch": watch, "observer": observer, "health": health}

@@ -404,3 +404,28 @@ def test_a_dead_native_watcher_is_restarted(
     assert "died; restarting it" in caplog.text
     (dep.watch / "after.mxf").write_bytes(b"after")
     dep.wait_state("after.mxf", "COMPLETED")
+
+
+def test_a_drop_finished_this_turn_is_not_taken_for_an_operator_retry(
+    deployment: Deployment,
+) -> None:
+    """Seen in the fault suite: a drop reconciled to COMPLETED and, in the same turn,
+    picked up again as "requeued by an operator" because another connection still saw it
+    in RETRY_WAIT; it then 'vanished' and was marked SKIPPED over its COMPLETED."""
+    from ingest.config import load_config
+    from ingest.engine import Engine
+
+    dep = deployment
+    dep.rule()
+    engine = Engine(load_config(dep.config_path))
+    try:
+        with engine.ledger.batch() as tx:
+            drop_id = tx.add(rule="news", watch=str(dep.watch), path="x.mxf", state="RETRY_WAIT")
+        with engine.ledger.batch() as tx:
+            tx.transition(drop_id, "RETRY_WAIT", "COMPLETED", "reconciled: DIVA completed it")
+            engine._adopt_external(tx, time.monotonic())
+        assert drop_id not in engine.tracker.drops
+        assert [r["state"] for r in dep.rows("x.mxf")] == ["COMPLETED"]
+    finally:
+        engine.client.close()
+        engine.ledger.close()
