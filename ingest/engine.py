@@ -279,7 +279,7 @@ class Engine:
                 try:
                     with self.ledger.batch() as tx:
                         self.tracker.tx = tx
-                        self.tracker.on_outcome(item[1], time.monotonic(), shutting_down=True)
+                        self.tracker.on_outcome(item[1], time.monotonic())
                 except LedgerError as exc:
                     log.error("ledger write failed while stopping: %s", exc)
                 finally:

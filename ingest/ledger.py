@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import json
 import os
 import sqlite3
 import time
@@ -42,7 +41,6 @@ __all__ = [
     "State",
     "TransitionRow",
     "WatcherRow",
-    "dumps_body",
     "sqlite_path",
 ]
 
@@ -501,8 +499,3 @@ def _read_only_fs(path: Path) -> bool:
         return bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
     except OSError:
         return False
-
-
-def dumps_body(body: Mapping[str, Any]) -> str:
-    """The archive body as stored in the ledger: compact, stable key order."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

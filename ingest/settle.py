@@ -141,13 +141,6 @@ class Settler:
         if entry is not None:
             self._push(key, entry, now + after)
 
-    def hold(self, key: Hashable, signature: Signature, *, settle: float, after: float,
-             now: float) -> None:  # fmt: skip
-        """Track a drop that is complete but must wait (marker, queue) and look again later."""
-        entry = _Entry(signature, now - settle, settle, 0.0)
-        self._entries[key] = entry
-        self._push(key, entry, now + after)
-
     def forget(self, key: Hashable) -> None:
         """Stop tracking a drop (its heap item is dropped lazily)."""
         self._entries.pop(key, None)
@@ -166,7 +159,3 @@ class Settler:
     def __iter__(self) -> Iterator[Hashable]:
         """The keys of the drops settling now (a copy: safe to forget while iterating)."""
         return iter(list(self._entries))
-
-    def changed_at(self, key: Hashable) -> float | None:
-        entry = self._entries.get(key)
-        return entry.changed_at if entry else None

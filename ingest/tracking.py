@@ -39,7 +39,7 @@ from .errors import (
 )
 from .ledger import FINAL_STATES, Batch, State
 from .protocol import DELETE_ON_SOURCE, TRANSIENT_ABORT_REASONS, RequestState
-from .rules import Rule
+from .rules import Rule, build_archive_body
 from .templates import Drop, DropRefused
 
 __all__ = [
@@ -368,7 +368,7 @@ class Tracker:
         """Build the archive body of a settled drop; a drop that cannot be archived is
         REJECTED with the reason, its files left where they are."""
         try:
-            body = build_body(rule, drop)
+            body = build_archive_body(rule, drop)
         except DropRefused as exc:
             self.move(tr, State.REJECTED, exc.reason, error=exc.reason)
             return False
@@ -425,7 +425,7 @@ class Tracker:
 
     # -- answers ----------------------------------------------------------------------
 
-    def on_outcome(self, outcome: Outcome, now: float, *, shutting_down: bool = False) -> None:
+    def on_outcome(self, outcome: Outcome, now: float) -> None:
         tr = self.drops.get(outcome.drop_id)
         if tr is None or tr.token != outcome.token:
             return
@@ -626,12 +626,6 @@ class Tracker:
                           next_attempt_at=time.time())  # fmt: skip
             tr.queued = True
             self._requeue(tr)
-
-
-def build_body(rule: Rule, drop: Drop) -> dict[str, Any]:
-    from .rules import build_archive_body
-
-    return build_archive_body(rule, drop)
 
 
 def _codes(error: DivaError) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import translate
 from pathlib import Path
@@ -223,11 +223,3 @@ class NativeWatcher:
             observer.stop()
             if observer.is_alive() and threading.current_thread() is not observer:
                 observer.join(timeout=5)
-
-
-def relpaths_under(watch: str, paths: Iterable[str]) -> Iterable[str]:
-    """Relative paths of ``paths`` inside ``watch``; paths outside it are dropped."""
-    base = watch.rstrip("/") + "/"
-    for path in paths:
-        if path.startswith(base):
-            yield path[len(base) :]
