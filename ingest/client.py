@@ -456,41 +456,37 @@ class DivaClient:
         return _read_json(response, verdict=method == "POST")
 
     def _send(self, request: httpx.Request, *, auth: bool, check: bool = True) -> httpx.Response:
+        where = f"{request.method} {request.url.path}"
         try:
             response = self._http.send(request, auth=self._auth if auth else None, stream=True)
-        except httpx.TimeoutException as exc:
-            raise DivaUnavailable(
-                f"DIVA did not answer {request.method} {request.url.path} in time",
-                url=str(request.url),
-            ) from exc
         except httpx.TransportError as exc:
-            raise DivaUnavailable(
-                f"cannot reach DIVA at {request.url.host}:{request.url.port}: "
-                f"{self._scrub(_transport_reason(exc))}",
-                url=str(request.url),
-            ) from exc
-        except DivaError:
-            raise
+            raise self._unavailable(
+                exc, request, f"DIVA did not answer {where} in time",
+                f"cannot reach DIVA at {request.url.host}:{request.url.port}",
+            ) from exc  # fmt: skip
         try:
             _read_capped(response)
-        except httpx.TimeoutException as exc:
-            # The answer started and then stalled: the call may well have been carried out.
-            raise DivaUnavailable(
-                f"DIVA's answer to {request.method} {request.url.path} stalled",
-                url=str(request.url),
-            ) from exc
         except httpx.TransportError as exc:
-            # The connection dropped mid-answer (a proxy or DIVA restarting): same story.
-            raise DivaUnavailable(
-                f"DIVA's answer to {request.method} {request.url.path} was cut off: "
-                f"{self._scrub(_transport_reason(exc))}",
-                url=str(request.url),
-            ) from exc
+            # The answer started, then stalled or was cut off (a proxy or DIVA restarting):
+            # the call may well have been carried out.
+            raise self._unavailable(
+                exc, request, f"DIVA's answer to {where} stalled",
+                f"DIVA's answer to {where} was cut off",
+            ) from exc  # fmt: skip
         finally:
             response.close()
         if response.is_success or not check:
             return response
         raise error_for(response, scrub=self._scrub)
+
+    def _unavailable(
+        self, exc: httpx.TransportError, request: httpx.Request, timed_out: str, failed: str
+    ) -> DivaUnavailable:
+        """A transport failure as :class:`DivaUnavailable`, its reason scrubbed of secrets."""
+        if isinstance(exc, httpx.TimeoutException):
+            return DivaUnavailable(timed_out, url=str(request.url))
+        reason = self._scrub(_transport_reason(exc))
+        return DivaUnavailable(f"{failed}: {reason}", url=str(request.url))
 
     def _scrub(self, text: str) -> str:
         for secret in (*self._secrets, self._auth.token):
