@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import random
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -258,7 +259,8 @@ class Engine:
             return False
         if self.dispatcher.running or len(self.settler) or self._ready:
             return False
-        if any(d.id not in self.waiting_marker.values() for d in self.tracker.drops.values()):
+        waiting = set(self.waiting_marker.values())
+        if any(drop_id not in waiting for drop_id in self.tracker.drops):
             return False
         settle = max((f.settle_max for f in self.folders.values()), default=0.0)
         return time.monotonic() - self._last_activity >= max(settle, 0.5)
@@ -816,9 +818,7 @@ class Engine:
 
 
 def _regular(st: os.stat_result) -> bool:
-    import stat as stat_module
-
-    return stat_module.S_ISREG(st.st_mode)
+    return stat.S_ISREG(st.st_mode)
 
 
 def _looks_away(watch: str, dev: int | None, *, empty_means_away: bool) -> bool:

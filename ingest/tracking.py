@@ -40,7 +40,7 @@ from .errors import (
 from .ledger import FINAL_STATES, Batch, State
 from .protocol import DELETE_ON_SOURCE, TRANSIENT_ABORT_REASONS, RequestState
 from .rules import Rule, build_archive_body
-from .templates import Drop, DropRefused
+from .templates import Drop, DropRefused, Kind
 
 __all__ = [
     "Dispatcher",
@@ -249,9 +249,9 @@ class Tracked:
         )  # fmt: skip
 
     def as_drop(self, rule: Rule) -> Drop:
+        kind: Kind = "folder" if self.kind == "folder" else "file"
         mtime = (self.mtime_ns or 0) / 1e9
-        return Drop(rule.name, rule.watch, self.path, self.kind, self.size or 0, mtime,  # type: ignore[arg-type]
-                    self.members)  # fmt: skip
+        return Drop(rule.name, rule.watch, self.path, kind, self.size or 0, mtime, self.members)
 
     def sources(self) -> list[str]:
         """The files DIVA was asked to archive, as absolute paths."""
