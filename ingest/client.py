@@ -6,20 +6,28 @@
         request_id = diva.archive(body)
         info = diva.request(request_id)        # RequestInfo(state=RequestState.RUNNING, ...)
 
-Login is an :class:`httpx.Auth` flow: the token is fetched on first use and reused; a 401 or
-403 makes the flow log in again once and replay the call, as the guide asks (never a login
-per call). Failures become the :mod:`ingest.errors` tree: transient ones (transport,
-timeouts, 5xx, 1032) are for the caller to retry with backoff; the client itself never
-retries anything but that single re-login.
+Login is an :class:`httpx.Auth` flow: the token is fetched on first use and reused; a 401,
+or a 403 that is not a refusal for the role, makes the flow log in again once and replay
+the call, as the guide asks (never a login per call). Failures become the
+:mod:`ingest.errors` tree, decided by :data:`ingest.protocol.CODE_KINDS`: transient ones
+(transport, timeouts, 5xx, 1002, 1032...) are for the caller to retry with backoff; the
+client itself never retries anything but that single re-login.
+
+Fail-safe reading: only DIVA's own word (a 1009 or 1011 status, or a request list read
+to its end) ever means "DIVA does not have it". A bare 404 is a missing route
+(:class:`DivaNoRoute`), a list that does not end is :class:`DivaUnconfirmed`.
 """
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import logging
 import ssl
 import threading
-from collections.abc import Generator, Iterable, Mapping
+import time
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -32,14 +40,17 @@ from .errors import (
     DivaAuthError,
     DivaBusy,
     DivaError,
+    DivaNoRoute,
     DivaNotFound,
     DivaObjectExists,
     DivaProtocolError,
     DivaRefused,
     DivaServerError,
+    DivaStatusTransient,
     DivaUnavailable,
+    DivaUnconfirmed,
 )
-from .protocol import RequestState, status_name
+from .protocol import CodeKind, RequestState, code_kind, status_name
 
 __all__ = [
     "Component",
@@ -49,6 +60,9 @@ __all__ = [
     "RequestInfo",
     "error_for",
 ]
+
+#: Where DIVA serves object info: the guide's name first, then the one production code uses.
+OBJECT_INFO_PATHS = ("/object/info", "/objects/info")
 
 log = logging.getLogger("ingest.client")
 
@@ -135,40 +149,71 @@ class ObjectInfo:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> ObjectInfo:
-        """Read an object; components may be called ``components`` or ``files``."""
+        """Read an object; components may be called ``components`` or ``files``.
+
+        An object whose files cannot be read is a :class:`DivaProtocolError`: without them
+        nobody can tell whether it is ours.
+        """
+        for wrapper in ("object", "objectInfo"):
+            inner = data.get(wrapper)
+            if isinstance(inner, Mapping) and "objectName" not in data:
+                data = inner
         name = _str(data.get("objectName")) or _str(data.get("name"))
         collection = _str(data.get("collectionName")) or _str(data.get("collection"))
         if not name or collection is None:
             raise DivaProtocolError(f"object without a name: {_snippet(json.dumps(data))}")
-        parts = data.get("components") or data.get("files") or []
+        parts = data.get("components", data.get("files"))
+        if not isinstance(parts, list):
+            raise DivaProtocolError(
+                f"object {name!r} without a readable list of files: {_snippet(json.dumps(data))}"
+            )
         components = []
-        for part in parts if isinstance(parts, list) else []:
+        for part in parts:
             if isinstance(part, str):
                 components.append(Component(part))
             elif isinstance(part, Mapping):
+                file = _str(part.get("name")) or _str(part.get("fileName"))
+                if not file:
+                    raise DivaProtocolError(f"object {name!r} has a file without a name")
                 components.append(
                     Component(
-                        name=_str(part.get("name")) or _str(part.get("fileName")) or "",
+                        name=file,
                         size=_int(part.get("size")),
                         checksum=_str(part.get("checksum")) or _str(part.get("md5")),
                     )
                 )
+            else:
+                raise DivaProtocolError(f"object {name!r} has a file entry that is not a name")
         return cls(name, collection, tuple(components), dict(data))
 
 
 class DivaAuth(httpx.Auth):
-    """DIVA login as an httpx auth flow: one token, reused; on 401/403 log in once more.
+    """DIVA login as an httpx auth flow: one token, reused while it is valid.
 
-    Thread-safe: concurrent calls share the token, and only one of them logs in again
-    when it expires.
+    A 401, or a 403 that is not DIVA's 1035 refusal for the role, means the token was
+    refused (expired, revoked, DIVA restarted): log in once more and replay the call. A 403
+    with 1035 on a token that has not expired is the role's refusal, and a new login would
+    only earn the same answer, so the call fails with it (the guide: one login, not one
+    per call). Thread-safe: concurrent calls share the token, and only one of them logs in
+    again when it expires.
     """
 
-    def __init__(self, login_url: str, username: str, password: str, scheme: AuthScheme) -> None:
+    def __init__(
+        self,
+        login_url: str,
+        username: str,
+        password: str,
+        scheme: AuthScheme,
+        *,
+        session_seconds: float = defaults.DIVA_SESSION_MINUTES * 60,
+    ) -> None:
         self._login_url = login_url
         self._username = username
         self._password = password
         self._scheme = scheme
+        self._session_seconds = session_seconds
         self._token: str | None = None
+        self._token_at = 0.0
         self._lock = threading.Lock()
         self.logins = 0
 
@@ -181,6 +226,21 @@ class DivaAuth(httpx.Auth):
 
     def forget(self) -> None:
         self._token = None
+
+    def use(self, token: str) -> None:
+        """Take a token from a login made outside the flow (:meth:`DivaClient.login`)."""
+        self._token = token
+        self._token_at = time.monotonic()
+
+    def expired(self, token: str) -> bool:
+        """Whether ``token`` has outlived its session: its JWT ``exp`` has passed, or it is
+        older than the session timeout. Unreadable tokens are judged by age alone."""
+        if token != self._token:
+            return True  # replaced since: whatever it was, it is not the one in use
+        if time.monotonic() - self._token_at >= self._session_seconds:
+            return True
+        exp = _jwt_exp(token)
+        return exp is not None and exp <= time.time()
 
     def _header(self, token: str) -> str:
         return f"Bearer {token}" if self._scheme == "bearer" else token
@@ -202,6 +262,8 @@ class DivaAuth(httpx.Auth):
                 http_status=response.status_code,
                 url=str(response.request.url),
             )
+        if not response.is_success:
+            raise error_for(response)
         data = _read_json(response)
         token = data.get("token") if isinstance(data, Mapping) else None
         if not isinstance(token, str) or not token:
@@ -219,22 +281,27 @@ class DivaAuth(httpx.Auth):
             if self._token is None:
                 response = yield self.login_request()
                 response.read()
-                self._token = self.accept_login(response)
+                self.use(self.accept_login(response))
             used = self._token
+        assert used is not None
         request.headers["Authorization"] = self._header(used)
         response = yield request
         if response.status_code not in (401, 403):
             return
         response.read()
         with self._lock:
-            # Log in again if ours was the token refused (expired, revoked, the server
-            # restarted), or if another thread's new login failed and left none.
+            role_refusal = response.status_code == 403 and _status_of(response) == 1035
+            if role_refusal and not self.expired(used):
+                return  # the role's refusal: error_for makes it DivaAccessDenied
+            # Log in again if ours was the token refused, or if another thread's new login
+            # failed and left none; else another thread already has a fresh one.
             if self._token is None or self._token == used:
                 self._token = None
                 login = yield self.login_request()
                 login.read()
-                self._token = self.accept_login(login)
+                self.use(self.accept_login(login))
             used = self._token
+        assert used is not None
         request.headers["Authorization"] = self._header(used)
         yield request
 
@@ -271,11 +338,25 @@ class DivaClient:
         verify: bool | str = True,
         timeout: float = defaults.DIVA_TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
+        object_info_path: str | None = None,
+        session_minutes: float = defaults.DIVA_SESSION_MINUTES,
+        page_size: int = defaults.DIVA_LIST_PAGE_SIZE,
+        max_pages: int = defaults.DIVA_LIST_MAX_PAGES,
     ) -> None:
         base = url.rstrip("/")
         self.data_url = (data_url or f"{base}/dataservice").rstrip("/")
         self.manager_url = (manager_url or f"{base}/manager").rstrip("/")
-        self._auth = DivaAuth(f"{self.data_url}/users/login", username, password, auth_scheme)
+        self._auth = DivaAuth(
+            f"{self.data_url}/users/login", username, password, auth_scheme,
+            session_seconds=session_minutes * 60,
+        )  # fmt: skip
+        #: the object-info route: pinned by config, else learned from the first answer
+        self.object_info_path: str | None = object_info_path
+        self._object_info_pinned = object_info_path is not None
+        self.page_size = page_size
+        self.max_pages = max_pages
+        #: how the server numbers request-list pages (1 as the guide's sample; 0 detected)
+        self.page_base: int | None = None
         self._http = httpx.Client(
             auth=self._auth,
             verify=_ssl_context(verify),
@@ -305,7 +386,7 @@ class DivaClient:
     def login(self) -> None:
         """Log in now (calls log in on first use anyway): checks the credentials early."""
         response = self._send(self._auth.login_request(), auth=False, check=False)
-        self._auth._token = self._auth.accept_login(response)
+        self._auth.use(self._auth.accept_login(response))
 
     def logout(self) -> None:
         """Delete the token on the server; a no-op when not logged in."""
@@ -358,48 +439,131 @@ class DivaClient:
     def requests(
         self,
         *,
-        type: str | None = None,
-        states: Iterable[str] = (),
-        collection: str | None = None,
         object_name: str | None = None,
+        collection: str | None = None,
         since: datetime | None = None,
-        newest_first: bool = False,
     ) -> list[RequestInfo]:
-        """Requests DIVA knows, filtered as production clients filter them.
+        """The requests in DIVA's queue for an object, read to the end of the list.
 
-        ``states`` are DIVA's words (``Pending``, ``Running``, ``Waiting for resources``...).
+        Pages through ``GET /requests?page=N&size=M`` until a short page. The filters go
+        to the server as hints only (the guide documents none); every entry is checked
+        here. With ``since``, a newest-first list stops at requests submitted before it
+        (less a margin for clock skew). Raises :class:`DivaUnconfirmed` when the list does
+        not end within ``max_pages``, or has entries that do not name their object: then
+        nobody can say a request is *not* there.
+
+        >>> diva.requests(object_name="clip.mxf", collection="news")  # doctest: +SKIP
+        [RequestInfo(request_id=41, state=<RequestState.COMPLETED: 3>, ...)]
         """
-        params: list[tuple[str, str]] = [("sortField", "ID")]
-        params.append(("sortDirection", "DESC" if newest_first else "ASC"))
-        if type:
-            params.append(("type", type))
-        params.extend(("states", s) for s in states)
+        hints: list[tuple[str, str]] = []
+        if object_name is not None:
+            hints.append(("objectName", object_name))
         if collection is not None:
-            params.append(("collectionName", collection))
-        if object_name is not None:
-            params.append(("objectName", object_name))
+            hints.append(("collectionName", collection))
+        floor = None
         if since is not None:
-            params.append(("startDateTime", since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")))
-        data = _mapping(self._call("GET", f"{self.manager_url}/requests", params=params))
-        found = [RequestInfo.from_wire(r) for r in _list(data.get("requests", []))]
-        if object_name is not None:
-            # A server that ignores the filter must not make us adopt someone else's request.
-            found = [r for r in found if r.object_name in (None, object_name)]
+            floor = since.timestamp() - defaults.DIVA_LIST_MARGIN_SECONDS
+        base = self._page_base(hints)
+        found: list[RequestInfo] = []
+        unnamed = 0
+        seen: set[int] = set()
+        for page in range(base, base + self.max_pages):
+            items = self._request_page(page, hints)
+            ids = [r.request_id for r in items]
+            if items and set(ids) <= seen:
+                # The server ignores `page`: what it sent is all it will ever send.
+                if len(items) > self.page_size:
+                    break
+                raise DivaUnconfirmed(
+                    f"DIVA's request list repeats page {page - 1} as page {page}: "
+                    "it cannot be read to its end"
+                )
+            seen.update(ids)
+            for r in items:
+                if r.object_name is None:
+                    unnamed += 1
+                elif object_name in (None, r.object_name) and (
+                    collection is None or r.collection in (None, collection)
+                ):
+                    found.append(r)
+            if len(items) < self.page_size or len(items) > self.page_size:
+                break  # a short page is the last; a long one means `size` was ignored
+            if floor is not None and _newest_first(items) and _all_before(items, floor):
+                break
+        else:
+            raise DivaUnconfirmed(
+                f"DIVA's request list did not end within {self.max_pages} pages of "
+                f"{self.page_size}: cannot confirm whether a request is there"
+            )
+        if unnamed and not found:
+            raise DivaUnconfirmed(
+                f"{unnamed} request(s) in DIVA's list do not say which object they are for"
+            )
         return found
+
+    def _request_page(self, page: int, hints: list[tuple[str, str]]) -> list[RequestInfo]:
+        params = [("page", str(page)), ("size", str(self.page_size)), *hints]
+        data = self._call("GET", f"{self.manager_url}/requests", params=params)
+        if isinstance(data, Mapping):
+            items = data.get("requests", data.get("content"))
+            if items is None:
+                raise DivaProtocolError(
+                    f"DIVA's request list has no `requests`: {_snippet(json.dumps(data))}"
+                )
+        else:
+            items = data
+        return [RequestInfo.from_wire(_mapping(r)) for r in _list(items)]
+
+    def _page_base(self, hints: list[tuple[str, str]]) -> int:
+        """1 when pages are numbered from 1 (the guide's sample), 0 when from 0; found out
+        once, on the first walk, by asking for page 0: a 1-based server refuses it, answers
+        nothing, or answers page 1 again."""
+        if self.page_base is not None:
+            return self.page_base
+        try:
+            zero = self._request_page(0, hints)
+        except (DivaRefused, DivaProtocolError) as exc:
+            if isinstance(exc, DivaNoRoute):
+                raise
+            zero = []
+        base = 1
+        if zero:
+            one = self._request_page(1, hints)
+            if [r.request_id for r in zero] != [r.request_id for r in one]:
+                base = 0
+        self.page_base = base
+        log.debug("DIVA's request list pages from %d", base)
+        return base
 
     # -- objects and resources -------------------------------------------------------
 
     def object_info(self, object_name: str, collection: str) -> ObjectInfo | None:
-        """The archived object, or None when DIVA has no such object."""
-        try:
-            data = self._call(
-                "GET",
-                f"{self.manager_url}/objects/info",
-                params={"objectName": object_name, "collectionName": collection},
-            )
-        except DivaNotFound:
-            return None
-        return ObjectInfo.from_wire(_mapping(data))
+        """The archived object, or None when DIVA says it has none (1009).
+
+        Asks the guide's ``GET /object/info``; only when that route is missing (a 404
+        without a DIVA status) does it try ``/objects/info``, and it remembers the route
+        that answered. A missing route is never read as a missing object.
+        """
+        params = {"objectName": object_name, "collectionName": collection}
+        paths = (self.object_info_path,) if self.object_info_path else OBJECT_INFO_PATHS
+        for i, path in enumerate(paths):
+            try:
+                data = self._call("GET", f"{self.manager_url}{path}", params=params)
+            except DivaNoRoute:
+                if self._object_info_pinned or i == len(paths) - 1:
+                    raise
+                log.info("DIVA has no %s route; trying %s", path, paths[i + 1])
+                continue
+            except DivaNotFound as exc:
+                if exc.status_code != 1009:
+                    raise DivaUnconfirmed(
+                        f"DIVA answered object info with {exc.status_name} ({exc.status_code})"
+                    ) from exc
+                self.object_info_path = path
+                return None
+            self.object_info_path = path
+            return ObjectInfo.from_wire(_mapping(data))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def objects(
         self, *, since: datetime | None = None, collection: str | None = None
@@ -501,7 +665,9 @@ class DivaClient:
 def error_for(response: httpx.Response, *, scrub: Any = None) -> DivaError:
     """The :mod:`ingest.errors` exception for an unsuccessful DIVA answer.
 
-    DIVA's ``statusCode`` decides when there is one; the HTTP status otherwise.
+    DIVA's ``statusCode`` decides when there is one, by its kind in
+    :data:`~ingest.protocol.CODE_KINDS`; the HTTP status otherwise. Only a DIVA status
+    ever says "not found": a bare 404 is a missing route.
     """
     url = str(response.request.url)
     status = response.status_code
@@ -518,7 +684,7 @@ def error_for(response: httpx.Response, *, scrub: Any = None) -> DivaError:
         body = json.loads(response.content) if response.content else None
     except ValueError:
         body = None
-    code = _int(body.get("statusCode")) if isinstance(body, Mapping) else None
+    code = _status_code(body)
     desc = _str(body.get("statusDescription")) if isinstance(body, Mapping) else None
     name = (_str(body.get("statusName")) if isinstance(body, Mapping) else None) or (
         status_name(code) if code else None
@@ -535,26 +701,79 @@ def error_for(response: httpx.Response, *, scrub: Any = None) -> DivaError:
         "url": url,
     }
     message = f"DIVA refused {where}: {detail}"
-    if code == 1032:
-        return DivaBusy(f"DIVA is busy ({where}): {detail}", **ctx)
-    if code in (1016, 1040):
-        return DivaObjectExists(message, **ctx)
-    if code == 1035:
-        return DivaAccessDenied(message + " (the DIVA user's role does not allow it)", **ctx)
-    if code in (1009, 1011) or (status == 404 and code is None):
-        return DivaNotFound(message, **ctx)
+    if code is not None:
+        kind = code_kind(code)
+        if code == 1032:
+            return DivaBusy(f"DIVA is busy ({where}): {detail}", **ctx)
+        if code == 1035:
+            return DivaAccessDenied(message + " (the DIVA user's role does not allow it)", **ctx)
+        if status in (401, 403):
+            return DivaAuthError(
+                f"DIVA refused the token for {where} even after a new login: {detail}", **ctx
+            )
+        if kind is CodeKind.CONFLICT:
+            return DivaObjectExists(message, **ctx)
+        if kind is CodeKind.NOT_FOUND:
+            return DivaNotFound(message, **ctx)
+        if kind is CodeKind.PERMANENT:
+            return DivaRefused(message, **ctx)
+        if kind is CodeKind.TRANSIENT:
+            kind_error = DivaServerError if status >= 500 else DivaStatusTransient
+            return kind_error(f"DIVA failed on {where}: {detail}", **ctx)
+        # A success code on an unsuccessful HTTP status: the two disagree; read on.
     if status in (401, 403):
         return DivaAuthError(f"DIVA refused the token for {where} even after a new login", **ctx)
-    if status >= 500:
-        return DivaServerError(f"DIVA failed on {where}: {detail}", **ctx)
-    if code is None and not isinstance(body, Mapping):
-        return DivaProtocolError(
-            f"DIVA answered {where} with HTTP {status} and no DIVA status: "
-            f"{_snippet(response.text if scrub is None else scrub(response.text))}",
+    if status == 404:
+        return DivaNoRoute(
+            f"DIVA has no route for {where} (HTTP 404 without a DIVA status): "
+            "check diva.url and the DIVA version",
             http_status=status,
             url=url,
         )
-    return DivaRefused(message, **ctx)
+    if status >= 500:
+        return DivaServerError(f"DIVA failed on {where}: {detail}", **ctx)
+    text = response.text if scrub is None else scrub(response.text)
+    return DivaProtocolError(
+        f"DIVA answered {where} with HTTP {status} and no DIVA status: {_snippet(text)}",
+        http_status=status,
+        url=url,
+    )
+
+
+def _status_code(body: Any) -> int | None:
+    return _int(body.get("statusCode")) if isinstance(body, Mapping) else None
+
+
+def _status_of(response: httpx.Response) -> int | None:
+    """The DIVA ``statusCode`` of an answer whose body has been read, if it has one."""
+    try:
+        return _status_code(json.loads(response.content)) if response.content else None
+    except ValueError:
+        return None
+
+
+def _jwt_exp(token: str) -> float | None:
+    """A JWT's ``exp`` claim, read without checking the signature (only DIVA can); None
+    when the token is not a JWT or has no expiry."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    exp = payload.get("exp") if isinstance(payload, Mapping) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def _newest_first(items: list[RequestInfo]) -> bool:
+    ids = [r.request_id for r in items]
+    return len(ids) > 1 and all(a > b for a, b in itertools.pairwise(ids))
+
+
+def _all_before(items: list[RequestInfo], floor: float) -> bool:
+    dates = [r.submitted_at for r in items]
+    return all(d is not None and d.timestamp() < floor for d in dates)
 
 
 def _read_capped(response: httpx.Response) -> None:

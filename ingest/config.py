@@ -60,6 +60,12 @@ class DivaConfig:
     poll_seconds: float = defaults.DIVA_POLL_SECONDS
     max_in_flight: int = defaults.DIVA_MAX_IN_FLIGHT
     max_attempts: int = defaults.DIVA_MAX_ATTEMPTS
+    #: pin the object-info route (``/object/info`` or ``/objects/info``); None: find out
+    object_info_path: str | None = None
+    #: the DIVA user's session timeout, minutes: an older token is expired
+    session_minutes: float = defaults.DIVA_SESSION_MINUTES
+    #: a request DIVA keeps waiting longer than this is "stuck" in ``ingest status``
+    stuck_after_seconds: float = defaults.DIVA_STUCK_AFTER_SECONDS
 
     def password(self) -> str:
         """The DIVA password, read now from the env var or the owner-only password file.
@@ -200,6 +206,21 @@ def _scheme(value: str) -> str | None:
     return f"must be 'raw' or 'bearer', got {value!r}" + did_you_mean(value, ["raw", "bearer"])
 
 
+def _info_path(value: str) -> str | None:
+    if value in ("/object/info", "/objects/info"):
+        return None
+    return (
+        "must be '/object/info' (the guide's) or '/objects/info' (seen in production), "
+        f"got {value!r}" + did_you_mean(value, ["/object/info", "/objects/info"])
+    )
+
+
+def _session(value: float) -> str | None:
+    if 1 <= value <= 10080:
+        return None
+    return f"must be 1..10080 minutes (DIVA's range), got {value!r}"
+
+
 def _ledger_url(value: str) -> str | None:
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return None
@@ -222,6 +243,14 @@ SECTIONS: dict[str, dict[str, Field]] = {
             Field("poll_seconds", "number", defaults.DIVA_POLL_SECONDS, check=_poll),
             Field("max_in_flight", "int", defaults.DIVA_MAX_IN_FLIGHT, check=_at_least(1)),
             Field("max_attempts", "int", defaults.DIVA_MAX_ATTEMPTS, check=_at_least(1)),
+            Field("object_info_path", "str", None, check=_info_path),
+            Field("session_minutes", "number", defaults.DIVA_SESSION_MINUTES, check=_session),
+            Field(
+                "stuck_after_seconds",
+                "number",
+                defaults.DIVA_STUCK_AFTER_SECONDS,
+                check=_positive,
+            ),
         ]
     },
     "ledger": {"url": Field("url", "str", defaults.LEDGER_URL, check=_ledger_url)},
@@ -404,4 +433,7 @@ def _diva(
         poll_seconds=poll,
         max_in_flight=values["max_in_flight"],
         max_attempts=values["max_attempts"],
+        object_info_path=values.get("object_info_path"),
+        session_minutes=values["session_minutes"],
+        stuck_after_seconds=values["stuck_after_seconds"],
     )

@@ -34,6 +34,16 @@ DIVA_POLL_SECONDS_MIN = 1.0
 DIVA_MAX_IN_FLIGHT = 50
 #: attempts per drop for transient failures before it is FAILED (attempts)
 DIVA_MAX_ATTEMPTS = 5
+#: a DIVA token's session timeout as the guide gives it (minutes; DIVA allows 1..10080)
+DIVA_SESSION_MINUTES = 1440
+#: a request waiting (queued, for resources, for an operator) longer than this is stuck
+DIVA_STUCK_AFTER_SECONDS = 4 * 3600.0
+#: ``GET /requests`` is read in pages of this many requests
+DIVA_LIST_PAGE_SIZE = 100
+#: ...and at most this many pages; a list that goes on is "cannot confirm", never "absent"
+DIVA_LIST_MAX_PAGES = 50
+#: requests submitted this long before a drop's intent cannot be its own (clock skew)
+DIVA_LIST_MARGIN_SECONDS = 3600.0
 
 # --- [ledger] ---------------------------------------------------------------------------
 #: SQLite ledger; a relative path is resolved against the config file's folder

@@ -115,6 +115,7 @@ class Engine:
                 diva.url, diva.username, diva.password(),
                 data_url=diva.data_url, manager_url=diva.manager_url,
                 auth_scheme=diva.auth_scheme, verify=verify, timeout=diva.timeout_seconds,
+                object_info_path=diva.object_info_path, session_minutes=diva.session_minutes,
             )  # fmt: skip
         self.client = client
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -329,7 +330,8 @@ class Engine:
             # Not settled, never given a request body, or requeued by an operator (who may
             # have mended the rule since): settle it again and build its request anew.
             self.tracker.drops[tr.id] = tr
-            tr.uncertain = external  # an earlier attempt may have reached DIVA: ask first
+            # An earlier attempt may have reached DIVA: ask before anything else.
+            tr.uncertain = external and tr.attempts > 0
             folder = self.folders.get(tr.watch)
             self.settler.touch(key, settle=folder.settle_max if folder else 0.0, now=now)
             return True
@@ -666,7 +668,7 @@ class Engine:
         sig, _ = self._read(folder, tr)
         if sig is None:
             self.settler.forget(key)
-            self.tracker.move(tr, State.SKIPPED, "vanished before it settled")
+            self._gone(tr, "vanished before it settled")
 
     # -- settling and submitting ------------------------------------------------------
 
@@ -704,12 +706,22 @@ class Engine:
             )
             if not self.settler.check(key, sig, now=now, vouched=vouched):
                 if sig is None:
-                    self.tracker.move(tr, State.SKIPPED, "vanished before it settled")
+                    self._gone(tr, "vanished before it settled")
                 continue
             assert sig is not None
             tr.size, tr.mtime_ns, tr.file_count = sig
             tr.members = members
             self._complete(tx, folder, tr, now)
+
+    def _gone(self, tr: Tracked, why: str) -> None:
+        """A drop's files are gone. If an archive call of its own may have reached DIVA,
+        that is what success looks like (DIVA deletes on source): ask DIVA, never SKIP."""
+        if tr.uncertain and tr.body is not None and tr.object_name:
+            log.info("%s: its files are gone; asking DIVA whether it archived them", tr.label)
+            self.settler.forget((tr.watch, tr.path))
+            self._enqueue(tr)
+            return
+        self.tracker.move(tr, State.SKIPPED, why)
 
     def _complete(self, tx: Batch, folder: Folder, tr: Tracked, now: float) -> None:
         """A settled drop: check its marker, build its request, and queue it."""
@@ -773,7 +785,13 @@ class Engine:
         try:
             st = os.lstat(os.path.join(tr.watch, tr.path))
         except OSError:
-            self.tracker.move(tr, State.SKIPPED, "vanished between settling and submitting")
+            if tr.attempts:
+                # DIVA has just said it holds nothing of an earlier attempt's, yet the files
+                # left: a person should look (only DIVA may delete them).
+                why = "its files vanished after DIVA said it had not archived them"
+                self.tracker.move(tr, State.FAILED, why, error=why)
+            else:
+                self.tracker.move(tr, State.SKIPPED, "vanished between settling and submitting")
             return False
         if _regular(st) and (st.st_size, st.st_mtime_ns) == (tr.size, tr.mtime_ns):
             return True

@@ -14,13 +14,16 @@ the DIVA status code. Messages never contain passwords or tokens.
     │   ├── DivaTransientError (4)     worth retrying later
     │   │   ├── DivaUnavailable (4)    connection refused, DNS, TLS, timeout
     │   │   ├── DivaServerError (4)    HTTP 5xx
-    │   │   └── DivaBusy (4)           1032: the manager's queue is full
+    │   │   └── DivaStatusTransient (4) a status naming a passing condition (1002, 1031...)
+    │   │       └── DivaBusy (4)       1032: the manager's queue is full
     │   ├── DivaAuthError (5)          login refused, or token refused after re-login
     │   ├── DivaRefused (6)            a permanent refusal with a DIVA status code
     │   │   ├── DivaAccessDenied (6)   1035: the user's role may not do this
     │   │   ├── DivaObjectExists (6)   1016 / 1040: the object exists or is being archived
-    │   │   └── DivaNotFound (6)       1009 / 1011 / HTTP 404
+    │   │   └── DivaNotFound (6)       1009 / 1011: DIVA's own word that it has none
     │   └── DivaProtocolError (7)      an answer that is not what DIVA sends (HTML, bad JSON)
+    │       ├── DivaNoRoute (7)        HTTP 404 without a DIVA status: no such route
+    │       └── DivaUnconfirmed (7)    a list that could not be read to its end
     ├── LedgerError (8)                the ledger cannot be opened or written
     └── NotFoundError (9)              a ledger row or path the operator named does not exist
 """
@@ -33,13 +36,16 @@ __all__ = [
     "DivaAuthError",
     "DivaBusy",
     "DivaError",
+    "DivaNoRoute",
     "DivaNotFound",
     "DivaObjectExists",
     "DivaProtocolError",
     "DivaRefused",
     "DivaServerError",
+    "DivaStatusTransient",
     "DivaTransientError",
     "DivaUnavailable",
+    "DivaUnconfirmed",
     "IngestError",
     "LedgerError",
     "NotFoundError",
@@ -129,7 +135,12 @@ class DivaServerError(DivaTransientError):
     """DIVA answered with an HTTP 5xx."""
 
 
-class DivaBusy(DivaTransientError):
+class DivaStatusTransient(DivaTransientError):
+    """DIVA refused with a status code that names a condition that passes (1002 internal
+    error, 1003 no archive system, 1031 object in use...): try again later."""
+
+
+class DivaBusy(DivaStatusTransient):
     """DIVA's queue is full (1032, CANNOT_ACCEPT_MORE_REQUESTS): back off."""
 
 
@@ -154,13 +165,26 @@ class DivaObjectExists(DivaRefused):
 
 
 class DivaNotFound(DivaRefused):
-    """The object, request or resource does not exist (1009, 1011, HTTP 404)."""
+    """DIVA's own word that the object or request does not exist (1009, 1011).
+
+    Only a DIVA status says so: a bare HTTP 404 is :class:`DivaNoRoute`, which proves
+    nothing about the object."""
 
 
 class DivaProtocolError(DivaError):
     """DIVA's answer was not what DIVA sends: HTML, truncated JSON, a missing field."""
 
     exit_code = 7
+
+
+class DivaNoRoute(DivaProtocolError):
+    """HTTP 404 with no DIVA status code: the server has no such route (a DIVA version or
+    gateway that names the call differently), which says nothing about the object."""
+
+
+class DivaUnconfirmed(DivaProtocolError):
+    """A question DIVA's answers could not settle: a request list that did not end within
+    the page limit, or entries that do not say which object they are for."""
 
 
 class LedgerError(IngestError):

@@ -100,6 +100,9 @@ class DropRow(SQLModel, table=True):
     finished_at: float | None = None
     next_attempt_at: float | None = None
     updated_at: float = 0.0
+    #: since when DIVA has kept the request waiting (pending, for resources, for an
+    #: operator): ``ingest status`` calls it stuck after ``[diva] stuck_after_seconds``
+    waiting_since: float | None = None
 
 
 class TransitionRow(SQLModel, table=True):
@@ -198,6 +201,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
         "0002_drops_state_finished",
         _run_script("CREATE INDEX ix_drops_state_finished ON drops (state, finished_at)"),
     ),
+    ("0003_drops_waiting_since", _run_script("ALTER TABLE drops ADD COLUMN waiting_since REAL")),
 ]
 
 _DROPS = DropRow.__table__  # type: ignore[attr-defined]

@@ -12,13 +12,15 @@ from typing import Any
 
 __all__ = [
     "ABORT_REASONS",
+    "CODE_KINDS",
     "DELETE_ON_SOURCE",
-    "PERMANENT_ARCHIVE_CODES",
     "QOS_NAMES",
     "STATUS",
     "STATUS_DESCRIPTIONS",
     "TRANSIENT_ABORT_REASONS",
+    "CodeKind",
     "RequestState",
+    "code_kind",
     "status_name",
 ]
 
@@ -67,8 +69,75 @@ STATUS: dict[int, str] = {
     1040: "DIVA_ERR_OBJECT_BEING_ARCHIVED",
 }
 
-#: Codes with which an archive request is refused for good: resubmitting the same body fails again.
-PERMANENT_ARCHIVE_CODES = frozenset({1008, 1016, 1017, 1018, 1035, 1040})
+
+class CodeKind(enum.Enum):
+    """What a ``statusCode`` tells a client to do about the call that got it."""
+
+    SUCCESS = "success"  # the call did what it was asked
+    TRANSIENT = "transient"  # a condition that passes: try again later, with backoff
+    PERMANENT = "permanent"  # the same call will fail again: refuse the drop
+    CONFLICT = "conflict"  # the object exists, or is being archived: whose is it?
+    NOT_FOUND = "not_found"  # DIVA's positive word that the object or request is not there
+
+
+#: Every status code's kind. The guide lists 1002, 1008, 1016, 1018 and 1040 as the ways an
+#: archive fails; the rest is read from each code's name. Where a code names a condition
+#: that passes (DIVA busy, restarting, disconnected, an object in use) it is transient, so
+#: a drop is retried and at worst FAILED with its files in place, never REJECTED for good.
+CODE_KINDS: dict[int, CodeKind] = {
+    1000: CodeKind.SUCCESS,
+    1001: CodeKind.TRANSIENT,  # unknown: nothing says it will fail again
+    1002: CodeKind.TRANSIENT,  # internal error: on the guide's list of archive failures
+    1003: CodeKind.TRANSIENT,  # no archive system: the manager is starting or stopping
+    1004: CodeKind.TRANSIENT,  # broken connection
+    1005: CodeKind.TRANSIENT,  # disconnecting
+    1006: CodeKind.TRANSIENT,  # already connected
+    1007: CodeKind.PERMANENT,  # wrong version
+    1008: CodeKind.PERMANENT,  # invalid parameter
+    1009: CodeKind.NOT_FOUND,  # object does not exist
+    1010: CodeKind.PERMANENT,  # several objects
+    1011: CodeKind.NOT_FOUND,  # no such request
+    1012: CodeKind.PERMANENT,  # not cancelable
+    1013: CodeKind.TRANSIENT,  # system idle
+    1014: CodeKind.PERMANENT,  # wrong list size
+    1015: CodeKind.PERMANENT,  # list not initialised
+    1016: CodeKind.CONFLICT,  # object already exists
+    1017: CodeKind.PERMANENT,  # group, media or storage plan does not exist
+    1018: CodeKind.PERMANENT,  # source or destination does not exist
+    1019: CodeKind.SUCCESS,  # no more objects: the end of a list, not an error
+    1020: CodeKind.TRANSIENT,  # not connected
+    1021: CodeKind.PERMANENT,  # group already exists
+    1022: CodeKind.PERMANENT,  # group in use
+    1023: CodeKind.TRANSIENT,  # object offline (a tape out of the library comes back)
+    1024: CodeKind.TRANSIENT,  # timeout
+    1025: CodeKind.PERMANENT,  # last instance
+    1026: CodeKind.PERMANENT,  # path destination
+    1027: CodeKind.PERMANENT,  # instance does not exist
+    1028: CodeKind.TRANSIENT,  # instance offline
+    1029: CodeKind.PERMANENT,  # instance must be on tape
+    1030: CodeKind.PERMANENT,  # no instance on tape
+    1031: CodeKind.TRANSIENT,  # object in use
+    1032: CodeKind.TRANSIENT,  # cannot accept more requests: the queue is full
+    1033: CodeKind.PERMANENT,  # tape does not exist
+    1034: CodeKind.PERMANENT,  # invalid instance type
+    1035: CodeKind.PERMANENT,  # access denied: the user's role may not do it
+    1036: CodeKind.PERMANENT,  # object partially deleted
+    1037: CodeKind.PERMANENT,  # the licence does not cover it
+    1038: CodeKind.PERMANENT,  # component not found
+    1039: CodeKind.TRANSIENT,  # object is locked
+    1040: CodeKind.CONFLICT,  # object being archived
+}
+
+
+def code_kind(code: int) -> CodeKind:
+    """The kind of a status code; a code DIVA never documented is transient (fail safe:
+    an answer we do not understand never refuses a drop for good).
+
+    >>> [code_kind(c).value for c in (1032, 1018, 1016, 4242)]
+    ['transient', 'permanent', 'conflict', 'transient']
+    """
+    return CODE_KINDS.get(code, CodeKind.TRANSIENT)
+
 
 #: The status description DIVA gives with a code, for the emulator's answers.
 STATUS_DESCRIPTIONS: dict[int, str] = {
@@ -195,6 +264,8 @@ class RequestState(enum.IntEnum):
             if key in cls.__members__:
                 return cls[key]
         code = data.get("stateCode")
+        if isinstance(code, str) and code.strip().isdigit():
+            code = int(code.strip())  # some gateways send numbers as strings
         if isinstance(code, int) and not isinstance(code, bool):
             try:
                 return cls(code)
@@ -202,6 +273,21 @@ class RequestState(enum.IntEnum):
                 pass
         return cls.UNKNOWN_STATE
 
+    @property
+    def waiting(self) -> bool:
+        """True for the states in which a request waits on DIVA (queued or for resources
+        or an operator) rather than moving bytes: the ones that can get stuck."""
+        return self in _WAITING
+
+
+_WAITING = frozenset(
+    {
+        RequestState.PENDING,
+        RequestState.WAITING_FOR_RESOURCES,
+        RequestState.WAITING_FOR_OPERATOR,
+        RequestState.ASSIGNING_POOL,
+    }
+)
 
 _FINISHED = frozenset(
     {

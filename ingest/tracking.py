@@ -7,7 +7,10 @@ pool so a slow or absent DIVA never stalls watching, and hands each result back 
 Reconciling is how "nothing is archived twice" survives a crash: before a drop whose
 earlier archive call may have reached DIVA is submitted again, :func:`reconcile` asks DIVA
 what it knows about the object (its requests, then the object itself) and the engine
-adopts what is there instead of creating a second object.
+adopts what is there instead of creating a second object. Only DIVA's positive word (a
+1009, a request list read to its end) makes it "absent"; any answer short of that leaves
+the drop uncertain, retried with backoff and at last FAILED ("cannot confirm with DIVA"),
+its files in place, never submitted blind.
 """
 
 from __future__ import annotations
@@ -22,23 +25,32 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
 from . import defaults
-from .client import DivaClient, RequestInfo
+from .client import DivaClient, ObjectInfo, RequestInfo
 from .errors import (
     DivaAuthError,
     DivaError,
     DivaNotFound,
     DivaObjectExists,
     DivaRefused,
+    DivaStatusTransient,
     DivaUnavailable,
+    DivaUnconfirmed,
 )
 from .ledger import FINAL_STATES, Batch, State
-from .protocol import DELETE_ON_SOURCE, TRANSIENT_ABORT_REASONS, RequestState
+from .protocol import (
+    DELETE_ON_SOURCE,
+    TRANSIENT_ABORT_REASONS,
+    CodeKind,
+    RequestState,
+    code_kind,
+)
 from .rules import Rule, build_archive_body
 from .templates import Drop, DropRefused, Kind
 
@@ -84,16 +96,25 @@ class Reconciled:
 
 
 def reconcile(
-    client: DivaClient, object_name: str, collection: str, components: Sequence[str]
+    client: DivaClient,
+    object_name: str,
+    collection: str,
+    components: Sequence[str],
+    since: datetime | None = None,
 ) -> Reconciled:
-    """Find out whether DIVA already has (or is archiving) this drop's object."""
-    requests = [
-        r
-        for r in client.requests(
-            type="Archive", object_name=object_name, collection=collection, newest_first=True
-        )
-        if r.object_name == object_name and r.collection in (None, collection)
-    ]
+    """Find out whether DIVA already has (or is archiving) this drop's object.
+
+    "absent" needs DIVA's own word twice over: a request list read to its end with none
+    for the object, and object info answering 1009. Anything less raises (the drop stays
+    uncertain): :class:`DivaUnconfirmed` for a list that would not end, the client's
+    errors for answers it does not understand.
+    """
+    unconfirmed: DivaUnconfirmed | None = None
+    try:
+        requests = client.requests(object_name=object_name, collection=collection, since=since)
+    except DivaUnconfirmed as exc:
+        requests, unconfirmed = [], exc
+    requests.sort(key=lambda r: r.request_id, reverse=True)
     live = [r for r in requests if not r.state.finished]
     if live:
         return Reconciled("request", live[0], f"DIVA is running request {live[0].request_id}")
@@ -102,10 +123,10 @@ def reconcile(
         return Reconciled("request", done[0], f"DIVA completed request {done[0].request_id}")
     obj = client.object_info(object_name, collection)
     if obj is None:
+        if unconfirmed is not None:
+            raise unconfirmed
         return Reconciled("absent", detail="DIVA has neither a request nor an object for it")
-    stored = {c.name.lstrip("/") for c in obj.components}
-    ours = {c.lstrip("/") for c in components}
-    if stored == ours or not stored:
+    if _same_files(obj, components):
         return Reconciled("object", detail="DIVA holds the object with our components")
     return Reconciled(
         "conflict",
@@ -113,14 +134,28 @@ def reconcile(
     )
 
 
+def _same_files(obj: ObjectInfo, components: Sequence[str]) -> bool:
+    """Whether a stored object's files are ours: the same names, read with or without the
+    object's file path root in front (DIVA versions differ in which they list)."""
+    ours = {c.strip("/") for c in components}
+    stored = {c.name.replace("\\", "/").strip("/") for c in obj.components}
+    if stored == ours:
+        return True
+    root = obj.raw.get("filePathRoot")
+    if isinstance(root, str) and root.strip("/"):
+        prefix = root.replace("\\", "/").strip("/") + "/"
+        return {s.removeprefix(prefix) for s in stored} == ours
+    return False
+
+
 def free_name(client: DivaClient, object_name: str, collection: str, limit: int = 99) -> str:
-    """The first of ``name_2``, ``name_3``... that DIVA has no object for (``on_conflict =
-    "suffix"``)."""
+    """The first of ``name_2``, ``name_3``... that DIVA says (1009) it has no object for
+    (``on_conflict = "suffix"``); any other answer raises, so no name is taken blind."""
     for n in range(2, limit + 2):
         candidate = f"{object_name}_{n}"
         if client.object_info(candidate, collection) is None:
             return candidate
-    raise DivaNotFound(f"no free name up to {object_name}_{limit + 1} in {collection!r}")
+    raise DivaRefused(f"no free name up to {object_name}_{limit + 1} in {collection!r}")
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -135,12 +170,13 @@ def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random) -
 
 def uncertain(error: DivaError) -> bool:
     """Whether the failed call may still have reached DIVA (so a blind resubmit could
-    archive twice). Only a connection that never opened, or DIVA's own refusal, is certain
-    not to have: an answer DIVA would not send (HTML from a proxy, truncated JSON) or an
-    unexpected failure may come after the request was created."""
+    archive twice). Only a connection that never opened, or DIVA's own refusal (a status
+    code, or a refused login), is certain not to have: an answer DIVA would not send (HTML
+    from a proxy, truncated JSON, an empty 2xx) or an unexpected failure may come after
+    the request was created."""
     if isinstance(error, DivaUnavailable):
         return not _never_connected(error)
-    return not isinstance(error, DivaRefused | DivaAuthError)
+    return not isinstance(error, DivaRefused | DivaAuthError | DivaStatusTransient)
 
 
 def _never_connected(error: DivaError) -> bool:
@@ -185,11 +221,12 @@ class Dispatcher:
         self._run("poll", drop_id, token, lambda: self.client.request(request_id))
 
     def reconcile(
-        self, drop_id: int, token: int, name: str, collection: str, components: Sequence[str]
-    ) -> None:
+        self, drop_id: int, token: int, name: str, collection: str, components: Sequence[str],
+        since: datetime | None = None,
+    ) -> None:  # fmt: skip
         self._run(
             "reconcile", drop_id, token,
-            lambda: reconcile(self.client, name, collection, components),
+            lambda: reconcile(self.client, name, collection, components, since),
         )  # fmt: skip
 
     def free_name(self, drop_id: int, token: int, name: str, collection: str) -> None:
@@ -231,6 +268,10 @@ class Tracked:
     progress: int | None = None
     next_attempt_at: float | None = None  # epoch seconds
     source_deleted: bool | None = None
+    submitted_at: float | None = None  # epoch seconds of the first intent we know of
+    waiting_since: float | None = None  # epoch seconds DIVA began keeping it waiting
+    checks: int = 0  # reconciliations that could not settle the question, in a row
+    late_conflict: int | None = None  # DIVA aborted its request with 1016 / 1040
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Tracked:
@@ -245,7 +286,8 @@ class Tracked:
             request_id=row["request_id"], priority=row["priority"], size=row["size"],
             mtime_ns=row["mtime_ns"], file_count=row["file_count"], members=members,
             diva_state=row["diva_state"], progress=row["progress"],
-            next_attempt_at=row["next_attempt_at"],
+            next_attempt_at=row["next_attempt_at"], submitted_at=row.get("submitted_at"),
+            waiting_since=row.get("waiting_since"),
         )  # fmt: skip
 
     def as_drop(self, rule: Rule) -> Drop:
@@ -389,13 +431,21 @@ class Tracker:
             self._flying.add(tr.id)
             name, collection, components = tr.object_name, tr.collection, tr.body["components"]
             token = tr.token
-            return lambda: self.dispatcher.reconcile(tr.id, token, name, collection, components)
+            since = None
+            if tr.submitted_at is not None:
+                since = datetime.fromtimestamp(tr.submitted_at, UTC)
+            return lambda: self.dispatcher.reconcile(
+                tr.id, token, name, collection, components, since
+            )
         tr.attempts += 1
+        if tr.submitted_at is None:
+            tr.submitted_at = time.time()
         self.move(
             tr, State.SUBMITTING,
             f"attempt {tr.attempts}: archiving as {tr.object_name!r} in {tr.collection!r}",
             attempts=tr.attempts, object_name=tr.object_name, collection=tr.collection,
             body=json.dumps(tr.body, sort_keys=True, ensure_ascii=False), error=None,
+            submitted_at=tr.submitted_at,
         )  # fmt: skip
         tr.uncertain = True
         body, token = dict(tr.body), tr.token
@@ -437,8 +487,10 @@ class Tracker:
             self._on_reconcile(tr, outcome, now)
         elif outcome.kind == "free_name":
             if outcome.error is not None:
-                self._transient(tr, outcome.error, now, "looking for a free object name")
+                tr.checks += 1
+                self._transient(tr, outcome.error, now, "looking for a free object name", tr.checks)
                 return
+            tr.checks = 0
             assert tr.body is not None
             old, tr.object_name = tr.object_name, str(outcome.value)
             tr.body["objectName"] = tr.object_name
@@ -461,8 +513,8 @@ class Tracker:
             self._outages = 0
             self.move(
                 tr, State.SUBMITTED, f"DIVA accepted request {tr.request_id}",
-                request_id=tr.request_id, submitted_at=time.time(), status_code=None,
-                status_name=None, abort_reason=None, diva_state=None,
+                request_id=tr.request_id, status_code=None, status_name=None,
+                abort_reason=None, diva_state=None, waiting_since=None,
             )  # fmt: skip
             tr.token = next(self._tokens)
             self._schedule_poll(tr, now + self.poll_seconds)
@@ -478,14 +530,18 @@ class Tracker:
             self._conflict(tr, error.status_code, str(error))
             return
         if isinstance(error, DivaRefused) and not isinstance(error, DivaNotFound):
+            # DIVA's own refusal with a permanent code (1008, 1017, 1018, 1035, 1037...):
+            # the same body fails again, and DIVA created nothing.
             tr.uncertain = False
             self.move(tr, State.REJECTED, str(error), **_codes(error), error=str(error))
             return
         tr.uncertain = uncertain(error)
-        self._transient(tr, error, now, "archiving")
+        self._transient(tr, error, now, "archiving", tr.attempts)
 
-    def _transient(self, tr: Tracked, error: DivaError, now: float, doing: str) -> None:
-        """A failure that may pass: wait and try again, or give up after max_attempts.
+    def _transient(self, tr: Tracked, error: DivaError, now: float, doing: str, count: int) -> None:
+        """A failure that may pass: wait and try again, or give up when ``count`` (the
+        attempts, or the reconciliations, so far) reaches max_attempts: FAILED, files in
+        place. An uncertain drop that gives up says that DIVA could not confirm it.
 
         DIVA being unreachable or refusing our login is DIVA's outage, not the drop's
         fault: it pauses every submission and never fails a drop by itself.
@@ -499,16 +555,26 @@ class Tracker:
             if not self.paused(now):
                 log.error("DIVA unavailable (%s); pausing submissions for %.0f s", error, delay)
             self._pause_until = max(self._pause_until, now + delay)
-        elif tr.attempts >= self.max_attempts:
-            message = f"gave up after {tr.attempts} attempts: {error}"
+        elif count >= self.max_attempts:
+            if tr.uncertain:
+                message = (
+                    f"cannot confirm with DIVA whether it was archived, after {count} "
+                    f"tries: {error}; its files are left in place, and it is not "
+                    "submitted again blind (check DIVA, then `ingest retry`)"
+                )
+            else:
+                message = f"gave up after {count} attempts: {error}"
             self.move(tr, State.FAILED, message, **_codes(error), error=message)
             return
         else:
             delay = self._delay(tr.attempts)
         when = time.time() + delay
+        why = f"{doing} failed ({error})"
+        if tr.uncertain:
+            why += "; waiting to confirm with DIVA before anything is sent again"
         self.move(
-            tr, State.RETRY_WAIT, f"{doing} failed ({error}); next attempt in {delay:.0f} s",
-            next_attempt_at=when, error=str(error), **_codes(error),
+            tr, State.RETRY_WAIT, f"{why}; next attempt in {delay:.0f} s",
+            next_attempt_at=when, error=why, **_codes(error),
         )  # fmt: skip
         self._schedule_retry(tr, now, "submit", delay)
 
@@ -556,6 +622,12 @@ class Tracker:
                  "status_code": info.status_code, "status_name": info.status_name,
                  "abort_reason": info.abort_reason}  # fmt: skip
         if not state.finished:
+            # A request DIVA keeps waiting is timed from when it began to wait, so that
+            # `ingest status` can call it stuck; it is never resubmitted for that.
+            if state.waiting:
+                codes["waiting_since"] = tr.waiting_since = tr.waiting_since or time.time()
+            else:
+                codes["waiting_since"] = tr.waiting_since = None
             if tr.state != State.RUNNING:
                 self.move(tr, State.RUNNING, f"DIVA: {state.description} ({info.progress}%)",
                           **codes)  # fmt: skip
@@ -565,6 +637,7 @@ class Tracker:
             tr.token = next(self._tokens)
             self._schedule_poll(tr, now + self.poll_seconds)
             return
+        codes["waiting_since"] = tr.waiting_since = None
         if state is RequestState.COMPLETED:
             self.complete(tr, f"DIVA completed request {info.request_id}", **codes)
             return
@@ -572,6 +645,28 @@ class Tracker:
         what = f"DIVA {state.description.lower()} request {info.request_id}: {reason}"
         if info.abort_description:
             what += f" ({info.abort_description})"
+        if info.status_code is not None and info.status_code not in (1000, 1019):
+            what += f", {info.status_name or 'status'} ({info.status_code})"
+        late = info.status_code is not None and code_kind(info.status_code) is CodeKind.CONFLICT
+        if state is RequestState.ABORTED and late:
+            # A conflict DIVA found only when it ran the request: is that object ours
+            # (an earlier attempt's), another's, or gone? Reconcile, then on_conflict.
+            tr.uncertain = True
+            tr.late_conflict = info.status_code
+            self.move(tr, State.RETRY_WAIT, f"{what}; asking DIVA whose object it is",
+                      next_attempt_at=time.time(), error=what, **codes)  # fmt: skip
+            tr.queued = True
+            self._requeue(tr)
+            return
+        if state is RequestState.PARTIALLY_ABORTED:
+            remain = [p for p in tr.sources() if os.path.lexists(p)]
+            names = ", ".join(os.path.relpath(p, tr.watch) for p in remain[:10])
+            more = f" and {len(remain) - 10} more" if len(remain) > 10 else ""
+            what += f"; {len(remain)} of {len(tr.sources())} file(s) remain in the drop folder" + (
+                f": {names}{more}" if remain else ""
+            )
+            self.move(tr, State.FAILED, what, error=what, **codes)
+            return
         retry = (
             state is RequestState.ABORTED
             and info.abort_reason in TRANSIENT_ABORT_REASONS
@@ -584,7 +679,7 @@ class Tracker:
                       next_attempt_at=time.time() + delay, error=what, **codes)  # fmt: skip
             self._schedule_retry(tr, now, "submit", delay)
             return
-        self.move(tr, State.FAILED, what, finished_at=time.time(), error=what, **codes)
+        self.move(tr, State.FAILED, what, error=what, **codes)
 
     def complete(self, tr: Tracked, detail: str, **fields: Any) -> None:
         """COMPLETED: check (never do) the deletion DIVA was asked for, and record it."""
@@ -603,9 +698,12 @@ class Tracker:
     def _on_reconcile(self, tr: Tracked, outcome: Outcome, now: float) -> None:
         self._flying.discard(tr.id)
         if outcome.error is not None:
-            self._transient(tr, outcome.error, now, "asking DIVA about the object")
+            tr.checks += 1
+            self._transient(tr, outcome.error, now, "asking DIVA about the object", tr.checks)
             return
+        tr.checks = 0
         found: Reconciled = outcome.value
+        late, tr.late_conflict = tr.late_conflict, None
         if found.found == "request":
             assert found.info is not None
             tr.request_id = found.info.request_id
@@ -613,19 +711,33 @@ class Tracker:
             self.move(tr, State.SUBMITTED, f"reconciled: {found.detail}",
                       request_id=tr.request_id)  # fmt: skip
             self.apply(tr, found.info, now)
-        elif found.found == "object":
+            return
+        if found.found == "object":
             tr.uncertain = False
             self.complete(tr, f"reconciled: {found.detail}")
-        elif found.found == "conflict":
+            return
+        if found.found == "conflict":
             tr.uncertain = False
-            self._conflict(tr, 1016, found.detail)
-        else:
-            tr.uncertain = False
-            if tr.state == State.SUBMITTING:
-                self.move(tr, State.RETRY_WAIT, f"reconciled: {found.detail}; submitting again",
-                          next_attempt_at=time.time())  # fmt: skip
-            tr.queued = True
-            self._requeue(tr)
+            self._conflict(tr, late or 1016, found.detail)
+            return
+        # DIVA says it has nothing for the drop, so no earlier call of ours reached it.
+        tr.uncertain = False
+        present = [p for p in tr.sources() if os.path.lexists(p)]
+        if not present:
+            # Only DIVA may delete a drop's files, and it says it has not archived them:
+            # not SKIPPED (that would hide it), but FAILED for a person to look at.
+            why = f"reconciled: {found.detail}, and its files are gone from the drop folder"
+            self.move(tr, State.FAILED, why, error=why)
+            return
+        if tr.attempts >= self.max_attempts:
+            why = f"reconciled: {found.detail}; gave up after {tr.attempts} attempts"
+            self.move(tr, State.FAILED, why, error=why)
+            return
+        if tr.state != State.RETRY_WAIT:
+            self.move(tr, State.RETRY_WAIT, f"reconciled: {found.detail}; submitting again",
+                      next_attempt_at=time.time())  # fmt: skip
+        tr.queued = True
+        self._requeue(tr)
 
 
 def _codes(error: DivaError) -> dict[str, Any]:

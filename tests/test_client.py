@@ -200,12 +200,15 @@ def test_request_list_filters_and_object_list(
     for name in ("x1", "x2", "x3"):
         drop(emulator, f"{name}.mxf", name.encode())
         finished(operator, operator.archive(body(name, [f"{name}.mxf"])))
-    found = operator.requests(type="Archive", object_name="x2", collection="NEWS")
+    found = operator.requests(object_name="x2", collection="NEWS")
     assert [r.object_name for r in found] == ["x2"]
-    assert len(operator.requests(type="Archive")) == 3
-    assert operator.requests(type="Archive", states=["Running", "Pending"]) == []
-    newest = operator.requests(type="Archive", newest_first=True)
-    assert [r.object_name for r in newest] == ["x3", "x2", "x1"]
+    assert operator.requests(object_name="x2", collection="OTHER") == []
+    everything = operator.requests()
+    assert [r.object_name for r in everything] == ["x1", "x2", "x3"]
+    # Read to its end across pages: the walk does not stop at the first page.
+    operator.page_size = 1
+    assert [r.object_name for r in operator.requests(object_name="x3")] == ["x3"]
+    assert operator.page_base == 1  # the guide's 1-based paging, found out by asking
     names = {o.name for o in operator.objects(collection="NEWS")}
     assert names == {"x1", "x2", "x3"}
 
