@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import find_config, load_config
+from .config import ServiceConfig, find_config, load_config
 from .errors import LedgerError, UsageError
 from .report import iso_utc
 from .tomlcheck import did_you_mean
@@ -92,6 +92,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "finished_at",
     "next_attempt_at",
     "updated_at",
+    "waiting_since",
 )
 _TIME_FIELDS = frozenset(f for f in RECORD_FIELDS if f.endswith("_at"))
 _COLUMNS = ", ".join(RECORD_FIELDS)
@@ -106,7 +107,11 @@ BUSY_TIMEOUT_MS = 5000
 
 def ledger_path(config_path: Path | None) -> Path:
     """The ledger file named by the service config (``--config``, env, ``./ingest.toml``)."""
-    config = load_config(find_config(config_path), warn=False)
+    return config_ledger_path(load_config(find_config(config_path), warn=False))
+
+
+def config_ledger_path(config: ServiceConfig) -> Path:
+    """The ledger file of a loaded service config."""
     path = config.ledger.path
     if path is None:
         raise UsageError("the ledger is in memory ([ledger] url): no other process can read it")
@@ -367,6 +372,24 @@ def in_flight(conn: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:
         ).fetchall()
     rows.sort(key=lambda r: r["id"])
     return rows[:limit]
+
+
+def stuck(conn: sqlite3.Connection, before: float, limit: int) -> tuple[int, list[sqlite3.Row]]:
+    """In-flight requests DIVA has kept waiting (queued, for resources, for an operator)
+    since before ``before``: their count and the longest-waiting ``limit``. The cost is
+    the number of requests in flight (the ``(state, id)`` index), not of drops."""
+    total = 0
+    rows: list[sqlite3.Row] = []
+    for state in IN_FLIGHT_STATES:
+        total += conn.execute(
+            "SELECT count(*) FROM drops WHERE state = ? AND waiting_since < ?", (state, before)
+        ).fetchone()[0]
+        rows += conn.execute(
+            f"{_SELECT} WHERE state = ? AND waiting_since < ? ORDER BY waiting_since LIMIT ?",
+            (state, before, limit),
+        ).fetchall()
+    rows.sort(key=lambda r: r["waiting_since"])
+    return total, rows[:limit]
 
 
 def oldest_waiting(conn: sqlite3.Connection) -> list[sqlite3.Row]:

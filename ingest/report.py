@@ -30,6 +30,8 @@ from .errors import UsageError
 
 __all__ = [
     "Column",
+    "ago",
+    "ago_span",
     "config_option",
     "iso_utc",
     "local_time",
@@ -129,6 +131,11 @@ def ago(epoch: float | None, now: float | None = None) -> str:
     delta = (time.time() if now is None else now) - epoch
     text = _span(abs(delta))
     return f"{text} ago" if delta >= 0 else f"in {text}"
+
+
+def ago_span(seconds: float) -> str:
+    """A duration for people: ``45s``, ``12m 05s``, ``4h 00m``, ``2d 03h``."""
+    return _span(seconds)
 
 
 def _span(seconds: float) -> str:

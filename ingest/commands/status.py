@@ -10,10 +10,12 @@ from typing import Any
 
 import click
 
-from .. import queries
+from .. import defaults, queries
+from ..config import find_config, load_config
 from ..report import (
     Column,
     ago,
+    ago_span,
     config_option,
     dumps,
     iso_utc,
@@ -45,17 +47,23 @@ def status(config_path: Path | None, fmt: str) -> None:
     health of each watch folder (native events or polling, last scan, paused for a
     mount problem). Reads the ledger without blocking the daemon.
 
-    Exit 0 when healthy; 1 when a drop failed in the last 24 hours or a watcher is
-    down or paused, so it can serve as a monitoring check.
+    Exit 0 when healthy; 1 when a drop failed in the last 24 hours, a watcher is
+    down or paused, or DIVA has kept a request waiting (queued, for resources, for an
+    operator) longer than [diva] stuck_after_seconds (default 4 h), so it can serve as a
+    monitoring check. A stuck request is shown, never resubmitted.
 
     \b
     Example:
       ingest status --config /etc/ingest/ingest.toml
       ingest status --json | jq .failures_24h.count
     """
-    path = queries.ledger_path(config_path)
+    config = load_config(find_config(config_path), warn=False)
+    path = queries.config_ledger_path(config)
+    stuck_after = (
+        config.diva.stuck_after_seconds if config.diva else defaults.DIVA_STUCK_AFTER_SECONDS
+    )
     with queries.open_ledger(path) as conn, queries.errors(path):
-        doc, raw = _collect(conn, path, time.time())
+        doc, raw = _collect(conn, path, time.time(), stuck_after)
     if fmt == "json":
         click.echo(dumps(doc, indent=2))
     else:
@@ -65,9 +73,10 @@ def status(config_path: Path | None, fmt: str) -> None:
 
 
 def _collect(
-    conn: sqlite3.Connection, path: Path, now: float
+    conn: sqlite3.Connection, path: Path, now: float, stuck_after: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     with queries.snapshot(conn):
+        stuck_count, stuck = queries.stuck(conn, now - stuck_after, SHOWN)
         pairs = queries.state_rule_counts(conn)
         flying = queries.in_flight(conn, SHOWN * 10)
         waiting = queries.oldest_waiting(conn)
@@ -95,6 +104,11 @@ def _collect(
     for w in watchers:
         if w["health"] != "ok":
             problems.append(f"watcher {w['watch']} is {w['health']}: {w['detail']}")
+    if stuck_count:
+        problems.append(
+            f"{stuck_count} request(s) kept waiting by DIVA for more than {ago_span(stuck_after)}"
+            " (stuck: see DIVA's queue; ingest does not resubmit them)"
+        )
     waiting_docs = [
         {**queries.drop_record(r), "reason": queries.waiting_reason(r)} for r in waiting
     ]
@@ -111,10 +125,21 @@ def _collect(
         "oldest_waiting": waiting_docs[0] if waiting_docs else None,
         "waiting": waiting_docs,
         "failures_24h": {"count": failed_count, "recent": [queries.drop_record(r) for r in failed]},
+        "stuck": {
+            "after_seconds": stuck_after,
+            "count": stuck_count,
+            "requests": [queries.drop_record(r) for r in stuck],
+        },
         "watchers": watchers,
     }
     # The rows themselves, with epoch times, for the table's local times.
-    raw = {"waiting": waiting, "failed": failed, "flying": flying, "watchers": watcher_rows}
+    raw = {
+        "waiting": waiting,
+        "failed": failed,
+        "flying": flying,
+        "watchers": watcher_rows,
+        "stuck": stuck,
+    }
     return doc, raw
 
 
@@ -189,6 +214,17 @@ def _print(doc: dict[str, Any], raw: dict[str, Any]) -> None:
             echo("  " + line if line else line)
         if n > SHOWN:
             echo(f"  ... and {n - SHOWN:,} more (ingest ledger list --state RUNNING)")
+
+    if raw["stuck"]:
+        echo("")
+        count = doc["stuck"]["count"]
+        echo(style(f"stuck: {count:,}", colour, "FAIL") + " request(s) DIVA keeps waiting:")
+        for r in raw["stuck"]:
+            echo(
+                f"  #{r['id']} {r['rule']} {r['object_name'] or r['path']}: request "
+                f"{r['request_id']} {r['diva_state'] or ''} since "
+                f"{local_time(r['waiting_since'])} ({ago(r['waiting_since'])})"
+            )
 
     echo("")
     waiting = raw["waiting"]
