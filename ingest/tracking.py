@@ -101,8 +101,17 @@ def reconcile(
     collection: str,
     components: Sequence[str],
     since: datetime | None = None,
+    *,
+    root: str | None = None,
+    size: int | None = None,
 ) -> Reconciled:
     """Find out whether DIVA already has (or is archiving) this drop's object.
+
+    A live request for the name is ours to follow unless it was submitted before our
+    first intent (``since``): then someone else is archiving that object, a conflict. A
+    finished request proves nothing by its name alone: the object decides, and it is ours
+    only if its files are ours (names, and where DIVA says so, the file path ``root`` and
+    the total ``size``).
 
     "absent" needs DIVA's own word twice over: a request list read to its end with none
     for the object, and object info answering 1009. Anything less raises (the drop stays
@@ -116,17 +125,21 @@ def reconcile(
         requests, unconfirmed = [], exc
     requests.sort(key=lambda r: r.request_id, reverse=True)
     live = [r for r in requests if not r.state.finished]
-    if live:
-        return Reconciled("request", live[0], f"DIVA is running request {live[0].request_id}")
-    done = [r for r in requests if r.state is RequestState.COMPLETED]
-    if done:
-        return Reconciled("request", done[0], f"DIVA completed request {done[0].request_id}")
+    floor = since.timestamp() - OWN_REQUEST_SKEW_SECONDS if since is not None else None
+    for r in live:
+        if floor is not None and r.submitted_at is not None and r.submitted_at.timestamp() < floor:
+            return Reconciled(
+                "conflict", r,
+                f"DIVA request {r.request_id}, submitted before ours, is archiving "
+                f"{object_name!r} in {collection!r}",
+            )  # fmt: skip
+        return Reconciled("request", r, f"DIVA is running request {r.request_id}")
     obj = client.object_info(object_name, collection)
     if obj is None:
         if unconfirmed is not None:
             raise unconfirmed
         return Reconciled("absent", detail="DIVA has neither a request nor an object for it")
-    if _same_files(obj, components):
+    if _same_files(obj, components, root, size):
         return Reconciled("object", detail="DIVA holds the object with our components")
     return Reconciled(
         "conflict",
@@ -134,18 +147,32 @@ def reconcile(
     )
 
 
-def _same_files(obj: ObjectInfo, components: Sequence[str]) -> bool:
+#: A live request submitted this long before a drop's first intent is not the drop's own
+#: (room for the clocks of DIVA and this host to disagree).
+OWN_REQUEST_SKEW_SECONDS = 120.0
+
+
+def _same_files(
+    obj: ObjectInfo, components: Sequence[str], root: str | None, size: int | None
+) -> bool:
     """Whether a stored object's files are ours: the same names, read with or without the
-    object's file path root in front (DIVA versions differ in which they list)."""
+    object's file path root in front (DIVA versions differ in which they list); and, where
+    DIVA tells them, the same file path root and the same total size."""
     ours = {c.strip("/") for c in components}
     stored = {c.name.replace("\\", "/").strip("/") for c in obj.components}
-    if stored == ours:
-        return True
-    root = obj.raw.get("filePathRoot")
-    if isinstance(root, str) and root.strip("/"):
-        prefix = root.replace("\\", "/").strip("/") + "/"
-        return {s.removeprefix(prefix) for s in stored} == ours
-    return False
+    their_root = obj.raw.get("filePathRoot")
+    their_root = their_root.replace("\\", "/").strip("/") if isinstance(their_root, str) else ""
+    if stored != ours:
+        if not their_root:
+            return False
+        if {s.removeprefix(their_root + "/") for s in stored} != ours:
+            return False
+    if root is not None and their_root and their_root != root.replace("\\", "/").strip("/"):
+        return False
+    sizes = [c.size for c in obj.components]
+    if size is not None and sizes and all(n is not None for n in sizes):
+        return sum(n for n in sizes if n is not None) == size
+    return True
 
 
 def free_name(client: DivaClient, object_name: str, collection: str, limit: int = 99) -> str:
@@ -222,11 +249,13 @@ class Dispatcher:
 
     def reconcile(
         self, drop_id: int, token: int, name: str, collection: str, components: Sequence[str],
-        since: datetime | None = None,
+        since: datetime | None = None, *, root: str | None = None, size: int | None = None,
     ) -> None:  # fmt: skip
         self._run(
             "reconcile", drop_id, token,
-            lambda: reconcile(self.client, name, collection, components, since),
+            lambda: reconcile(
+                self.client, name, collection, components, since, root=root, size=size
+            ),
         )  # fmt: skip
 
     def free_name(self, drop_id: int, token: int, name: str, collection: str) -> None:
@@ -272,6 +301,8 @@ class Tracked:
     waiting_since: float | None = None  # epoch seconds DIVA began keeping it waiting
     checks: int = 0  # reconciliations that could not settle the question, in a row
     late_conflict: int | None = None  # DIVA aborted its request with 1016 / 1040
+    adopted: bool = False  # following a request found by name: check the object at the end
+    conflict: str = ""  # why the name is taken, while on_conflict = suffix looks for another
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Tracked:
@@ -434,8 +465,11 @@ class Tracker:
             since = None
             if tr.submitted_at is not None:
                 since = datetime.fromtimestamp(tr.submitted_at, UTC)
+            root = tr.body.get("filePathRoot")
+            root = root if isinstance(root, str) and root else None
+            size = tr.size
             return lambda: self.dispatcher.reconcile(
-                tr.id, token, name, collection, components, since
+                tr.id, token, name, collection, components, since, root=root, size=size
             )
         tr.attempts += 1
         if tr.submitted_at is None:
@@ -495,9 +529,10 @@ class Tracker:
             old, tr.object_name = tr.object_name, str(outcome.value)
             tr.body["objectName"] = tr.object_name
             self._flying.discard(tr.id)
-            self.tx_update(tr, object_name=tr.object_name)
-            log.info("%s: %r exists in DIVA; archiving as %r (on_conflict = suffix)",
-                     tr.label, old, tr.object_name)  # fmt: skip
+            why = tr.conflict or f"{old!r} exists in DIVA"
+            self.move(tr, State.RETRY_WAIT,
+                      f"{why}; archiving as {tr.object_name!r} (on_conflict = suffix)",
+                      object_name=tr.object_name, next_attempt_at=time.time())  # fmt: skip
             tr.queued = True
             self._requeue(tr)
 
@@ -592,6 +627,7 @@ class Tracker:
             self.move(tr, State.SKIPPED, f"{why} (on_conflict = skip)", status_code=code)
         elif tr.on_conflict == "suffix":
             assert tr.object_name and tr.collection is not None
+            tr.conflict = why
             tr.token = next(self._tokens)
             self._flying.add(tr.id)
             self.dispatcher.free_name(tr.id, tr.token, tr.object_name, tr.collection)
@@ -638,6 +674,16 @@ class Tracker:
             self._schedule_poll(tr, now + self.poll_seconds)
             return
         codes["waiting_since"] = tr.waiting_since = None
+        if state is RequestState.COMPLETED and tr.adopted:
+            # A request found by its object's name may be another's: only the object it
+            # made, holding our files, proves it was ours.
+            tr.adopted, tr.uncertain = False, True
+            self.move(tr, State.RETRY_WAIT,
+                      f"DIVA completed request {info.request_id}; checking the object is ours",
+                      next_attempt_at=time.time(), **codes)  # fmt: skip
+            tr.queued = True
+            self._requeue(tr)
+            return
         if state is RequestState.COMPLETED:
             self.complete(tr, f"DIVA completed request {info.request_id}", **codes)
             return
@@ -708,6 +754,7 @@ class Tracker:
             assert found.info is not None
             tr.request_id = found.info.request_id
             tr.uncertain = False
+            tr.adopted = True
             self.move(tr, State.SUBMITTED, f"reconciled: {found.detail}",
                       request_id=tr.request_id)  # fmt: skip
             self.apply(tr, found.info, now)
@@ -718,7 +765,7 @@ class Tracker:
             return
         if found.found == "conflict":
             tr.uncertain = False
-            self._conflict(tr, late or 1016, found.detail)
+            self._conflict(tr, late or (1040 if found.info else 1016), found.detail)
             return
         # DIVA says it has nothing for the drop, so no earlier call of ours reached it.
         tr.uncertain = False
