@@ -43,10 +43,13 @@ class Site:
         self.rule("archive", self.nas / "archive", "TAPE1")
         Ledger.open(f"sqlite:///{root / 'ledger.db'}").close()
 
-    def write_config(self, url: str | None = None, username: str = "operator") -> None:
+    def write_config(
+        self, url: str | None = None, username: str = "operator", diva_extra: str = ""
+    ) -> None:
+        """``diva_extra``: more ``[diva]`` lines, e.g. ``object_info_path = "..."``."""
         self.config.write_text(
             f'[diva]\nurl = "{url or self.url}"\nusername = "{username}"\n'
-            'password_env = "DOCTOR_TEST_PASSWORD"\ntimeout_seconds = 5\n'
+            f'password_env = "DOCTOR_TEST_PASSWORD"\ntimeout_seconds = 5\n{diva_extra}\n'
             '[ledger]\nurl = "sqlite:///ledger.db"\n[rules]\npaths = ["rules"]\n',
             encoding="utf-8",
         )
@@ -125,16 +128,17 @@ def test_wrong_password(site: Site) -> None:
 
 
 def test_unknown_media(site: Site) -> None:
+    """A warning, not a failure: the media may be a storage plan, which DIVA's array and
+    group lists do not name (DIVA itself refuses an unknown media with 1017)."""
     site.rule("news", site.nas / "news", "DISK2")
     code, checks = site.checks()
-    assert code == 1
-    fail = next(c for c in checks if c["level"] == "FAIL")
-    assert fail["check"] == "rule news"
-    assert (
-        fail["message"]
-        == "media 'DISK2' is not an array or group DIVA knows (did you mean 'DISK1'?)"
+    assert code == 0
+    warn = next(c for c in checks if c["level"] == "WARN")
+    assert warn["check"] == "rule news"
+    assert warn["message"] == (
+        "media 'DISK2' is neither a disk array nor a tape group DIVA lists (did you mean 'DISK1'?)"
     )
-    assert "DISK1" in fail["fix"] and "TAPE1" in fail["fix"]
+    assert "DISK1" in warn["fix"] and "TAPE1" in warn["fix"] and "storage plan" in warn["fix"]
 
 
 def test_unknown_server(site: Site) -> None:
@@ -271,3 +275,74 @@ def test_unreadable_config_is_exit_3(tmp_path: Path) -> None:
     result = invoke("doctor", "--config", str(bad), "--json")
     assert result.exit_code == 3
     assert json.loads(result.stdout)["checks"][0]["level"] == "FAIL"
+
+
+# -- "unknown to DIVA" only on DIVA's own word: a complete list ---------------------------
+
+
+def _client_answering(lists: dict[str, Any]) -> Any:
+    """A DIVA client whose manager answers ``GET /<name>`` with ``lists[name]``."""
+    import httpx
+
+    from ingest.client import DivaClient
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/dataservice/users/"):
+            return httpx.Response(200, json={"token": "t"})  # login and logout
+        return httpx.Response(200, json=lists[request.url.path.removeprefix("/manager/")])
+
+    return DivaClient("http://diva", "operator", "pw", transport=httpx.MockTransport(handler))
+
+
+def _rule(media: str, server: str) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(enabled=True, name="news", media=media, source_server=server)
+
+
+@pytest.mark.parametrize(
+    ("lists", "expected"),
+    [
+        (  # a paged list: the rest may hold them
+            {
+                "arrays": {"arrays": [{"name": "DISK1"}], "totalElements": 30},
+                "groups": {"groups": []},
+                "servers": {"servers": [{"name": "NAS"}], "last": False},
+            },
+            [
+                "cannot confirm media 'DISK9': DIVA sent 1 of its 30 arrays: a paged list",
+                "cannot confirm source server 'NSA': DIVA sent 1 servers: a paged list",
+            ],
+        ),
+        (  # an answer without the list, an entry without a name the doctor reads
+            {
+                "arrays": {"data": [{"name": "DISK1"}]},
+                "groups": [{"name": "TAPE1"}],
+                "servers": [{"name": "NAS"}, {"host": "10.0.0.9"}],
+            },
+            [
+                "cannot confirm media 'DISK9': DIVA's answer holds no list of arrays: "
+                '{"data": [{"name": "DISK1"}]}',
+                "cannot confirm source server 'NSA': 1 of DIVA's servers have no name this "
+                "doctor can read",
+            ],
+        ),
+    ],
+)
+def test_incomplete_lists_cannot_say_unknown(lists: dict[str, Any], expected: list[str]) -> None:
+    report = doctor_module.Report()
+    with _client_answering(lists) as client:
+        doctor_module._check_resources(report, client, [_rule("DISK9", "NSA")])
+    assert [(c.level, c.message) for c in report.checks] == [("WARN", m) for m in expected]
+    assert not report.failed
+
+
+def test_a_complete_list_can_say_unknown() -> None:
+    lists = {"arrays": [{"name": "DISK1"}], "groups": [], "servers": [{"serverName": "NAS"}]}
+    report = doctor_module.Report()
+    with _client_answering(lists) as client:
+        doctor_module._check_resources(report, client, [_rule("DISK1", "NSA")])
+    assert [(c.level, c.message) for c in report.checks] == [
+        ("OK", "media 'DISK1' is a DIVA disk array"),
+        ("FAIL", "source server 'NSA' is unknown to DIVA (did you mean 'NAS'?)"),
+    ]
