@@ -516,8 +516,9 @@ class DivaClient:
 
     def _page_base(self, hints: list[tuple[str, str]]) -> int:
         """1 when pages are numbered from 1 (the guide's sample), 0 when from 0; found out
-        once, on the first walk, by asking for page 0: a 1-based server refuses it, answers
-        nothing, or answers page 1 again."""
+        on a walk by asking for page 0: a 1-based server refuses it or answers page 1
+        again, a 0-based one answers other requests. An empty page 0 decides nothing (a
+        filtered walk with no match): it is asked again on the next walk."""
         if self.page_base is not None:
             return self.page_base
         try:
@@ -525,15 +526,14 @@ class DivaClient:
         except (DivaRefused, DivaProtocolError) as exc:
             if isinstance(exc, DivaNoRoute):
                 raise
-            zero = []
-        base = 1
-        if zero:
-            one = self._request_page(1, hints)
-            if [r.request_id for r in zero] != [r.request_id for r in one]:
-                base = 0
-        self.page_base = base
-        log.debug("DIVA's request list pages from %d", base)
-        return base
+            self.page_base = 1
+            return 1
+        if not zero:
+            return 1
+        one = self._request_page(1, hints)
+        self.page_base = 0 if [r.request_id for r in zero] != [r.request_id for r in one] else 1
+        log.debug("DIVA's request list pages from %d", self.page_base)
+        return self.page_base
 
     # -- objects and resources -------------------------------------------------------
 
@@ -562,6 +562,14 @@ class DivaClient:
                 self.object_info_path = path
                 return None
             self.object_info_path = path
+            code = _status_code(data)
+            if code == 1009:
+                return None  # DIVA's "no such object", in a 200 as some versions answer
+            if code is not None and code_kind(code) is not CodeKind.SUCCESS:
+                raise DivaUnconfirmed(
+                    f"DIVA answered object info with {status_name(code)} ({code})",
+                    status_code=code,
+                )
             return ObjectInfo.from_wire(_mapping(data))
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -103,6 +103,9 @@ class DropRow(SQLModel, table=True):
     #: since when DIVA has kept the request waiting (pending, for resources, for an
     #: operator): ``ingest status`` calls it stuck after ``[diva] stuck_after_seconds``
     waiting_since: float | None = None
+    #: its request was found by the object's name (after a lost answer), not given by
+    #: DIVA's answer to our call: the object is checked to be ours before COMPLETED
+    adopted: bool | None = None
 
 
 class TransitionRow(SQLModel, table=True):
@@ -202,6 +205,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
         _run_script("CREATE INDEX ix_drops_state_finished ON drops (state, finished_at)"),
     ),
     ("0003_drops_waiting_since", _run_script("ALTER TABLE drops ADD COLUMN waiting_since REAL")),
+    ("0004_drops_adopted", _run_script("ALTER TABLE drops ADD COLUMN adopted BOOLEAN")),
 ]
 
 _DROPS = DropRow.__table__  # type: ignore[attr-defined]

@@ -318,7 +318,7 @@ class Tracked:
             mtime_ns=row["mtime_ns"], file_count=row["file_count"], members=members,
             diva_state=row["diva_state"], progress=row["progress"],
             next_attempt_at=row["next_attempt_at"], submitted_at=row.get("submitted_at"),
-            waiting_since=row.get("waiting_since"),
+            waiting_since=row.get("waiting_since"), adopted=bool(row.get("adopted")),
         )  # fmt: skip
 
     def as_drop(self, rule: Rule) -> Drop:
@@ -549,7 +549,7 @@ class Tracker:
             self.move(
                 tr, State.SUBMITTED, f"DIVA accepted request {tr.request_id}",
                 request_id=tr.request_id, status_code=None, status_name=None,
-                abort_reason=None, diva_state=None, waiting_since=None,
+                abort_reason=None, diva_state=None, waiting_since=None, adopted=False,
             )  # fmt: skip
             tr.token = next(self._tokens)
             self._schedule_poll(tr, now + self.poll_seconds)
@@ -680,7 +680,7 @@ class Tracker:
             tr.adopted, tr.uncertain = False, True
             self.move(tr, State.RETRY_WAIT,
                       f"DIVA completed request {info.request_id}; checking the object is ours",
-                      next_attempt_at=time.time(), **codes)  # fmt: skip
+                      next_attempt_at=time.time(), adopted=False, **codes)  # fmt: skip
             tr.queued = True
             self._requeue(tr)
             return
@@ -756,7 +756,7 @@ class Tracker:
             tr.uncertain = False
             tr.adopted = True
             self.move(tr, State.SUBMITTED, f"reconciled: {found.detail}",
-                      request_id=tr.request_id)  # fmt: skip
+                      request_id=tr.request_id, adopted=True)  # fmt: skip
             self.apply(tr, found.info, now)
             return
         if found.found == "object":
