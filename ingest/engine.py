@@ -331,7 +331,7 @@ class Engine:
             # have mended the rule since): settle it again and build its request anew.
             self.tracker.drops[tr.id] = tr
             # An earlier attempt may have reached DIVA: ask before anything else.
-            tr.uncertain = external and tr.attempts > 0
+            tr.uncertain = external and (tr.submitted_at is not None or tr.request_id is not None)
             folder = self.folders.get(tr.watch)
             self.settler.touch(key, settle=folder.settle_max if folder else 0.0, now=now)
             return True

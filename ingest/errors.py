@@ -31,6 +31,7 @@ the DIVA status code. Messages never contain passwords or tokens.
 from __future__ import annotations
 
 __all__ = [
+    "CANNOT_CONFIRM",
     "ConfigError",
     "DivaAccessDenied",
     "DivaAuthError",
@@ -180,6 +181,10 @@ class DivaProtocolError(DivaError):
 class DivaNoRoute(DivaProtocolError):
     """HTTP 404 with no DIVA status code: the server has no such route (a DIVA version or
     gateway that names the call differently), which says nothing about the object."""
+
+
+#: How a drop FAILED for want of DIVA's word begins its error (``ingest retry`` looks for it).
+CANNOT_CONFIRM = "cannot confirm with DIVA"
 
 
 class DivaUnconfirmed(DivaProtocolError):

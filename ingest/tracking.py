@@ -34,6 +34,7 @@ import httpx
 from . import defaults
 from .client import DivaClient, ObjectInfo, RequestInfo
 from .errors import (
+    CANNOT_CONFIRM,
     DivaAuthError,
     DivaError,
     DivaNotFound,
@@ -593,7 +594,7 @@ class Tracker:
         elif count >= self.max_attempts:
             if tr.uncertain:
                 message = (
-                    f"cannot confirm with DIVA whether it was archived, after {count} "
+                    f"{CANNOT_CONFIRM} whether it was archived, after {count} "
                     f"tries: {error}; its files are left in place, and it is not "
                     "submitted again blind (check DIVA, then `ingest retry`)"
                 )

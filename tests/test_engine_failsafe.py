@@ -132,6 +132,33 @@ def test_an_object_info_route_that_does_not_exist_is_cannot_confirm_never_absent
     assert calls(dep, "GET /manager/objects/info") == 3  # one per try, then it gave up
 
 
+def test_an_operator_retry_of_a_drop_diva_archived_meanwhile_completes_it(
+    guide: Deployment,
+) -> None:
+    dep = guide
+    dep.knobs(reply_latency=2.5, forget_after=0.05)
+    dep.write_config(timeout_seconds=1, max_attempts=2, object_info_path="/objects/info")
+    dep.rule()
+    source = dep.watch / "gone.mxf"
+    source.write_bytes(b"DIVA takes it")
+    dep.start()
+    row = dep.wait_state("gone.mxf", "FAILED", "COMPLETED", "SKIPPED", timeout=30)
+    assert row["state"] == "FAILED" and "cannot confirm" in row["error"]
+    assert not source.exists()  # DIVA archived it and deleted it; we could not tell
+    dep.stop()
+    dep.write_config(timeout_seconds=5, max_attempts=2)  # the admin mends the config
+    dep.start()
+    cmd = [sys.executable, "-m", "ingest", "retry", str(row["id"]), "--config",
+           str(dep.config_path)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "DIVA will be asked whether it archived it" in done.stdout
+    row = dep.wait_state("gone.mxf", "COMPLETED", "SKIPPED", timeout=30)
+    assert row["state"] == "COMPLETED", details(dep, row)
+    assert row["source_deleted"] == 1
+    assert calls(dep) == 1
+
+
 # --- 2: the request list, paged and unfiltered -------------------------------------------
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .. import queries
-from ..errors import LedgerError, UsageError
+from ..errors import CANNOT_CONFIRM, LedgerError, UsageError
 from ..report import config_option, dumps, output_format, style, use_colour
 
 __all__ = ["retry"]
@@ -143,13 +143,21 @@ def _plan(
                 )
                 continue
             gone = _files_gone(row)
-            if gone:
+            if gone and not _had_intent(row):
                 outcomes.append(Outcome(row["id"], "files gone", gone, row))
                 continue
-            outcomes.append(Outcome(row["id"], "requeued", "requeued", row))
+            # Files gone after an archive call that may have reached DIVA is what success
+            # looks like: the daemon asks DIVA before anything else.
+            why = f"requeued ({gone}: DIVA will be asked whether it archived it)" if gone else ""
+            outcomes.append(Outcome(row["id"], "requeued", why or "requeued", row))
     order = {drop_id: i for i, drop_id in enumerate(ids)}
     outcomes.sort(key=lambda o: order.get(o.drop_id, -o.drop_id))
     return outcomes
+
+
+def _had_intent(row: sqlite3.Row) -> bool:
+    """Whether the drop FAILED not knowing if its archive call reached DIVA."""
+    return str(row["error"] or "").startswith(CANNOT_CONFIRM)
 
 
 def _files_gone(row: sqlite3.Row) -> str | None:
@@ -197,7 +205,7 @@ def _apply(path: Path, outcomes: list[Outcome]) -> None:
                         "VALUES (?, ?, ?, 'RETRY_WAIT', ?)",
                         (o.drop_id, now, old, DETAIL),
                     )
-                    o.message = f"requeued (was {old})"
+                    o.message = f"{o.message} (was {old})"
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
