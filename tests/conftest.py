@@ -3,7 +3,8 @@
 Emulator: one ``ingest emulator`` subprocess per test session on a free loopback port
 (``emulator_session``), wiped through ``POST /_emulator/reset`` before each test that asks
 for ``emulator``. Its servers are folders under the session's temporary directory,
-emptied before each test too.
+emptied before each test too. ``emulator_guide_session`` / ``emulator_guide`` are the same
+with ``--profile guide`` (and a fixed ``--seed``), started only if a test asks for them.
 """
 
 from __future__ import annotations
@@ -102,6 +103,32 @@ def emulator(emulator_session: RunningEmulator) -> RunningEmulator:
     return emulator_session
 
 
+#: The guide emulator's seed: its fault draws are the same in every run (reset re-seeds).
+GUIDE_SEED = 7
+
+
+@pytest.fixture(scope="session")
+def emulator_guide_session(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningEmulator]:
+    """An emulator that does only what the vendor guide documents (``--profile guide``)."""
+    root = tmp_path_factory.mktemp("emulator-guide")
+    servers = make_servers(root)
+    args = [*emulator_args(servers), "--seed", str(GUIDE_SEED)]
+    process = EmulatorProcess(root / "state", args, profile="guide").start()
+    try:
+        yield RunningEmulator(process.url, root / "state", servers, process)
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def emulator_guide(emulator_guide_session: RunningEmulator) -> RunningEmulator:
+    """The session's guide-profile emulator, wiped as ``emulator`` is."""
+    emulator_guide_session.reset()
+    return emulator_guide_session
+
+
 class DivaApi:
     """A thin test client: one login, then JSON calls with the raw token."""
 
@@ -137,7 +164,13 @@ class DivaApi:
 
     def wait(self, rid: int, timeout: float = 15.0) -> dict[str, Any]:
         """The request once it is finished (COMPLETED, ABORTED, CANCELLED, ...)."""
-        finished = {"DIVA_COMPLETED", "DIVA_ABORTED", "DIVA_CANCELLED", "DIVA_PARTIALLY_ABORTED"}
+        finished = {
+            "DIVA_COMPLETED",
+            "DIVA_ABORTED",
+            "DIVA_CANCELLED",
+            "DIVA_PARTIALLY_ABORTED",
+            "DIVA_PARTIALLY_COMPLETED",
+        }
         return wait_for(lambda: (r := self.request(rid))["stateName"] in finished and r, timeout)
 
 

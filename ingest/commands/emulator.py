@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..emulator.profiles import PROFILES
+
 _RATE = click.FloatRange(0.0, 1.0)
 
 
@@ -18,6 +20,15 @@ Example:
 
 
 @click.command(epilog=_EXAMPLE)
+@click.option(
+    "--profile",
+    type=click.Choice(list(PROFILES)),
+    default="lenient",
+    show_default=True,
+    help="lenient: also what production clients were seen using (/objects/info, filters on "
+    "GET /requests, a default sourceServer); guide: only what DIVA's REST API guide "
+    "documents, answering anything else as a stricter DIVA would.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -102,6 +113,43 @@ Example:
     help="Fraction of requests that abort (drive/resources) storing nothing.",
 )
 @click.option(
+    "--partial-rate",
+    type=_RATE,
+    default=0.0,
+    show_default=True,
+    help="Fraction of archives that store the first half of their files and end partially "
+    "aborted (delete-on-source deletes only those); the object is not recorded.",
+)
+@click.option(
+    "--late-conflict-rate",
+    type=_RATE,
+    default=0.0,
+    show_default=True,
+    help="Fraction of archives accepted without the 1016/1040 checks; a conflict aborts "
+    "the request when it runs instead.",
+)
+@click.option(
+    "--wait-rate",
+    type=_RATE,
+    default=0.0,
+    show_default=True,
+    help="Fraction of requests that wait for resources or an operator before running.",
+)
+@click.option(
+    "--wait-seconds",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="How long a request drawn by --wait-rate waits.",
+)
+@click.option(
+    "--forget-after",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Seconds after it finished that a request leaves the queue (unlisted, 1011); 0 = never.",
+)
+@click.option(
     "--http-error-rate",
     type=_RATE,
     default=0.0,
@@ -145,6 +193,7 @@ Example:
     help='Once listening, write {"url": ..., "pid": ...} there as JSON.',
 )
 def emulator(
+    profile: str,
     host: str,
     port: int,
     state: Path,
@@ -158,6 +207,11 @@ def emulator(
     max_active: int,
     request_seconds: float,
     abort_rate: float,
+    partial_rate: float,
+    late_conflict_rate: float,
+    wait_rate: float,
+    wait_seconds: float,
+    forget_after: float,
     http_error_rate: float,
     http_error_status: str,
     latency: float,
@@ -200,6 +254,11 @@ def emulator(
         latency=latency,
         latency_rate=latency_rate,
         request_seconds=request_seconds,
+        partial_rate=partial_rate,
+        late_conflict_rate=late_conflict_rate,
+        wait_rate=wait_rate,
+        wait_seconds=wait_seconds,
+        forget_after=forget_after,
     )
     config = EmulatorConfig(
         state=state.resolve(),
@@ -213,6 +272,7 @@ def emulator(
         seed=seed,
         workers=workers,
         ready_file=ready_file,
+        profile=profile,
     )
     if user_list:
         config.users = user_list

@@ -143,7 +143,7 @@ def _plan(
                 )
                 continue
             gone = _files_gone(row)
-            if gone and not _had_intent(row):
+            if gone and not _unconfirmed(row):
                 outcomes.append(Outcome(row["id"], "files gone", gone, row))
                 continue
             # Files gone after an archive call that may have reached DIVA is what success
@@ -155,7 +155,7 @@ def _plan(
     return outcomes
 
 
-def _had_intent(row: sqlite3.Row) -> bool:
+def _unconfirmed(row: sqlite3.Row) -> bool:
     """Whether the drop FAILED not knowing if its archive call reached DIVA."""
     return str(row["error"] or "").startswith(CANNOT_CONFIRM)
 

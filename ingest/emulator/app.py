@@ -1,7 +1,9 @@
 """The emulator's HTTP face: DIVA's data service and manager routes, plus ``/_emulator``.
 
 Handlers only validate and record; the :class:`~.worker.Worker` does the work. Every
-error, including FastAPI's own validation errors, leaves as a DIVA JSON error body.
+error, including FastAPI's own validation errors, leaves as a DIVA JSON error body, except
+in the guide profile an unknown route or a bad token (Spring's body, see :mod:`.profiles`).
+Every route is registered; the guide profile then drops those its table does not name.
 """
 
 from __future__ import annotations
@@ -18,11 +20,21 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..protocol import QOS_NAMES, RequestState
-from .auth import ROLES, Caller, check_role, hash_password, issue_token, read_token
+from .auth import (
+    ROLES,
+    BadToken,
+    Caller,
+    check_role,
+    hash_password,
+    issue_token,
+    read_token,
+    session_seconds,
+)
 from .auth import verify_password as _verify
 from .config import EmulatorConfig
 from .faults import FaultMiddleware, Runtime
@@ -37,8 +49,9 @@ from .models import (
     object_json,
     request_json,
 )
-from .store import Refusal, Store
-from .worker import Worker, relative_path
+from .profiles import MAX_PAGE_SIZE, PAGE_SIZE, Profile, profile, spring_error
+from .store import FINISHED_STATES, Refusal, Store
+from .worker import Worker, fate, relative_path
 
 __all__ = ["Emulator", "create_app"]
 
@@ -54,6 +67,7 @@ class Emulator:
     runtime: Runtime
     worker: Worker
     secret: str
+    profile: Profile
 
     def install_users(self) -> None:
         for name, password, role in self.config.users:
@@ -68,13 +82,21 @@ class Emulator:
         self.install_users()
         self.runtime.reset()
 
+    def forgotten(self, row: Any) -> bool:
+        """True for a request that finished longer ago than the ``forget_after`` knob."""
+        after = self.runtime.knobs.forget_after
+        if after <= 0 or row["state"] not in FINISHED_STATES:
+            return False
+        return bool(row["completed"] < time.time() - after)
+
 
 def create_app(config: EmulatorConfig) -> FastAPI:
     """A FastAPI app emulating DIVA Core; its worker runs while the app's lifespan does."""
+    prof = profile(config.profile)
     config.state.mkdir(parents=True, exist_ok=True)
     store = Store(config.db_path)
     runtime = Runtime(config.knobs, config.seed)
-    emu = Emulator(config, store, runtime, Worker(config, store, runtime), store.secret())
+    emu = Emulator(config, store, runtime, Worker(config, store, runtime), store.secret(), prof)
     emu.install_users()
 
     @asynccontextmanager
@@ -94,7 +116,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     )
     app.state.emu = emu
     app.add_middleware(FaultMiddleware, runtime=runtime)
-    _install_error_handlers(app)
+    _install_error_handlers(app, prof)
     _data_service(app, emu)
     _manager_resources(app, emu)
     _manager_requests(app, emu)
@@ -104,12 +126,38 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     def swagger() -> RedirectResponse:
         return RedirectResponse("/docs")
 
+    if prof.routes is not None:
+        _serve_only(app, prof.routes)
     return app
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _serve_only(app: FastAPI, allowed: frozenset[tuple[str, str]]) -> None:
+    """Drop every DIVA route not in ``allowed``: FastAPI's own routing then answers 404
+    (or 405 for another method of a served path), and Swagger lists only what is served."""
+
+    def kept(route: Any) -> bool:
+        if not isinstance(route, APIRoute) or not route.path.startswith(_DIVA_PREFIXES):
+            return True  # Swagger, /_emulator
+        return all((method, route.path) in allowed for method in route.methods or ())
+
+    app.router.routes[:] = [r for r in app.router.routes if kept(r)]
+    routes = [r for r in app.router.routes if isinstance(r, APIRoute)]
+    served = {(method, r.path) for r in routes for method in r.methods or ()}
+    if missing := allowed - served:
+        raise RuntimeError(f"the profile names routes the emulator lacks: {sorted(missing)}")
+    # As Spring Boot 3 (our guess at DIVA's gateway) does: no match for a trailing slash,
+    # where Starlette would redirect to the path without it.
+    app.router.redirect_slashes = False
+
+
+_DIVA_PREFIXES = ("/manager/", "/dataservice/")
+
+
+def _install_error_handlers(app: FastAPI, prof: Profile) -> None:
     @app.exception_handler(Refusal)
-    async def refusal(_request: Request, exc: Refusal) -> JSONResponse:
+    async def refusal(request: Request, exc: Refusal) -> JSONResponse:
+        if isinstance(exc, BadToken) and prof.spring_errors:
+            return JSONResponse(spring_error(403, request.url.path), status_code=403)
         return JSONResponse(exc.body(), status_code=exc.http_status)
 
     @app.exception_handler(RequestValidationError)
@@ -122,7 +170,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(refusal.body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if prof.spring_errors:
+            body = spring_error(exc.status_code, request.url.path)
+            return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
         refusal = Refusal(1001, exc.status_code, str(exc.detail))
         return JSONResponse(refusal.body(), status_code=exc.status_code)
 
@@ -167,7 +218,7 @@ def _data_service(app: FastAPI, emu: Emulator) -> None:
             emu.runtime.count("login_failures")
             raise Refusal(1035, 401, "invalid username or password")
         emu.runtime.count("logins")
-        ttl = emu.runtime.knobs.token_ttl
+        ttl = session_seconds(row["session_timeout"], emu.runtime.knobs.token_ttl)
         return {"token": issue_token(emu.secret, row["username"], row["role"], ttl)}
 
     @app.post("/dataservice/users/logout", tags=["data service"])
@@ -364,11 +415,13 @@ def _state(value: str) -> int:
 
 
 def _manager_requests(app: FastAPI, emu: Emulator) -> None:
-    config, store, runtime = emu.config, emu.store, emu.runtime
+    config, store, runtime, prof = emu.config, emu.store, emu.runtime, emu.profile
 
     def server(name: str, what: str) -> str:
-        if not name and what == "sourceServer" and config.servers:
+        if not name and what == "sourceServer" and config.servers and prof.default_source_server:
             return next(iter(config.servers))
+        if not name:
+            raise Refusal(1018, 404, f"{what}: missing")
         if name not in config.servers:
             raise Refusal(1018, 404, f"{what}: no server {name!r}")
         return name
@@ -376,16 +429,27 @@ def _manager_requests(app: FastAPI, emu: Emulator) -> None:
     def check_qos_priority(qos: int, priority: int) -> None:
         if qos < 0 or qos & ~0x1FF or (qos & 0xFF) not in QOS_NAMES.values():
             raise Refusal(1008, 400, f"qos: {qos} is not a DIVA quality of service")
-        if not -1 <= priority <= 100:
-            raise Refusal(1008, 400, "priority: must be -1 or 0..100")
+        if priority != -1 and not prof.min_priority <= priority <= 100:
+            raise Refusal(1008, 400, f"priority: must be -1 or {prof.min_priority}..100")
 
     def accepted(
         type_: str, name: str, collection: str, body: dict[str, Any], **checks: Any
     ) -> dict[str, Any]:
         knobs = runtime.knobs
-        fate = ""
+        # Draw in a fixed order, and only for knobs that are on, so a seeded run draws the
+        # same faults as before these knobs existed.
+        abort, partial = "", False
         if type_ != "delete" and runtime.roll(knobs.abort_rate):
-            fate = runtime.choice(["DIVA_AR_DRIVE", "DIVA_AR_RESOURCES"])
+            abort = runtime.choice(["DIVA_AR_DRIVE", "DIVA_AR_RESOURCES"])
+        elif type_ == "archive" and runtime.roll(knobs.partial_rate):
+            partial = True
+        late = type_ == "archive" and runtime.roll(knobs.late_conflict_rate)
+        if late:
+            checks = {}
+        state, delay = RequestState.PENDING, 0.0
+        if runtime.roll(knobs.wait_rate):
+            waiting = runtime.choice(["WAITING_FOR_RESOURCES", "WAITING_FOR_OPERATOR"])
+            state, delay = RequestState[waiting], knobs.wait_seconds
         rid = store.submit(
             type_=type_,
             object_name=name,
@@ -393,11 +457,12 @@ def _manager_requests(app: FastAPI, emu: Emulator) -> None:
             body=body,
             priority=body.get("priority", -1),
             max_active=knobs.max_active,
-            fate=fate,
+            fate=fate(abort, partial=partial, late_checks=late),
             min_seconds=knobs.request_seconds,
+            state=state,
             **checks,
         )
-        emu.worker.schedule(rid)
+        emu.worker.schedule(rid, delay)
         return {"requestId": rid, **_OK}
 
     @app.post("/manager/requests/archive", tags=["requests"])
@@ -485,6 +550,9 @@ def _manager_requests(app: FastAPI, emu: Emulator) -> None:
             elif isinstance(doc, int):
                 requestId = str(doc)
         rid = _request_id(requestId)
+        row = store.request(rid)
+        if row is not None and emu.forgotten(row):
+            raise Refusal(1011, 404, str(rid))
         store.cancel(rid)
         emu.worker.cancel(rid)
         return {"requestId": rid, **_OK}
@@ -493,11 +561,21 @@ def _manager_requests(app: FastAPI, emu: Emulator) -> None:
     def request_info(requestId: str, _caller: AnyUser) -> dict[str, Any]:
         rid = _request_id(requestId)
         row = store.request(rid)
-        if row is None:
+        if row is None or emu.forgotten(row):
             raise Refusal(1011, 404, str(rid))
-        return request_json(row)
+        return request_json(row, profile=prof)
 
-    @app.get("/manager/requests", tags=["requests"])
+    def finished_since() -> float | None:
+        after = runtime.knobs.forget_after
+        return time.time() - after if after > 0 else None
+
+    def request_page(_caller: AnyUser, page: int = 1, size: int = PAGE_SIZE) -> dict[str, Any]:
+        """The queue, oldest first, one page at a time; any other parameter is ignored."""
+        page, size = max(page, 1), min(max(size, 1), MAX_PAGE_SIZE)
+        now = time.time()
+        rows = store.requests(finished_since=finished_since(), limit=size, offset=(page - 1) * size)
+        return {"requests": [request_json(r, now, prof) for r in rows], "page": page, "size": size}
+
     def requests(
         _caller: AnyUser,
         type: Annotated[list[str] | None, Query()] = None,
@@ -520,12 +598,15 @@ def _manager_requests(app: FastAPI, emu: Emulator) -> None:
             object_name=objectName,
             collection=collectionName,
             since=_parse_when(startDateTime, "startDateTime"),
+            finished_since=finished_since(),
             descending=sortDirection.upper() == "DESC",
             limit=size if size else -1,
             offset=(max(page or 1, 1) - 1) * size if size else 0,
         )
         now = time.time()
-        return {"requests": [request_json(r, now) for r in rows]}
+        return {"requests": [request_json(r, now, prof) for r in rows]}
+
+    app.get("/manager/requests", tags=["requests"])(requests if prof.list_filters else request_page)
 
 
 def _request_id(value: str | None) -> int:

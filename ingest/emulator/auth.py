@@ -21,11 +21,13 @@ from .store import Refusal, Store
 __all__ = [
     "DEFAULT_USERS",
     "ROLES",
+    "BadToken",
     "Caller",
     "check_role",
     "hash_password",
     "issue_token",
     "read_token",
+    "session_seconds",
     "verify_password",
 ]
 
@@ -37,6 +39,11 @@ DEFAULT_USERS: tuple[tuple[str, str, str], ...] = (
     ("admin", "admin", "admin"),
     ("sysadmin", "sysadmin", "sysadmin"),
 )
+
+#: A user's ``sessionTimeout`` (minutes) when none was given, and the most DIVA allows
+#: (the guide's "Authentication Token Workflow").
+DEFAULT_SESSION_MINUTES = 1440
+MAX_SESSION_MINUTES = 10080
 
 # Cheap on purpose: an emulator must log in thousands of times in benchmarks, and its
 # passwords are test passwords; salting still keeps them out of the state file.
@@ -64,6 +71,24 @@ class Caller:
     exp: float
 
 
+class BadToken(Refusal):
+    """A token that is missing, invalid, expired or logged out (HTTP 403).
+
+    A class of its own because the guide profile answers it with Spring's error body, not
+    DIVA's (see :mod:`.profiles`).
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(1020, 403, detail)
+
+
+def session_seconds(session_timeout: int, token_ttl: float) -> float:
+    """A new token's lifetime: the user's session timeout or the ``token_ttl`` knob,
+    whichever is shorter (a timeout of 0 or less is DIVA's default)."""
+    minutes = session_timeout if session_timeout > 0 else DEFAULT_SESSION_MINUTES
+    return min(float(token_ttl), min(minutes, MAX_SESSION_MINUTES) * 60.0)
+
+
 def issue_token(secret: str, username: str, role: str, ttl: float) -> str:
     now = time.time()
     claims = {
@@ -78,9 +103,9 @@ def issue_token(secret: str, username: str, role: str, ttl: float) -> str:
 
 
 def read_token(store: Store, secret: str, header: str | None) -> Caller:
-    """The caller behind an ``Authorization`` header (raw token or ``Bearer``), or 403/1020."""
+    """The caller behind an ``Authorization`` header (raw token or ``Bearer``), or BadToken."""
     if not header:
-        raise Refusal(1020, 403, "no Authorization header")
+        raise BadToken("no Authorization header")
     token = header.strip()
     if token[:7].lower() == "bearer ":
         token = token[7:].strip()
@@ -89,15 +114,15 @@ def read_token(store: Store, secret: str, header: str | None) -> Caller:
             token, secret, algorithms=["HS256"], options={"require": ["exp", "sub", "jti"]}
         )
     except jwt.ExpiredSignatureError:
-        raise Refusal(1020, 403, "token expired") from None
+        raise BadToken("token expired") from None
     except jwt.InvalidTokenError:
-        raise Refusal(1020, 403, "invalid token") from None
+        raise BadToken("invalid token") from None
     jti = str(claims["jti"])
     if store.is_revoked(jti):
-        raise Refusal(1020, 403, "token logged out")
+        raise BadToken("token logged out")
     row = store.user(str(claims["sub"]))
     if row is None:
-        raise Refusal(1020, 403, "user no longer exists")
+        raise BadToken("user no longer exists")
     return Caller(username=row["username"], role=row["role"], jti=jti, exp=float(claims["exp"]))
 
 

@@ -31,6 +31,8 @@ class EmulatorConfig:
     seed: int | None = None
     workers: int = 4
     ready_file: Path | None = None
+    #: "lenient" or "guide", see :mod:`.profiles`
+    profile: str = "lenient"
 
     @property
     def db_path(self) -> Path:

@@ -46,6 +46,19 @@ class Knobs:
     #: connection closed: the client never learns the answer (an aborted HTTP request);
     #: runtime only (``PUT /_emulator/faults``)
     drop_rate: float = 0.0
+    #: fraction of requests that wait (WAITING_FOR_RESOURCES or _OPERATOR, drawn) this long
+    #: before they run
+    wait_rate: float = 0.0
+    wait_seconds: float = 0.0
+    #: fraction of archives that store only the first half of their files, then end
+    #: PARTIALLY_ABORTED (1002, DIVA_AR_DISK); delete-on-source deletes only those stored
+    partial_rate: float = 0.0
+    #: fraction of archives accepted without the 1016/1040 checks: they are made when the
+    #: request runs, and a conflict then aborts it (DIVA_AR_PARAMETERS)
+    late_conflict_rate: float = 0.0
+    #: a request finished longer ago than this many seconds leaves the queue: unlisted, and
+    #: 1011 for its id (0: kept for ever)
+    forget_after: float = 0.0
 
     def updated(self, changes: dict[str, Any]) -> Knobs:
         """A copy with ``changes`` applied (``-`` in keys read as ``_``); ValueError if bad."""
@@ -64,10 +77,14 @@ class Knobs:
         return new
 
     def check(self) -> None:
-        for name in ("abort_rate", "http_error_rate", "latency_rate", "drop_rate"):
+        rates = ("abort_rate", "http_error_rate", "latency_rate", "drop_rate", "wait_rate",
+                 "partial_rate", "late_conflict_rate")  # fmt: skip
+        for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("token_ttl", "throughput", "latency", "reply_latency", "request_seconds"):
+        durations = ("token_ttl", "throughput", "latency", "reply_latency", "request_seconds",
+                     "wait_seconds", "forget_after")  # fmt: skip
+        for name in durations:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.max_active < 1:

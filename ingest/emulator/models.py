@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..protocol import ABORT_REASONS, STATUS_DESCRIPTIONS, RequestState, status_name
+from .profiles import LENIENT, Profile
 from .store import StoredObject
 
 __all__ = [
@@ -123,7 +124,7 @@ class DeleteBody(_Body):
     priority: int = -1
 
 
-def request_json(row: Any, now: float | None = None) -> dict[str, Any]:
+def request_json(row: Any, now: float | None = None, profile: Profile = LENIENT) -> dict[str, Any]:
     """A request as ``GET /requests/{id}`` answers it in production."""
     now = time.time() if now is None else now
     state = RequestState(row["state"])
@@ -135,6 +136,9 @@ def request_json(row: Any, now: float | None = None) -> dict[str, Any]:
     type_name, type_code, type_description = REQUEST_TYPES[row["type"]]
     reason = row["abort_reason"]
     code = int(row["status_code"])
+    state_name, state_description = state.wire_name, state.description
+    if state is RequestState.PARTIALLY_ABORTED:
+        state_name, state_description = profile.partial_state
     return {
         "id": row["id"],
         "type": type_name,
@@ -143,8 +147,8 @@ def request_json(row: Any, now: float | None = None) -> dict[str, Any]:
         "objectName": row["object_name"],
         "collectionName": row["collection"],
         "stateCode": int(state),
-        "stateName": state.wire_name,
-        "stateDescription": state.description,
+        "stateName": state_name,
+        "stateDescription": state_description,
         "progress": progress,
         "currentPriority": row["priority"] if row["priority"] >= 0 else 50,
         "statusCode": code,

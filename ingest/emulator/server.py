@@ -98,7 +98,7 @@ def serve(config: EmulatorConfig, announce: bool = True) -> None:
 
         def say_ready() -> None:
             server.ready.wait()
-            print(f"DIVA emulator listening on {server.url}", flush=True)
+            print(f"DIVA emulator listening on {server.url} (profile {config.profile})", flush=True)
 
         threading.Thread(target=say_ready, daemon=True).start()
     try:
@@ -143,14 +143,22 @@ class EmulatorThread:
 class EmulatorProcess:
     """``python -m ingest emulator`` as a subprocess on a free loopback port.
 
-    ``args`` are extra command-line flags (``--server``, ``--media``, ...). The process's
-    output goes to ``STATE/emulator.log``. :meth:`kill` is SIGKILL, for crash tests.
+    ``args`` are extra command-line flags (``--server``, ``--media``, ...); ``profile`` is
+    ``--profile``. The process's output goes to ``STATE/emulator.log``. :meth:`kill` is
+    SIGKILL, for crash tests.
     """
 
-    def __init__(self, state: Path, args: Sequence[str] = (), host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        state: Path,
+        args: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        profile: str = "lenient",
+    ) -> None:
         self.state = Path(state)
         self.args = list(args)
         self.host = host
+        self.profile = profile
         self.url = ""
         self.pid = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -173,6 +181,8 @@ class EmulatorProcess:
             str(self.state),
             "--ready-file",
             str(ready),
+            "--profile",
+            self.profile,
             *self.args,
         ]
         self._log = open(self.state / "emulator.log", "ab")  # noqa: SIM115 - closed in stop()

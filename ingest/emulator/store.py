@@ -196,8 +196,9 @@ class Store:
         min_seconds: float,
         must_exist: bool | None = None,
         not_being_archived: bool = False,
+        state: RequestState = RequestState.PENDING,
     ) -> int:
-        """Record a new PENDING request after DIVA's admission checks, atomically.
+        """Record a new request (PENDING, or ``state``) after DIVA's admission checks, atomically.
 
         ``must_exist`` True: the object must be stored (else 1009); False: it must not be
         (else 1016). ``not_being_archived``: no unfinished archive of it (else 1040).
@@ -234,7 +235,7 @@ class Store:
                     type_,
                     object_name,
                     collection,
-                    int(RequestState.PENDING),
+                    int(state),
                     priority,
                     now,
                     now + min_seconds,
@@ -257,12 +258,17 @@ class Store:
         object_name: str | None = None,
         collection: str | None = None,
         since: float | None = None,
+        finished_since: float | None = None,
         descending: bool = False,
         limit: int = -1,
         offset: int = 0,
     ) -> list[sqlite3.Row]:
+        """Requests by id; ``finished_since`` leaves out those finished before that time."""
         where: list[str] = ["1=1"]
         args: list[Any] = []
+        if finished_since is not None:
+            where.append(f"NOT (state IN ({_FINISHED_SQL}) AND completed < ?)")
+            args.append(finished_since)
         if types:
             where.append(f"type IN ({','.join('?' * len(types))})")
             args += list(types)
@@ -281,6 +287,26 @@ class Store:
         order = "DESC" if descending else "ASC"
         sql = f"SELECT * FROM requests WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ? OFFSET ?"  # noqa: S608, E501
         return self._query(sql, [*args, limit, offset])
+
+    def archive_conflict(self, request_id: int, name: str, collection: str) -> int | None:
+        """The check an archive skipped at submission, made as it runs: 1040 when an
+        earlier archive of the object is unfinished, 1016 when the object is stored.
+
+        Only earlier ones count: a later archive of the object was either refused at its
+        submission because of this one, or skipped its checks too and defers to this one.
+        """
+        with self._lock:
+            earlier = self._db.execute(
+                "SELECT 1 FROM requests WHERE object_name=? AND collection=? AND type='archive'"  # noqa: S608
+                f" AND id<? AND state NOT IN ({_FINISHED_SQL})",
+                (name, collection, request_id),
+            ).fetchone()
+            if earlier:
+                return 1040
+            exists = self._db.execute(
+                "SELECT 1 FROM objects WHERE name=? AND collection=?", (name, collection)
+            ).fetchone()
+            return 1016 if exists else None
 
     def unfinished(self) -> list[sqlite3.Row]:
         return self._query(

@@ -2,11 +2,15 @@
 
 Each request goes through two steps, each a job on a small pool of threads:
 
-- ``run``: the work that may be undone (copy sources into a temporary folder of the
-  media, or restored files into temporary names), with progress and ``--throughput``;
+- ``run`` (after ``wait_seconds`` when the request was drawn to wait): the work that may
+  be undone (copy sources into a temporary folder of the media, or restored files into
+  temporary names), with progress and ``--throughput``;
 - ``commit``, scheduled no sooner than ``--request-seconds`` after submission: the point
   of no return (rename into place and record the object in one transaction), then the
   after-effects (delete-on-source), then COMPLETED.
+
+A request's fate, drawn at submission from the fault knobs, is kept with it (see
+:func:`fate`), so a restart replays the same fault.
 
 A request is marked ``committed`` in the same transaction that records its effect, so on
 restart an uncommitted request is simply run again from scratch (its sources are still
@@ -29,17 +33,39 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..protocol import DELETE_ON_SOURCE, RequestState
+from ..protocol import DELETE_ON_SOURCE, STATUS_DESCRIPTIONS, RequestState
 from .config import EmulatorConfig
 from .faults import Runtime
 from .store import Refusal, Store, StoredObject
 
-__all__ = ["Worker", "relative_path", "wants_no_overwrite"]
+__all__ = ["LATE_CHECKS", "PARTIAL", "Worker", "fate", "relative_path", "wants_no_overwrite"]
 
 log = logging.getLogger("ingest.emulator")
 
 #: Spellings of the restore option that forbids overwriting existing files.
 NO_OVERWRITE_OPTIONS = ("-do_not_overwrite", "-do-not-overwrite", "--do-not-overwrite")
+
+
+#: Fate words: the archive stores only part of its files; its 1016/1040 checks run late.
+PARTIAL = "partial"
+LATE_CHECKS = "late-checks"
+
+#: How a partial archive ends (the guide's archive failure 1002, a disk that failed).
+PARTIAL_STATUS, PARTIAL_REASON = 1002, "DIVA_AR_DISK"
+
+
+def fate(abort_reason: str = "", *, partial: bool = False, late_checks: bool = False) -> str:
+    """A request's ``fate`` column: space-separated words, an abort reason among them.
+
+    A lone abort reason (what older state files hold) reads the same.
+    """
+    words = [abort_reason] if abort_reason else []
+    words += [PARTIAL] * partial + [LATE_CHECKS] * late_checks
+    return " ".join(words)
+
+
+def _fate_abort(value: str) -> str:
+    return next((w for w in value.split() if w.startswith("DIVA_AR_")), "")
 
 
 def wants_no_overwrite(options: str) -> bool:
@@ -158,8 +184,8 @@ class Worker:
             self._lock.wait_for(lambda: self._busy == 0, timeout=10)
             self._cancel.clear()
 
-    def schedule(self, rid: int) -> None:
-        self._put(rid, "run", time.time())
+    def schedule(self, rid: int, delay: float = 0.0) -> None:
+        self._put(rid, "run", time.time() + delay)
 
     def cancel(self, rid: int) -> None:
         with self._lock:
@@ -202,10 +228,10 @@ class Worker:
                 self._commit(row, body)
                 self._put(rid, "after", time.time())
             else:
-                self._after(self.store.request(rid) or row, body)
-                self.store.finish(rid, RequestState.COMPLETED)
+                current = self.store.request(rid) or row
+                self._after(current, body)
+                self._finish_committed(current)
                 self._forget(rid)
-                log.info("request %s (%s %s) completed", rid, row["type"], row["object_name"])
         except _Cancelled:
             self._undo(self.store.request(rid) or row)
             self._forget(rid)
@@ -232,6 +258,24 @@ class Worker:
             )
             self._forget(rid)
 
+    def _finish_committed(self, row: Any) -> None:
+        rid = row["id"]
+        if row["type"] == "archive" and PARTIAL in row["fate"].split():
+            result = json.loads(row["result"])
+            stored, planned = len(result.get("components", [])), result.get("planned", 0)
+            message = f"partially archived: {stored} of {planned} files stored"
+            self.store.finish(
+                rid,
+                RequestState.PARTIALLY_ABORTED,
+                status_code=PARTIAL_STATUS,
+                abort_reason=PARTIAL_REASON,
+                info=_info(row, message),
+            )
+            log.info("request %s (%s) %s", rid, row["object_name"], message)
+            return
+        self.store.finish(rid, RequestState.COMPLETED)
+        log.info("request %s (%s %s) completed", rid, row["type"], row["object_name"])
+
     def _forget(self, rid: int) -> None:
         with self._lock:
             self._cancel.pop(rid, None)
@@ -244,11 +288,21 @@ class Worker:
         running = RequestState.TRANSFERRING if kind != "archive" else RequestState.RUNNING
         if not self.store.update(rid, state=int(running), started=now, progress=0):
             raise _Cancelled
+        words = row["fate"].split()
+        if kind == "archive" and LATE_CHECKS in words:
+            code = self.store.archive_conflict(rid, row["object_name"], row["collection"])
+            if code is not None:
+                what = STATUS_DESCRIPTIONS[code]
+                raise _Abort(code, "DIVA_AR_PARAMETERS", f"{what} (checked as the request ran)")
         if kind == "delete":
             if self.store.object(row["object_name"], row["collection"]) is None:
                 raise _Abort(1009, "DIVA_AR_PARAMETERS", "object does not exist")
             return
         plan = self._archive_plan(body, rid) if kind == "archive" else self._restore_plan(row, body)
+        planned = len(plan)
+        if kind == "archive" and PARTIAL in words:
+            # The first half: at least one of two or more files, never all; none of one.
+            plan = plan[: planned // 2]
         total = sum(_span(src, ranges) for src, _, ranges in plan) or 1
         progress = _Progress(self.store, rid, total)
         pacer = _Pacer(self.runtime, cancel)
@@ -264,9 +318,11 @@ class Worker:
                 if kind == "archive"
                 else {}
             )
-        if row["fate"]:
-            raise _Abort(1002, row["fate"], "injected fault: the request lost its resources")
-        result: dict[str, Any] = {"moves": moves} if kind != "archive" else {"components": comps}
+        if reason := _fate_abort(row["fate"]):
+            raise _Abort(1002, reason, "injected fault: the request lost its resources")
+        result: dict[str, Any] = (
+            {"moves": moves} if kind != "archive" else {"components": comps, "planned": planned}
+        )
         state = RequestState.MIGRATING if kind == "archive" else RequestState.TRANSFERRING
         if not self.store.update(rid, state=int(state), progress=99, result=result):
             raise _Cancelled
@@ -274,7 +330,17 @@ class Worker:
     def _commit(self, row: Any, body: dict[str, Any]) -> None:
         rid, kind = row["id"], row["type"]
         result = json.loads(row["result"])
-        if kind == "archive":
+        if kind == "archive" and PARTIAL in row["fate"].split():
+            # What was stored stays on the media, where an operator could find it, but no
+            # object is recorded: the name stays free for another archive.
+            tmp, final = self._archive_dirs(row, body)
+            shutil.rmtree(final, ignore_errors=True)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():  # not when nothing was stored
+                os.replace(tmp, final)
+            if not self.store.update(rid, committed=1):
+                raise _Cancelled
+        elif kind == "archive":
             tmp, final = self._archive_dirs(row, body)
             shutil.rmtree(final, ignore_errors=True)
             final.parent.mkdir(parents=True, exist_ok=True)

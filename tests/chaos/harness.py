@@ -73,30 +73,39 @@ class Counts:
     lost: int = -1
     duplicated: int = -1
     deleted_before_archived: int = -1
+    #: archive requests sent while an earlier one for the object was live or completed
+    sent_twice: int = -1
+    #: drops the ledger calls SKIPPED whose object DIVA holds
+    skipped_archived: int = -1
+    #: archive requests DIVA took for files already gone (it aborts them, 1038)
+    requests_for_deleted: int = -1
     failed: int = 0
     seconds: float = 0.0
+    profile: str = "lenient"
 
     def line(self) -> str:
         faults = " ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
         return (
-            f"CHAOS {self.name} seed={self.seed} long={int(LONG)} drops={self.drops} "
+            f"CHAOS {self.name} profile={self.profile} seed={self.seed} long={int(LONG)} "
+            f"drops={self.drops} "
             f"files={self.files} kills={self.kills} emulator_restarts={self.emulator_restarts} "
             f"faults[{faults}] failed={self.failed} lost={self.lost} "
             f"duplicated={self.duplicated} deleted_before_archived={self.deleted_before_archived} "
-            f"seconds={self.seconds:.0f}"
+            f"sent_twice={self.sent_twice} skipped_archived={self.skipped_archived} "
+            f"requests_for_deleted={self.requests_for_deleted} seconds={self.seconds:.0f}"
         )
 
 
 class Diva:
     """Our own emulator on a fixed loopback port with its own state folder, so it can be
-    SIGKILLed and restarted at the same URL."""
+    SIGKILLed and restarted at the same URL; ``profile`` is its ``--profile``."""
 
-    def __init__(self, state: Path, nas: Path, seed: int) -> None:
+    def __init__(self, state: Path, nas: Path, seed: int, profile: str = "lenient") -> None:
         self.port = free_port()
         args = ["--port", str(self.port), "--server", f"NAS={nas}", "--media", "DISK1",
                 "--user", "operator:operator:operator", "--user", "admin:admin:admin",
                 "--seed", str(seed)]  # fmt: skip
-        self.process = EmulatorProcess(state, args)
+        self.process = EmulatorProcess(state, args, profile=profile)
         self.db = state / "emulator.db"
         self.knobs_now: dict[str, float] = {}
 
@@ -143,6 +152,14 @@ class Diva:
             if file_name is not None:
                 comps[file_name] = md5
         return found
+
+    def archive_history(self) -> list[tuple[str, str, int, int, float]]:
+        """Every archive request: (collection, name, state, status code, submitted)."""
+        rows = self._query(
+            "SELECT collection, object_name, state, status_code, submitted FROM requests "
+            "WHERE type='archive' ORDER BY id"
+        )
+        return [(str(c), str(n), int(s), int(k), float(t)) for c, n, s, k, t in rows]
 
     def archive_requests(self) -> list[tuple[str, str, int, float]]:
         """Every archive request DIVA ever took: (collection, name, state, submitted)."""
@@ -366,10 +383,33 @@ def verify(
     assert set(completed_requests) == set(stored), "completed archive requests != objects"
     counts.duplicated = duplicated
     counts.deleted_before_archived = check_deleted_only_if_archived(diva, drops)
+    # Sent twice: a request for an object whose previous request was not aborted (a retry
+    # after DIVA aborted or cancelled one is a new attempt, not a duplicate).
+    history = diva.archive_history()
+    retryable = {int(RequestState.ABORTED), int(RequestState.CANCELLED)}
+    last_state: dict[tuple[str, str], int] = {}
+    sent_twice = 0
+    for collection, name, state, _code, _at in history:
+        key = (collection, name)
+        if key in last_state and last_state[key] not in retryable:
+            sent_twice += 1
+        last_state[key] = state
+    counts.sent_twice = sent_twice
+    counts.requests_for_deleted = sum(1 for *_, code, _at in history if code == 1038)
+    counts.skipped_archived = sum(
+        1
+        for e in drops.expected
+        if (row := rows.get(e.key)) is not None
+        and row["state"] == "SKIPPED"
+        and (e.collection, e.object_name) in stored
+    )
     print(counts.line())
     assert counts.lost == 0, counts.line()
     assert counts.duplicated == 0, counts.line()
     assert counts.deleted_before_archived == 0, counts.line()
+    assert counts.sent_twice == 0, counts.line()
+    assert counts.skipped_archived == 0, counts.line()
+    assert counts.requests_for_deleted == 0, counts.line()
     check_intents_precede_requests(dep, requests)
     if not allow_failed:
         assert drops.present() == set(), "the drop folders still hold files"

@@ -3,6 +3,9 @@ requests, 5% connections cut mid-reply (the call was carried out, its answer los
 expiry (every 20 s long, every 6 s short), queue-full (1032) bursts, and 2 s latency
 spikes. Every drop ends COMPLETED, or FAILED with a reason and its files in place; no
 source leaves its folder before its object is stored; nothing is archived twice.
+
+It runs against both emulator profiles; the ``guide`` one also forgets finished requests
+after 2 s and serves only the guide's routes.
 """
 
 from __future__ import annotations
@@ -32,15 +35,16 @@ from .harness import (
 
 
 @pytest.mark.timeout(1800 if LONG else 240)
-def test_diva_faults(deployment: Deployment, tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", ["lenient", "guide"])
+def test_diva_faults(deployment: Deployment, tmp_path: Path, profile: str) -> None:
     seed = chaos_seed()
-    counts = Counts("faults", seed)
-    print(f"CHAOS faults seed={seed} long={int(LONG)}")
+    counts = Counts("faults", seed, profile=profile)
+    print(f"CHAOS faults profile={profile} seed={seed} long={int(LONG)}")
     rng = random.Random(seed)
     n_drops = int(scale(50, 500))
     write_seconds = scale(12, 150)
     dep = deployment
-    diva = Diva(tmp_path / "diva", dep.watch.parent, seed).start()
+    diva = Diva(tmp_path / "diva", dep.watch.parent, seed, profile=profile).start()
     daemon = Daemon(dep)
     started = time.monotonic()
     stop_bursts = threading.Event()
@@ -55,6 +59,8 @@ def test_diva_faults(deployment: Deployment, tmp_path: Path) -> None:
             http_error_rate=0.10, abort_rate=0.05, drop_rate=0.05,
             token_ttl=scale(6, 20), latency=2.0, latency_rate=0.03, request_seconds=1.0,
         )  # fmt: skip
+        if profile == "guide":
+            diva.knobs(forget_after=2.0)
         daemon.start()
 
         def queue_full_bursts() -> None:
