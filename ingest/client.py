@@ -474,6 +474,10 @@ class DivaClient:
                 # The server ignores `page`: what it sent is all it will ever send.
                 if len(items) > self.page_size:
                     break
+                if page == base + 1:
+                    # Perhaps page numbering was misread (a request arriving between the two
+                    # reads of the detection): find it out again on the next walk.
+                    self.page_base = None
                 raise DivaUnconfirmed(
                     f"DIVA's request list repeats page {page - 1} as page {page}: "
                     "it cannot be read to its end"
