@@ -7,6 +7,9 @@ Knobs: ``wait_rate``/``wait_seconds``, ``partial_rate``, ``late_conflict_rate``,
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -262,3 +265,17 @@ def test_session_timeout_bounds_the_token(emu: RunningEmulator, login: Login) ->
     faults(emu, token_ttl=10**7)
     with DivaApi(emu.url, "huge", "pw") as huge:
         assert 604800 <= lifetime(huge.token) < 604801  # at most 10080 minutes
+
+
+def test_help_documents_the_profile_and_knobs() -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "ingest", "emulator", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
+    assert "--profile [lenient|guide]" in help_text
+    for flag in ("--partial-rate", "--late-conflict-rate", "--wait-rate", "--wait-seconds",
+                 "--forget-after"):  # fmt: skip
+        assert flag in help_text
