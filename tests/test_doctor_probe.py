@@ -258,7 +258,7 @@ class FakeDiva:
         route = path.removeprefix("/manager")
         if route in ("/object/info", "/objects/info"):
             if self.info_in_200 and route == "/object/info":
-                return httpx.Response(200, json={"statusCode": 1009})  # error inside a 200
+                return httpx.Response(200, json={"statusCode": 1002})  # error inside a 200
             if route in self.info_routes:
                 return httpx.Response(404, json={"statusCode": 1009, "statusDescription": "no"})
         if route == "/requests" and self.requests_route:
@@ -333,7 +333,7 @@ def test_production_like_server(fake_probe: Any) -> None:
 
 
 def test_a_server_without_the_routes(fake_probe: Any) -> None:
-    """No route answers 1009 (one puts it in a 200), no request list, no versions."""
+    """No route answers 1009 (one puts an error in a 200), no request list, no versions."""
     fake = FakeDiva(info_routes=(), info_in_200=True, requests_route=False, versions=False)
     checks, facts = fake_probe(fake)
     assert facts["object_info"]["route"] is None
@@ -342,7 +342,7 @@ def test_a_server_without_the_routes(fake_probe: Any) -> None:
     assert facts["versions"] is None
     assert checks[0].startswith(
         "WARN diva object info: GET /object/info answered a made-up object with "
-        "object without a name: "
+        "DIVA answered object info with DIVA_ERR_INTERNAL (1002)"
     )
     assert checks[1:] == [
         "INFO diva object info: GET /objects/info: no such route (HTTP 404 without a DIVA status)",
