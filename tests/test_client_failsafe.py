@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from ingest import client as client_module
-from ingest import defaults, tracking
+from ingest import defaults
 from ingest.client import DivaClient, RequestInfo
+from ingest.engine import dispatch as tracking
 from ingest.errors import (
     DivaAccessDenied,
     DivaBusy,

@@ -31,16 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import defaults
-from .client import DivaClient
-from .config import ServiceConfig
-from .errors import LedgerError
-from .ledger import ACTIVE_STATES, Batch, Ledger, State
-from .rulefiles import RuleBook
-from .rules import Match, Rule, RuleSet
-from .settle import Settler, Signature
-from .tracking import Dispatcher, Tracked, Tracker
-from .watch import NativeWatcher, choose_observer, ignored_name, scan
+from .. import defaults
+from ..client import DivaClient
+from ..config import ServiceConfig
+from ..errors import LedgerError
+from ..ledger import ACTIVE_STATES, Batch, Ledger, State
+from ..rulefiles import RuleBook
+from ..rules import Match, Rule, RuleSet
+from ..settle import Settler, Signature
+from ..watch import NativeWatcher, choose_observer, ignored_name, scan
+from .dispatch import Dispatcher
+from .submissions import Tracked, Tracker
 
 __all__ = ["Engine"]
 
