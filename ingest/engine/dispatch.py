@@ -37,6 +37,7 @@ from ..errors import (
 
 __all__ = [
     "Dispatcher",
+    "Key",
     "Outcome",
     "Reconciled",
     "backoff_seconds",
@@ -47,6 +48,7 @@ __all__ = [
 
 log = logging.getLogger("ingest.engine.dispatch")
 
+Key = tuple[str, str]  # a drop: (watch folder, its path relative to it)
 JobKind = Literal["submit", "poll", "reconcile", "free_name"]
 
 

@@ -1,0 +1,426 @@
+"""The watch folders: how each is watched, what a scan of it shows, and when it looks away.
+
+A :class:`Folder` is one watch folder's watcher and scan state. :class:`Folders` holds the
+folders of the rules in force: it starts native watchers, restarts dead ones with backoff
+(the folder is polled meanwhile), runs full scans, writes each folder's health row, and
+reads drops from disk (files grouped into drops by the rules, with their signatures).
+
+It also guards rule 4 of the README's Reliability section: a folder that looks away
+(gone, unreadable, on another filesystem than before, or suddenly empty while drops are
+expected in it, as an unmounted share's mount point is) is paused, and nothing in it is
+treated as gone until it has stayed so for ``ENGINE_BLIP_GRACE_SECONDS``.
+
+It decides nothing about drops (the engine does), and removes nothing but what a
+:class:`Tidy` names, run by the engine after the turn that decided it has committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import defaults
+from ..ledger import Batch, Ledger
+from ..rulefiles import RuleBook
+from ..rules import Match, Rule
+from ..settle import Signature
+from ..watch import NativeWatcher, choose_observer, scan
+from .dispatch import Key
+
+__all__ = ["Files", "Folder", "Folders", "Hint", "Tidy", "same_file"]
+
+log = logging.getLogger("ingest.engine")
+
+#: relpath -> (size, mtime_ns), as :func:`ingest.watch.scan` gives them
+Files = dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A watcher saw something at ``path`` in ``watch``: a reason to look, never the truth."""
+
+    watch: str
+    path: str
+
+
+#: a watch folder's unchanged health is written to the ledger at most this often, seconds
+WATCHER_REPORT_SECONDS = 10.0
+
+
+@dataclass
+class Folder:
+    """One watch folder: its rules, its watcher's health, and what its last scans saw."""
+
+    watch: str
+    rules: tuple[Rule, ...]
+    observer: str  # native | polling
+    why: str
+    watcher: NativeWatcher | None = None
+    next_scan: float = 0.0
+    scanned: bool = False
+    dev: int | None = None
+    last_count: int = 0
+    paused: str | None = None
+    empty_since: float | None = None
+    watcher_failures: int = 0
+    watcher_retry_at: float = 0.0
+    health: str = "ok"
+    detail: str = ""
+    unmatched: set[str] = field(default_factory=set)
+    reported: tuple[str, str, str] | None = None  # the health last written to the ledger
+    reported_at: float = 0.0
+    #: the last scan's files, kept only while the folder is polled (to diff the next one)
+    last_files: Files | None = None
+
+    @property
+    def settle_max(self) -> float:
+        return max((r.settle_seconds for r in self.rules), default=0.0)
+
+    @property
+    def polled(self) -> bool:
+        """Scanned every few seconds: a network share, or a native watcher that is down."""
+        return self.observer == "polling" or self.health == "down"
+
+    def vouches(self, sig: Signature | None) -> bool:
+        """Whether a live native watcher, having seen no event for a whole settle window,
+        vouches for a drop whose first read caught it mid-copy (its mtime that old)."""
+        return (
+            sig is not None
+            and self.observer == "native"
+            and self.watcher is not None
+            and self.watcher.alive
+            and time.time() - sig[1] / 1e9 >= self.settle_max
+        )
+
+    def looks_away(self, *, empty_means_away: bool) -> bool:
+        """Whether the folder as a whole looks away, rather than one drop having left it:
+        gone or unreadable, on another filesystem than at the last scan, or (when other
+        drops are expected in it) suddenly empty, as an unmounted share's mount point is."""
+        try:
+            if self.dev is not None and os.stat(self.watch).st_dev != self.dev:
+                return True
+            with os.scandir(self.watch) as entries:
+                return empty_means_away and next(entries, None) is None
+        except OSError:
+            return True
+
+
+class Folders(Mapping[str, Folder]):
+    """The watch folders of the rules in force, by path, and what the ledger settled in each."""
+
+    def __init__(
+        self,
+        book: RuleBook,
+        ledger: Ledger,
+        report: Callable[[Hint], None],
+        *,
+        rescan_seconds: float,
+        watch_poll_seconds: float,
+    ) -> None:
+        self.book = book
+        self.ledger = ledger
+        self._report = report  # called by native watchers, from their own threads
+        self.rescan_seconds = rescan_seconds
+        self.watch_poll_seconds = watch_poll_seconds
+        self._folders: dict[str, Folder] = {}
+        #: by watch folder: path -> (size, mtime_ns) of its final drop, None while its
+        #: drop is live. A scan compares the disk with it, the ledger is not asked again.
+        self.settled: dict[str, dict[str, tuple[int, int] | None]] = {}
+
+    def __getitem__(self, watch: str) -> Folder:
+        return self._folders[watch]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._folders)
+
+    def __len__(self) -> int:
+        return len(self._folders)
+
+    def __repr__(self) -> str:
+        return f"<Folders {list(self._folders)}>"
+
+    @property
+    def settle_max(self) -> float:
+        return max((f.settle_max for f in self._folders.values()), default=0.0)
+
+    def next_scan(self) -> float | None:
+        return min((f.next_scan for f in self._folders.values()), default=None)
+
+    def reload(self, now: float) -> None:
+        """Read what the ledger settled anew, and scan every folder again from scratch."""
+        for watch, folder in self._folders.items():
+            self.settled[watch] = self.ledger.settled_by_path(watch)
+            folder.next_scan = now
+            folder.scanned = False
+            folder.last_files = None
+
+    def remember(self, watch: str, path: str, sig: tuple[int, int] | None) -> None:
+        """A drop at ``path`` is live (None), or final as it is on disk now (``sig``)."""
+        if (settled := self.settled.get(watch)) is not None:
+            settled[path] = sig
+
+    # -- watchers ---------------------------------------------------------------------
+
+    def apply(
+        self, wanted: Mapping[str, tuple[Rule, ...]], now: float, *, load: bool = True
+    ) -> None:
+        """Watch exactly the folders of ``wanted`` with their rules. A folder new, or
+        watched another way than before, reads what the ledger settled in it (``load``)."""
+        for watch in list(self._folders):
+            if watch not in wanted:
+                self.settled.pop(watch, None)
+                gone = self._folders.pop(watch)
+                if gone.watcher is not None:
+                    gone.watcher.stop()
+                log.info("no rule watches %s any more: stopped watching it", watch)
+        for watch, rules in wanted.items():
+            settings = {r.observer for r in rules}
+            setting = "polling" if "polling" in settings else (
+                "native" if settings == {"native"} else "auto"
+            )  # fmt: skip
+            observer, why = choose_observer(watch, setting)
+            old = self._folders.get(watch)
+            folder = old if old is not None and old.observer == observer else None
+            if folder is None:
+                if old is not None and old.watcher is not None:
+                    old.watcher.stop()
+                folder = self._folders[watch] = Folder(watch, rules, observer, why)
+                self.settled[watch] = self.ledger.settled_by_path(watch) if load else {}
+                if observer == "native":
+                    self._start_watcher(folder, now)
+            folder.rules = rules
+            folder.unmatched.clear()
+            folder.last_files = None  # new rules may take files that did not change
+            folder.next_scan = now
+            names = ", ".join(r.name for r in rules)
+            log.info("watching %s with %s events (%s) for rules: %s", watch, observer, why, names)
+
+    def _start_watcher(self, folder: Folder, now: float) -> None:
+        report = self._report
+        watcher = NativeWatcher(folder.watch, lambda watch, path: report(Hint(watch, path)))
+        try:
+            watcher.start()
+        except OSError as exc:
+            folder.watcher_failures += 1
+            delay = min(300.0, 2.0**folder.watcher_failures)
+            folder.watcher_retry_at = now + delay
+            folder.health, folder.detail = "down", f"native watcher failed: {exc}"
+            log.error(
+                "cannot watch %s natively (%s); scanning it every %.0f s instead, and trying "
+                "again in %.0f s", folder.watch, exc, self.watch_poll_seconds, delay,
+            )  # fmt: skip
+            return
+        folder.watcher = watcher
+        folder.watcher_failures = 0
+        if folder.health == "down":
+            folder.health, folder.detail = "ok", ""
+            log.info("watching %s natively again", folder.watch)
+
+    def revive(self, folder: Folder, now: float) -> None:
+        """Restart a native watcher that died (or never started), once its backoff is over."""
+        if folder.observer != "native" or folder.paused:
+            return
+        alive = folder.watcher is not None and folder.watcher.alive
+        if alive or now < folder.watcher_retry_at:
+            return
+        if folder.watcher is not None:
+            log.error("the native watcher of %s died; restarting it", folder.watch)
+            folder.watcher.stop()
+            folder.watcher = None
+            folder.next_scan = now  # whatever happened while it was dead
+        self._start_watcher(folder, now)
+
+    def stop(self) -> None:
+        for folder in self._folders.values():
+            if folder.watcher is not None:
+                folder.watcher.stop()
+
+    # -- scans and health -------------------------------------------------------------
+
+    def scan(
+        self, tx: Batch, folder: Folder, now: float, expects_files: Callable[[], bool]
+    ) -> tuple[Files, Files, bool] | None:
+        """A full scan: every file; those that changed since the last scan (all of them
+        unless the folder is polled); and whether it is polled. None when the folder
+        looks away: it is paused. ``expects_files``: should drops there be on disk?"""
+        polling = folder.polled
+        folder.next_scan = now + (self.watch_poll_seconds if polling else self.rescan_seconds)
+        try:
+            result = scan(folder.watch)
+        except OSError as exc:
+            self.pause(tx, folder, f"cannot read the folder: {exc.strerror or exc}")
+            return None
+        if folder.dev is not None and result.dev != folder.dev and not result.files:
+            self.pause(tx, folder, "the folder now reads empty on another filesystem")
+            return None
+        if not result.files and folder.last_count and expects_files():
+            # A share that went away often leaves an empty mount point behind: give it a
+            # grace period before believing that everything vanished at once.
+            if folder.empty_since is None:
+                folder.empty_since = now
+            if now - folder.empty_since < defaults.ENGINE_BLIP_GRACE_SECONDS:
+                self.pause(tx, folder, "the folder suddenly reads empty")
+                folder.next_scan = min(folder.next_scan, now + 1.0)
+                return None
+        folder.empty_since = None
+        folder.dev = result.dev
+        folder.last_count = len(result.files)
+        if folder.paused:
+            log.info("%s is back (%s); resuming", folder.watch, folder.paused)
+            folder.paused = None
+            if folder.observer == "native" and folder.watcher is not None:
+                folder.watcher.stop()
+                folder.watcher = None
+                self._start_watcher(folder, now)
+        for relpath, why in result.skipped.items():
+            if relpath not in folder.unmatched:
+                folder.unmatched.add(relpath)
+                log.warning("%s/%s is %s: not archived", folder.watch, relpath, why)
+        files = result.files
+        previous = folder.last_files
+        if previous is not None and all(r.mode == "file" for r in folder.rules):
+            # Polling an idle share: only what changed since the last cycle needs a look.
+            changed = {k: v for k, v in files.items() if previous.get(k) != v}
+        else:
+            changed = files
+        folder.last_files = files if polling else None
+        return files, changed, polling
+
+    def scanned(self, tx: Batch, folder: Folder, polled: bool) -> None:
+        """A full scan is over: record the folder's health."""
+        folder.scanned = True
+        if folder.health != "down":
+            folder.health, folder.detail = "ok", ""
+        report = (folder.observer, folder.health, folder.detail or folder.why)
+        wall = time.time()
+        # A polled folder is scanned every few seconds: its health row (a commit, an
+        # fsync) is rewritten when it changes, and otherwise only now and then.
+        stale = not polled or wall - folder.reported_at >= WATCHER_REPORT_SECONDS
+        if report != folder.reported or stale:
+            tx.watcher(folder.watch, *report, last_scan_at=wall)
+            folder.reported, folder.reported_at = report, wall
+
+    def pause(self, tx: Batch, folder: Folder, why: str) -> None:
+        if folder.paused != why:
+            log.warning("pausing %s: %s; nothing in it is treated as gone", folder.watch, why)
+        folder.paused = why
+        tx.watcher(folder.watch, folder.observer, "paused", why)
+        folder.reported = (folder.observer, "paused", why)
+
+    # -- reading drops ----------------------------------------------------------------
+
+    def group(self, folder: Folder, files: Files) -> dict[Key, tuple[Match | None, Signature]]:
+        """Files -> drops with their signatures. Files the ledger settled as they are skip
+        the rules entirely (the fast path of a start-up over a tree already archived)."""
+        drops: dict[Key, tuple[Match | None, Signature]] = {}
+        base = folder.watch
+        settled = self.settled[base]
+        for relpath, value in files.items():
+            if settled.get(relpath) == value:
+                continue  # archived, rejected or failed as it is
+            size, mtime = value
+            if relpath in folder.unmatched:
+                continue
+            match = self.book.rules.match(Path(base, relpath))
+            if match is None:
+                folder.unmatched.add(relpath)
+                log.info("%s/%s matches no rule: ignored", base, relpath)
+                continue
+            if match.marker:
+                continue
+            key = (base, match.drop)
+            if match.kind == "file":
+                drops[key] = (match, (size, mtime, 1))
+            else:
+                _, (total, newest, count) = drops.get(key, (match, (0, 0, 0)))
+                drops[key] = (match, (total + size, max(newest, mtime), count + 1))
+        return drops
+
+    def look(self, folder: Folder, relpath: str) -> Files | None:
+        """The files at ``relpath`` (a file, or a folder moved in); None when unreadable."""
+        try:
+            files = scan(folder.watch, prefix=relpath).files
+        except NotADirectoryError:
+            files = {}  # a file: read it below (this must come before OSError, its base)
+        except OSError:
+            return None
+        if not files:
+            full = os.path.join(folder.watch, relpath)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                return None
+            if not os.path.isdir(full):
+                files = {relpath: (st.st_size, st.st_mtime_ns)} if regular(st) else {}
+        return files
+
+    def read(
+        self, folder: Folder, rule_name: str, relpath: str, kind: str
+    ) -> tuple[Signature | None, tuple[str, ...]]:
+        """A drop's signature now, and its member files (folder drops); None when gone."""
+        full = os.path.join(folder.watch, relpath)
+        if kind == "file":
+            try:
+                st = os.lstat(full)
+            except OSError:
+                return None, ()
+            return ((st.st_size, st.st_mtime_ns, 1) if regular(st) else None), ()
+        try:
+            result = scan(folder.watch, prefix=relpath)
+        except OSError:
+            return None, ()
+        rule = self.book.rules.get(rule_name)
+        members = []
+        total = newest = 0
+        for member, (size, mtime) in result.files.items():
+            if rule is not None:
+                match = rule.try_path(Path(folder.watch, member)).match
+                if match is None or match.marker:
+                    continue
+            members.append(member)
+            total += size
+            newest = max(newest, mtime)
+        if not members:
+            return None, ()
+        return (total, newest, len(members)), tuple(sorted(members))
+
+
+@dataclass(frozen=True)
+class Tidy:
+    """What ingest removes once DIVA archived a drop and deleted its files: the drop's
+    ready marker (a stale one would make the next drop of that name ready at once) and
+    the folders DIVA emptied. Nothing else, ever: ``rmdir`` fails on anything not empty."""
+
+    label: str
+    marker: Path | None = None
+    top: str | None = None  # a folder drop's folder
+
+    def __call__(self) -> None:
+        marker = self.marker
+        if marker is not None and marker.is_file() and not marker.is_symlink():
+            with contextlib.suppress(OSError):
+                marker.unlink()
+                log.info("%s: removed its ready marker %s", self.label, marker.name)
+        if self.top is not None:
+            for current, _dirs, _files in sorted(os.walk(self.top), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(current)
+
+
+def same_file(path: str, size: int | None, mtime_ns: int | None) -> bool | None:
+    """Whether ``path`` is still a regular file of that size and mtime; None when gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return regular(st) and (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+
+
+def regular(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode)
