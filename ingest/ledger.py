@@ -1,6 +1,8 @@
 """The ledger: one SQLite row per drop and a history of its transitions.
 
-The engine is the only writer; the CLI reads while it writes (WAL mode). The schema is the
+The engine writes it, one transaction per turn; ``ingest retry`` writes too (it puts
+failed drops back in RETRY_WAIT, for the engine to pick up), and the other commands read
+while they write (WAL mode). The schema is the
 SQLModel tables below, built by named migrations that run in a transaction each and are
 recorded in ``schema_migrations``. Writes go through :meth:`Ledger.batch`, one
 transaction per batch, so a burst of events costs one commit, not one per event.

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
 import os
 import queue
@@ -35,8 +34,9 @@ from ..config import ServiceConfig
 from ..errors import LedgerError
 from ..ledger import ACTIVE_STATES, Batch, Ledger, State
 from ..rulefiles import RuleBook
-from ..rules import Match, RuleSet
+from ..rules import Match, RuleSet, build_archive_body
 from ..settle import Settler, Signature
+from ..templates import DropRefused
 from ..watch import ignored_name
 from .dispatch import Dispatcher, Key, Outcome
 from .folders import Folder, Folders, Hint, Tidy, same_file
@@ -504,7 +504,7 @@ class Engine:
         self.tracker.move(tr, State.SKIPPED, why)
 
     def _complete(self, tx: Batch, folder: Folder, tr: Tracked, now: float) -> None:
-        """A settled drop: check its marker, build its request, and queue it."""
+        """A settled drop: check its marker, build its request (the rules' word), queue it."""
         key = (tr.watch, tr.path)
         match = self.book.rules.match(Path(tr.watch, tr.path))
         if match is None or match.drop != tr.path:
@@ -522,13 +522,19 @@ class Engine:
                 tx.update(tr.id, error=f"waiting for the ready marker {marker.name}")
             return
         self.waiting_marker.pop(key, None)
-        if not self.tracker.prepare(tr, rule, drop):
+        try:
+            body = build_archive_body(rule, drop)
+        except DropRefused as exc:
+            # It cannot be archived safely (an unsafe name...): refused, files in place.
+            self.tracker.move(tr, State.REJECTED, exc.reason, error=exc.reason)
             return
+        tr.set_body(body)
+        tr.priority, tr.on_conflict = rule.priority, rule.on_conflict
         tx.update(
             tr.id, settled_at=time.time(), size=tr.size, mtime_ns=tr.mtime_ns,
             file_count=tr.file_count, object_name=tr.object_name, collection=tr.collection,
             media=rule.media, qos=rule.wire_qos, priority=rule.priority, error=None,
-            body=json.dumps(tr.body, sort_keys=True, ensure_ascii=False),
+            body=tr.body_json,
         )  # fmt: skip
         self._enqueue(tr)
 

@@ -28,8 +28,8 @@ from ..errors import (
 )
 from ..ledger import FINAL_STATES, Batch, State
 from ..protocol import DELETE_ON_SOURCE, TRANSIENT_ABORT_REASONS, CodeKind, RequestState, code_kind
-from ..rules import Rule, build_archive_body
-from ..templates import Drop, DropRefused, Kind
+from ..rules import Rule
+from ..templates import Drop, Kind
 from .dispatch import Dispatcher, Outcome, Reconciled, _never_connected, backoff_seconds, uncertain
 
 __all__ = ["Tracked", "Tracker"]
@@ -52,6 +52,7 @@ class Tracked:
     object_name: str | None = None
     collection: str | None = None
     body: dict[str, Any] | None = None
+    body_json: str | None = None  # ``body`` as the ledger stores it
     request_id: int | None = None
     priority: int | None = None
     on_conflict: str = "fail"
@@ -82,6 +83,7 @@ class Tracked:
             id=row["id"], rule=row["rule"], watch=row["watch"], path=row["path"],
             kind=row["kind"], state=row["state"], attempts=row["attempts"] or 0,
             object_name=row["object_name"], collection=row["collection"], body=body,
+            body_json=row["body"] if body else None,
             request_id=row["request_id"], priority=row["priority"], size=row["size"],
             mtime_ns=row["mtime_ns"], file_count=row["file_count"], members=members,
             diva_state=row["diva_state"], progress=row["progress"],
@@ -102,6 +104,13 @@ class Tracked:
     @property
     def label(self) -> str:
         return f"{self.rule} {self.path}"
+
+    def set_body(self, body: dict[str, Any]) -> None:
+        """The archive request's body, serialized once for every ledger write of it."""
+        self.body = body
+        self.body_json = json.dumps(body, sort_keys=True, ensure_ascii=False)
+        self.object_name = body["objectName"]
+        self.collection = body["collectionName"]
 
 
 class Tracker:
@@ -205,21 +214,6 @@ class Tracker:
 
     # -- submitting -------------------------------------------------------------------
 
-    def prepare(self, tr: Tracked, rule: Rule, drop: Drop) -> bool:
-        """Build the archive body of a settled drop; a drop that cannot be archived is
-        REJECTED with the reason, its files left where they are."""
-        try:
-            body = build_archive_body(rule, drop)
-        except DropRefused as exc:
-            self.move(tr, State.REJECTED, exc.reason, error=exc.reason)
-            return False
-        tr.body = body
-        tr.object_name = body["objectName"]
-        tr.collection = body["collectionName"]
-        tr.priority = rule.priority
-        tr.on_conflict = rule.on_conflict
-        return True
-
     def start(self, tr: Tracked, now: float) -> Callable[[], None] | None:
         """The queued drop's next step: its intent now, its DIVA call once that commits."""
         tr.queued = False
@@ -246,7 +240,7 @@ class Tracker:
             tr, State.SUBMITTING,
             f"attempt {tr.attempts}: archiving as {tr.object_name!r} in {tr.collection!r}",
             attempts=tr.attempts, object_name=tr.object_name, collection=tr.collection,
-            body=json.dumps(tr.body, sort_keys=True, ensure_ascii=False), error=None,
+            body=tr.body_json, error=None,
             submitted_at=tr.submitted_at,
         )  # fmt: skip
         tr.uncertain = True
@@ -294,8 +288,8 @@ class Tracker:
                 return
             tr.checks = 0
             assert tr.body is not None
-            old, tr.object_name = tr.object_name, str(outcome.value)
-            tr.body["objectName"] = tr.object_name
+            old = tr.object_name
+            tr.set_body({**tr.body, "objectName": str(outcome.value)})
             self._flying.discard(tr.id)
             why = tr.conflict or f"{old!r} exists in DIVA"
             self.move(tr, State.RETRY_WAIT,
