@@ -129,6 +129,14 @@ Example:
     "the request when it runs instead.",
 )
 @click.option(
+    "--keep-sources-rate",
+    type=_RATE,
+    default=0.0,
+    show_default=True,
+    help="Fraction of archives that store every file but delete no source, even with "
+    "delete-on-source (a DIVA that leaves the media in place).",
+)
+@click.option(
     "--wait-rate",
     type=_RATE,
     default=0.0,
@@ -188,6 +196,12 @@ Example:
     help="Requests that copy bytes at the same time; others wait PENDING.",
 )
 @click.option(
+    "--archive-hook",
+    metavar="URL",
+    help="Tests only: POST each archive call's objectName, collectionName and components "
+    "to this loopback URL, and wait for the answer, before taking the call.",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help='Once listening, write {"url": ..., "pid": ...} there as JSON.',
@@ -209,6 +223,7 @@ def emulator(
     abort_rate: float,
     partial_rate: float,
     late_conflict_rate: float,
+    keep_sources_rate: float,
     wait_rate: float,
     wait_seconds: float,
     forget_after: float,
@@ -218,6 +233,7 @@ def emulator(
     latency_rate: float,
     seed: int | None,
     workers: int,
+    archive_hook: str | None,
     ready_file: Path | None,
 ) -> None:
     """Run a DIVA Core 9.x emulator: DIVA's REST API, really moving bytes on disk.
@@ -229,6 +245,7 @@ def emulator(
     """
     from ..emulator.config import EmulatorConfig, parse_media, parse_server, parse_user
     from ..emulator.faults import Knobs
+    from ..emulator.hooks import check_hook_url
 
     if bool(certfile) != bool(keyfile):
         raise click.UsageError("--certfile and --keyfile go together")
@@ -237,6 +254,11 @@ def emulator(
         media_map = dict(parse_media(m) for m in media) if media else {"default": "disk"}
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+    if archive_hook:
+        try:
+            check_hook_url(archive_hook)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--archive-hook") from None
     user_list = []
     for spec in users:
         try:
@@ -256,6 +278,7 @@ def emulator(
         request_seconds=request_seconds,
         partial_rate=partial_rate,
         late_conflict_rate=late_conflict_rate,
+        keep_sources_rate=keep_sources_rate,
         wait_rate=wait_rate,
         wait_seconds=wait_seconds,
         forget_after=forget_after,
@@ -273,6 +296,7 @@ def emulator(
         workers=workers,
         ready_file=ready_file,
         profile=profile,
+        archive_hook=archive_hook or None,
     )
     if user_list:
         config.users = user_list

@@ -38,6 +38,7 @@ from .auth import (
 from .auth import verify_password as _verify
 from .config import EmulatorConfig
 from .faults import FaultMiddleware, Runtime
+from .hooks import ArchiveHook
 from .models import (
     REQUEST_TYPES,
     ArchiveBody,
@@ -68,6 +69,7 @@ class Emulator:
     worker: Worker
     secret: str
     profile: Profile
+    hook: ArchiveHook
 
     def install_users(self) -> None:
         for name, password, role in self.config.users:
@@ -81,6 +83,7 @@ class Emulator:
             shutil.rmtree(self.config.media_dir(media), ignore_errors=True)
         self.install_users()
         self.runtime.reset()
+        self.hook.reset()
 
     def forgotten(self, row: Any) -> bool:
         """True for a request that finished longer ago than the ``forget_after`` knob."""
@@ -96,7 +99,9 @@ def create_app(config: EmulatorConfig) -> FastAPI:
     config.state.mkdir(parents=True, exist_ok=True)
     store = Store(config.db_path)
     runtime = Runtime(config.knobs, config.seed)
-    emu = Emulator(config, store, runtime, Worker(config, store, runtime), store.secret(), prof)
+    hook = ArchiveHook(config.archive_hook)
+    worker = Worker(config, store, runtime)
+    emu = Emulator(config, store, runtime, worker, store.secret(), prof, hook)
     emu.install_users()
 
     @asynccontextmanager
@@ -107,6 +112,7 @@ def create_app(config: EmulatorConfig) -> FastAPI:
         finally:
             emu.worker.stop()
             store.close()
+            hook.close()
 
     app = FastAPI(
         title="DIVA Core emulator",
@@ -450,6 +456,7 @@ def _manager_requests(app: FastAPI, emu: Emulator) -> None:
         if runtime.roll(knobs.wait_rate):
             waiting = runtime.choice(["WAITING_FOR_RESOURCES", "WAITING_FOR_OPERATOR"])
             state, delay = RequestState[waiting], knobs.wait_seconds
+        keep = type_ == "archive" and runtime.roll(knobs.keep_sources_rate)
         rid = store.submit(
             type_=type_,
             object_name=name,
@@ -457,7 +464,7 @@ def _manager_requests(app: FastAPI, emu: Emulator) -> None:
             body=body,
             priority=body.get("priority", -1),
             max_active=knobs.max_active,
-            fate=fate(abort, partial=partial, late_checks=late),
+            fate=fate(abort, partial=partial, late_checks=late, keep_sources=keep),
             min_seconds=knobs.request_seconds,
             state=state,
             **checks,
@@ -467,6 +474,9 @@ def _manager_requests(app: FastAPI, emu: Emulator) -> None:
 
     @app.post("/manager/requests/archive", tags=["requests"])
     def archive(body: ArchiveBody, _caller: Operator) -> dict[str, Any]:
+        # Before anything else DIVA does with the call, refusals included: the hook judges
+        # the call's arrival, not what DIVA makes of it.
+        emu.hook.archive_arrived(body.objectName, body.collectionName, list(body.components))
         check_qos_priority(body.qos, body.priority)
         relative_path(body.filePathRoot, "filePathRoot", allow_absolute=True)
         for component in body.components:
@@ -629,7 +639,25 @@ def _test_endpoints(app: FastAPI, emu: Emulator) -> None:
 
     @app.get("/_emulator/stats", tags=["emulator (tests only)"])
     def stats() -> dict[str, Any]:
-        return {**emu.runtime.snapshot(), **emu.store.counts()}
+        return {**emu.runtime.snapshot(), **emu.store.counts(), "hooks": emu.hook.snapshot()}
+
+    @app.get("/_emulator/hooks", tags=["emulator (tests only)"])
+    def hooks() -> dict[str, Any]:
+        return emu.hook.snapshot()
+
+    @app.put("/_emulator/hooks", tags=["emulator (tests only)"])
+    async def set_hooks(request: Request) -> dict[str, Any]:
+        try:
+            doc = json.loads(await request.body())
+            if not isinstance(doc, dict) or set(doc) - {"archive"}:
+                raise ValueError('expected {"archive": URL or null}')
+            url = doc.get("archive")
+            if url is not None and not isinstance(url, str):
+                raise ValueError("archive: a URL or null")
+            emu.hook.set(url or None)
+        except ValueError as exc:
+            raise Refusal(1008, 400, str(exc)) from None
+        return emu.hook.snapshot()
 
     @app.get("/_emulator/faults", tags=["emulator (tests only)"])
     def faults() -> dict[str, Any]:

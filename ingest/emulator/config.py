@@ -33,6 +33,8 @@ class EmulatorConfig:
     ready_file: Path | None = None
     #: "lenient" or "guide", see :mod:`.profiles`
     profile: str = "lenient"
+    #: a loopback URL told of each archive call before it is taken, see :mod:`.hooks`
+    archive_hook: str | None = None
 
     @property
     def db_path(self) -> Path:

@@ -59,6 +59,10 @@ class Knobs:
     #: a request finished longer ago than this many seconds leaves the queue: unlisted, and
     #: 1011 for its id (0: kept for ever)
     forget_after: float = 0.0
+    #: fraction of archives that store every file but, delete-on-source or not, delete
+    #: none: a DIVA that leaves its sources in place (so tests can prove ingest never
+    #: deletes media itself)
+    keep_sources_rate: float = 0.0
 
     def updated(self, changes: dict[str, Any]) -> Knobs:
         """A copy with ``changes`` applied (``-`` in keys read as ``_``); ValueError if bad."""
@@ -78,7 +82,7 @@ class Knobs:
 
     def check(self) -> None:
         rates = ("abort_rate", "http_error_rate", "latency_rate", "drop_rate", "wait_rate",
-                 "partial_rate", "late_conflict_rate")  # fmt: skip
+                 "partial_rate", "late_conflict_rate", "keep_sources_rate")  # fmt: skip
         for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")

@@ -38,7 +38,15 @@ from .config import EmulatorConfig
 from .faults import Runtime
 from .store import Refusal, Store, StoredObject
 
-__all__ = ["LATE_CHECKS", "PARTIAL", "Worker", "fate", "relative_path", "wants_no_overwrite"]
+__all__ = [
+    "KEEP_SOURCES",
+    "LATE_CHECKS",
+    "PARTIAL",
+    "Worker",
+    "fate",
+    "relative_path",
+    "wants_no_overwrite",
+]
 
 log = logging.getLogger("ingest.emulator")
 
@@ -46,21 +54,29 @@ log = logging.getLogger("ingest.emulator")
 NO_OVERWRITE_OPTIONS = ("-do_not_overwrite", "-do-not-overwrite", "--do-not-overwrite")
 
 
-#: Fate words: the archive stores only part of its files; its 1016/1040 checks run late.
+#: Fate words: the archive stores only part of its files; its 1016/1040 checks run late;
+#: it deletes no source, whatever its qos says.
 PARTIAL = "partial"
 LATE_CHECKS = "late-checks"
+KEEP_SOURCES = "keep-sources"
 
 #: How a partial archive ends (the guide's archive failure 1002, a disk that failed).
 PARTIAL_STATUS, PARTIAL_REASON = 1002, "DIVA_AR_DISK"
 
 
-def fate(abort_reason: str = "", *, partial: bool = False, late_checks: bool = False) -> str:
+def fate(
+    abort_reason: str = "",
+    *,
+    partial: bool = False,
+    late_checks: bool = False,
+    keep_sources: bool = False,
+) -> str:
     """A request's ``fate`` column: space-separated words, an abort reason among them.
 
     A lone abort reason (what older state files hold) reads the same.
     """
     words = [abort_reason] if abort_reason else []
-    words += [PARTIAL] * partial + [LATE_CHECKS] * late_checks
+    words += [PARTIAL] * partial + [LATE_CHECKS] * late_checks + [KEEP_SOURCES] * keep_sources
     return " ".join(words)
 
 
@@ -378,7 +394,8 @@ class Worker:
     def _after(self, row: Any, body: dict[str, Any]) -> None:
         """What follows a commit, and is safe to repeat after a crash."""
         kind = row["type"]
-        if kind == "archive" and int(body.get("qos", 0)) & DELETE_ON_SOURCE:
+        keep = KEEP_SOURCES in row["fate"].split()
+        if kind == "archive" and int(body.get("qos", 0)) & DELETE_ON_SOURCE and not keep:
             root = self._src_root(body)
             for comp in json.loads(row["result"]).get("components", []):
                 (root / comp["fileName"]).unlink(missing_ok=True)
