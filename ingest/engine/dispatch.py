@@ -1,8 +1,9 @@
-"""Talking to DIVA on the engine's behalf: submit, poll, reconcile, on worker threads.
+"""DIVA calls on worker threads: the pool, and the questions asked before anything is sent twice.
 
-The engine decides; this module only does the DIVA calls it asks for, on a small thread
-pool so a slow or absent DIVA never stalls watching, and hands each result back as an
-:class:`Outcome` through the engine's queue. Nothing here touches the ledger.
+The engine decides (:mod:`.submissions`); this module only makes the calls. Each is a
+:class:`Job`, run on a small thread pool (so a slow or absent DIVA never stalls watching)
+once the engine's turn that decided it has committed, and answered by a typed
+:class:`Outcome` put on the engine's queue. Nothing here touches the ledger or a file.
 
 Reconciling is how "nothing is archived twice" survives a crash: before a drop whose
 earlier archive call may have reached DIVA is submitted again, :func:`reconcile` asks DIVA
@@ -19,13 +20,14 @@ import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 
 from ..client import DivaClient, ObjectInfo, RequestInfo
+from ..config import DivaConfig
 from ..errors import (
     DivaAuthError,
     DivaError,
@@ -34,33 +36,35 @@ from ..errors import (
     DivaUnavailable,
     DivaUnconfirmed,
 )
+from ..ledger import Batch
 
 __all__ = [
+    "Checked",
     "Dispatcher",
+    "Job",
     "Key",
     "Outcome",
+    "Polled",
     "Reconciled",
+    "Renamed",
+    "Submitted",
+    "Turn",
+    "archive",
     "backoff_seconds",
+    "check",
+    "connect",
     "free_name",
+    "never_connected",
+    "poll",
     "reconcile",
+    "rename",
     "uncertain",
 ]
 
-log = logging.getLogger("ingest.engine.dispatch")
+log = logging.getLogger("ingest.engine")
 
 Key = tuple[str, str]  # a drop: (watch folder, its path relative to it)
-JobKind = Literal["submit", "poll", "reconcile", "free_name"]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The result of one DIVA job for one drop: ``value`` or ``error``, never both."""
-
-    kind: JobKind
-    drop_id: int
-    token: int  # the drop's job token when the job was sent: stale results are ignored
-    value: Any = None
-    error: DivaError | None = None
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,96 @@ class Reconciled:
     found: Literal["request", "object", "conflict", "absent"]
     info: RequestInfo | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    """DIVA's answer to one job for one drop: the call's value, or the error it raised."""
+
+    key: Key
+    token: int  # the drop's job token when the job was made: stale answers are ignored
+    result: T | DivaError
+
+
+class Submitted(Outcome[int]):
+    """An archive request: DIVA's request id."""
+
+
+class Polled(Outcome[RequestInfo]):
+    """A request's state."""
+
+
+class Checked(Outcome[Reconciled]):
+    """What DIVA knows of an object we may have submitted (:func:`reconcile`)."""
+
+
+class Renamed(Outcome[str]):
+    """A free object name, for ``on_conflict = "suffix"`` (:func:`free_name`)."""
+
+
+@dataclass(frozen=True)
+class Job(Generic[T]):
+    """One DIVA call for one drop, made only after the turn that decided it committed."""
+
+    answer: type[Outcome[T]]
+    key: Key
+    token: int
+    call: Callable[[DivaClient], T]
+
+    def __call__(self, client: DivaClient) -> Outcome[T]:
+        result: T | DivaError
+        try:
+            result = self.call(client)
+        except DivaError as exc:
+            result = exc
+        except Exception as exc:  # a bug must not kill the pool's thread silently
+            log.exception("DIVA %s job for %s crashed", self.answer.__name__, self.key[1])
+            result = DivaError(f"internal error: {exc!r}")
+        return self.answer(self.key, self.token, result)
+
+
+def archive(key: Key, token: int, body: Mapping[str, Any]) -> Job[int]:
+    return Job(Submitted, key, token, lambda client: client.archive(body))
+
+
+def poll(key: Key, token: int, request_id: int) -> Job[RequestInfo]:
+    return Job(Polled, key, token, lambda client: client.request(request_id))
+
+
+def check(
+    key: Key, token: int, name: str, collection: str, components: Sequence[str],
+    since: datetime | None, *, root: str | None, size: int | None,
+) -> Job[Reconciled]:  # fmt: skip
+    return Job(
+        Checked, key, token,
+        lambda client: reconcile(client, name, collection, components, since, root=root, size=size),
+    )  # fmt: skip
+
+
+def rename(key: Key, token: int, name: str, collection: str) -> Job[str]:
+    return Job(Renamed, key, token, lambda client: free_name(client, name, collection))
+
+
+@dataclass
+class Turn:
+    """One turn of the engine: its ledger transaction, and the side effects it decided on,
+    which happen only once that transaction has committed (none when it fails)."""
+
+    tx: Batch
+    now: float  # monotonic seconds
+    calls: list[Job[Any]] = field(default_factory=list)  # DIVA calls
+    removals: list[Callable[[], None]] = field(default_factory=list)  # from drop folders
+
+
+def connect(diva: DivaConfig) -> DivaClient:
+    """A client for ``[diva]`` (it logs in on its first call)."""
+    verify: bool | str = diva.verify if isinstance(diva.verify, bool) else str(diva.verify)
+    return DivaClient(
+        diva.url, diva.username, diva.password(),
+        data_url=diva.data_url, manager_url=diva.manager_url,
+        auth_scheme=diva.auth_scheme, verify=verify, timeout=diva.timeout_seconds,
+        object_info_path=diva.object_info_path, session_minutes=diva.session_minutes,
+    )  # fmt: skip
 
 
 def reconcile(
@@ -184,68 +278,33 @@ def uncertain(error: DivaError) -> bool:
     from a proxy, truncated JSON, an empty 2xx) or an unexpected failure may come after
     the request was created."""
     if isinstance(error, DivaUnavailable):
-        return not _never_connected(error)
+        return not never_connected(error)
     return not isinstance(error, DivaRefused | DivaAuthError | DivaStatusTransient)
 
 
-def _never_connected(error: DivaError) -> bool:
+def never_connected(error: DivaError) -> bool:
+    """Whether the call failed before a connection opened (so DIVA cannot have it)."""
     return isinstance(error.__cause__, httpx.ConnectError | httpx.ConnectTimeout)
 
 
 class Dispatcher:
-    """Runs DIVA jobs on a few threads; each result goes to ``deliver`` as an Outcome."""
+    r"""Runs :class:`Job`\ s on a few threads; each answer goes to ``deliver``."""
 
     def __init__(
-        self, client: DivaClient, deliver: Callable[[Outcome], None], workers: int = 4
+        self, client: DivaClient, deliver: Callable[[Outcome[Any]], None], workers: int = 4
     ) -> None:
         self.client = client
         self._deliver = deliver
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-diva")
-        self.running = 0
 
     def __repr__(self) -> str:
-        return f"<Dispatcher running={self.running}>"
+        return f"<Dispatcher {self.client.manager_url}>"
 
-    def _run(self, kind: JobKind, drop_id: int, token: int, call: Callable[[], Any]) -> None:
-        self.running += 1
-
-        def job() -> Outcome:
-            try:
-                return Outcome(kind, drop_id, token, value=call())
-            except DivaError as exc:
-                return Outcome(kind, drop_id, token, error=exc)
-            except Exception as exc:  # a bug must not kill the pool's thread silently
-                log.exception("DIVA %s job for drop %s crashed", kind, drop_id)
-                return Outcome(kind, drop_id, token, error=DivaError(f"internal error: {exc!r}"))
-
-        def done(future: Future[Outcome]) -> None:
+    def run(self, job: Job[Any]) -> None:
+        def done(future: Future[Outcome[Any]]) -> None:
             self._deliver(future.result())
 
-        self._pool.submit(job).add_done_callback(done)
-
-    def submit(self, drop_id: int, token: int, body: Mapping[str, Any]) -> None:
-        self._run("submit", drop_id, token, lambda: self.client.archive(body))
-
-    def poll(self, drop_id: int, token: int, request_id: int) -> None:
-        self._run("poll", drop_id, token, lambda: self.client.request(request_id))
-
-    def reconcile(
-        self, drop_id: int, token: int, name: str, collection: str, components: Sequence[str],
-        since: datetime | None = None, *, root: str | None = None, size: int | None = None,
-    ) -> None:  # fmt: skip
-        self._run(
-            "reconcile", drop_id, token,
-            lambda: reconcile(
-                self.client, name, collection, components, since, root=root, size=size
-            ),
-        )  # fmt: skip
-
-    def free_name(self, drop_id: int, token: int, name: str, collection: str) -> None:
-        self._run("free_name", drop_id, token, lambda: free_name(self.client, name, collection))
-
-    def finished(self) -> None:
-        """Called by the engine once it has taken an outcome from its queue."""
-        self.running -= 1
+        self._pool.submit(job, self.client).add_done_callback(done)
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -32,6 +32,7 @@ from ..rules import Match, Rule
 from ..settle import Signature
 from ..watch import NativeWatcher, choose_observer, scan
 from .dispatch import Key
+from .drops import Tracked
 
 __all__ = ["Files", "Folder", "Folders", "Hint", "Tidy", "same_file"]
 
@@ -400,6 +401,13 @@ class Tidy:
     label: str
     marker: Path | None = None
     top: str | None = None  # a folder drop's folder
+
+    @classmethod
+    def of(cls, tr: Tracked, rule: Rule | None) -> Tidy:
+        marker = rule.marker_path(tr.as_drop(rule)) if rule and rule.ready_marker else None
+        return cls(
+            tr.label, marker, os.path.join(tr.watch, tr.path) if tr.kind == "folder" else None
+        )
 
     def __call__(self) -> None:
         marker = self.marker

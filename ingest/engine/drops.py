@@ -1,0 +1,105 @@
+"""A live drop as the engine holds it between ledger writes.
+
+A :class:`Tracked` is made when a drop is first seen (DETECTED) or read back from the
+ledger at start, and dropped when it reaches a final state; the ledger row stays the
+record, this is the working copy. The :class:`~.submissions.Tracker` holds each one once,
+by its :attr:`~Tracked.key`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..rules import Rule
+from ..templates import Drop, Kind
+from .dispatch import Key
+
+__all__ = ["Asking", "Tracked"]
+
+#: the DIVA job whose answer a drop awaits ("": none)
+Asking = Literal["", "submit", "poll", "check", "rename"]
+
+
+@dataclass(eq=False)
+class Tracked:
+    """A live drop (any active state), as the engine holds it between ledger writes."""
+
+    id: int
+    rule: str
+    watch: str
+    path: str
+    kind: str
+    state: str
+    attempts: int = 0
+    token: int = 0  # the token of the drop's latest job: older answers are stale
+    asking: Asking = ""  # the job whose answer the drop awaits
+    object_name: str | None = None
+    collection: str | None = None
+    body: dict[str, Any] | None = None
+    body_json: str | None = None  # ``body`` as the ledger stores it
+    request_id: int | None = None
+    priority: int | None = None
+    on_conflict: str = "fail"
+    uncertain: bool = False  # an earlier archive call may have reached DIVA
+    queued: bool = False
+    size: int | None = None
+    mtime_ns: int | None = None
+    file_count: int | None = None
+    members: tuple[str, ...] = ()
+    diva_state: str | None = None
+    progress: int | None = None
+    next_attempt_at: float | None = None  # epoch seconds
+    source_deleted: bool | None = None
+    submitted_at: float | None = None  # epoch seconds of the first intent we know of
+    waiting_since: float | None = None  # epoch seconds DIVA began keeping it waiting
+    checks: int = 0  # reconciliations that could not settle the question, in a row
+    late_conflict: int | None = None  # DIVA aborted its request with 1016 / 1040
+    adopted: bool = False  # following a request found by name: check the object at the end
+    conflict: str = ""  # why the name is taken, while on_conflict = suffix looks for another
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Tracked:
+        body = json.loads(row["body"]) if row.get("body") else None
+        members: tuple[str, ...] = ()
+        if body and row["kind"] == "folder":
+            members = tuple(body.get("components", ()))
+        return cls(
+            id=row["id"], rule=row["rule"], watch=row["watch"], path=row["path"],
+            kind=row["kind"], state=row["state"], attempts=row["attempts"] or 0,
+            object_name=row["object_name"], collection=row["collection"], body=body,
+            body_json=row["body"] if body else None,
+            request_id=row["request_id"], priority=row["priority"], size=row["size"],
+            mtime_ns=row["mtime_ns"], file_count=row["file_count"], members=members,
+            diva_state=row["diva_state"], progress=row["progress"],
+            next_attempt_at=row["next_attempt_at"], submitted_at=row.get("submitted_at"),
+            waiting_since=row.get("waiting_since"), adopted=bool(row.get("adopted")),
+        )  # fmt: skip
+
+    @property
+    def key(self) -> Key:
+        return (self.watch, self.path)
+
+    @property
+    def label(self) -> str:
+        return f"{self.rule} {self.path}"
+
+    def as_drop(self, rule: Rule) -> Drop:
+        kind: Kind = "folder" if self.kind == "folder" else "file"
+        mtime = (self.mtime_ns or 0) / 1e9
+        return Drop(rule.name, rule.watch, self.path, kind, self.size or 0, mtime, self.members)
+
+    def sources(self) -> list[str]:
+        """The files DIVA was asked to archive, as absolute paths."""
+        names = self.members if self.kind == "folder" else (self.path,)
+        return [os.path.join(self.watch, *n.split("/")) for n in names]
+
+    def set_body(self, body: dict[str, Any]) -> None:
+        """The archive request's body, serialized once for every ledger write of it."""
+        self.body = body
+        self.body_json = json.dumps(body, sort_keys=True, ensure_ascii=False)
+        self.object_name = body["objectName"]
+        self.collection = body["collectionName"]

@@ -1,0 +1,301 @@
+"""The disk side of a drop's life: from a hint or a scan to a request queued at DIVA's door.
+
+::
+
+    Hint / scan ─▶ look ─▶ DETECTED ─▶ settled ─▶ ready marker? ─▶ archive body ─▶ Tracker
+                              │  (Settler timers)                 (the rules' word)
+                              └─ vanished: SKIPPED, or asked of DIVA if a call may have gone
+
+:class:`Intake` decides what the watch folders show means: a new drop (its DETECTED row),
+one still changing (its settle timer restarts), one settled (its ready marker, then its
+archive body from the rules, then the Tracker's queue), one gone. It holds the settle
+timers and the drops waiting for a marker; the drops themselves are the Tracker's, held
+once. Everything it writes goes through the turn it is handed; the only side effect it
+decides on, tidying a drop folder after DIVA archived and deleted the drop, goes on the
+turn too, for after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import defaults
+from ..ledger import State
+from ..rulefiles import RuleBook
+from ..rules import Match, build_archive_body
+from ..settle import Settler, Signature
+from ..templates import DropRefused
+from ..watch import ignored_name
+from .dispatch import Key, Turn
+from .drops import Tracked
+from .folders import Files, Folder, Folders, Hint, Tidy, same_file
+from .submissions import Tracker
+
+__all__ = ["Intake"]
+
+log = logging.getLogger("ingest.engine")
+
+
+class Intake:
+    """Hints and scans in, settled drops with their request out. Engine thread only."""
+
+    def __init__(self, book: RuleBook, folders: Folders, tracker: Tracker) -> None:
+        self.book = book
+        self.folders = folders
+        self.tracker = tracker
+        self.settler = Settler()
+        self.waiting_marker: set[Key] = set()
+        self.last_seen = time.monotonic()  # when a file last moved, or a drop appeared
+        self._looks: dict[str, set[str]] = {}  # watch -> relpaths hints pointed at, this turn
+        self._hinted: dict[str, tuple[Key, float]] = {}  # path -> (drop key, settle seconds)
+
+    def __repr__(self) -> str:
+        return f"<Intake settling={len(self.settler)} waiting_marker={len(self.waiting_marker)}>"
+
+    def reset(self) -> None:
+        self.settler = Settler()
+        self.waiting_marker.clear()
+
+    def rules_changed(self) -> None:
+        self._hinted.clear()
+
+    def resettle(self, tr: Tracked, now: float) -> None:
+        """Settle a drop read back from the ledger again (its request is built anew)."""
+        folder = self.folders.get(tr.watch)
+        self.settler.touch(tr.key, settle=folder.settle_max if folder else 0.0, now=now)
+
+    def next_deadline(self) -> float | None:
+        return self.settler.next_deadline()
+
+    def idle(self) -> bool:
+        """Nothing settling, and no live drop but those waiting for their marker (any
+        other is queued, at DIVA, or awaiting an answer)."""
+        if len(self.settler):
+            return False
+        return all(key in self.waiting_marker for key in self.tracker.drops)
+
+    # -- what the folders show --------------------------------------------------------
+
+    def hint(self, hint: Hint, now: float) -> None:
+        watch, path = hint.watch, hint.path
+        folder = self.folders.get(watch)
+        if folder is None:
+            return
+        if path == watch:
+            folder.next_scan = now  # the folder itself changed: moved, deleted, remounted
+            return
+        relpath = path[len(watch) + 1 :] if path.startswith(watch + "/") else None
+        if not relpath or any(ignored_name(part) for part in relpath.split("/")):
+            return
+        self.last_seen = now
+        # A file being written sends an event per write: once its drop is known to be
+        # settling, restart the timer without matching the rules again.
+        cached = self._hinted.get(path)
+        if cached is not None and cached[0] in self.settler:
+            self.settler.touch(cached[0], settle=cached[1], now=now)
+            return
+        looks = self._looks.setdefault(watch, set())
+        match = self.book.rules.match(Path(path))
+        if match is not None and not match.marker:
+            key = (watch, match.drop)
+            if len(self._hinted) >= defaults.ENGINE_HINT_CACHE_SIZE:
+                self._hinted.clear()
+            self._hinted[path] = (key, match.rule.settle_seconds)
+            if key in self.settler:
+                self.settler.touch(key, settle=match.rule.settle_seconds, now=now)
+            elif key not in self.tracker or key in self.waiting_marker:
+                looks.add(match.drop)  # (a drop in flight is DIVA's business now)
+            return
+        looks.update(k[1] for k in self.waiting_marker if k[0] == watch)
+        if match is None and os.path.isdir(path) and not os.path.islink(path):
+            looks.add(relpath)  # a folder copied or moved in with its content
+
+    def look(self, turn: Turn) -> None:
+        """Read what this turn's hints pointed at: files, folders moved in, drops
+        awaiting a marker."""
+        looks, self._looks = self._looks, {}
+        for watch, relpaths in looks.items():
+            folder = self.folders.get(watch)
+            if folder is None or folder.paused:
+                continue
+            for relpath in relpaths:
+                key = (watch, relpath)
+                if key in self.waiting_marker:
+                    self._complete(turn, self.tracker.drops[key])
+                elif (files := self.folders.look(folder, relpath)) is not None:
+                    for drop, (match, sig) in self.folders.group(folder, files).items():
+                        self._consider(turn, folder, drop, match, sig)
+
+    def scan(self, turn: Turn, folder: Folder) -> None:
+        """A full scan of ``folder``: new and changed drops, and those that vanished."""
+        seen = self.folders.scan(turn.tx, folder, turn.now, lambda: self._expects(folder))
+        if seen is None:
+            return
+        files, changed, polled = seen
+        drops = self.folders.group(folder, changed)
+        for key, (match, sig) in drops.items():
+            self._consider(turn, folder, key, match, sig)
+        self._vanished(turn, folder, drops, files)
+        self.folders.scanned(turn.tx, folder, polled)
+
+    def _expects(self, folder: Folder) -> bool:
+        """Whether drops still settling here should be on disk (files of drops in flight
+        may vanish at any time: DIVA deletes them)."""
+        settling = [k for k in self.settler if isinstance(k, tuple)]
+        return any(k[0] == folder.watch for k in (*settling, *self.waiting_marker))
+
+    def _consider(
+        self, turn: Turn, folder: Folder, key: Key, match: Match | None, sig: Signature
+    ) -> None:
+        """A drop seen with ``sig``: new, changed, settling, or already dealt with."""
+        if key in self.settler:
+            settle = match.rule.settle_seconds if match else folder.settle_max
+            self.settler.observe(key, sig, settle=settle, now=turn.now)
+            return
+        if key in self.tracker:
+            return
+        if self.folders.settled[folder.watch].get(key[1]) == sig[:2]:
+            return  # archived, rejected or failed as it is: only a change brings it back
+        if match is None:
+            return
+        rule = match.rule
+        drop_id = turn.tx.add(
+            rule=rule.name, watch=folder.watch, path=key[1], kind=match.kind,
+            size=sig[0], mtime_ns=sig[1], file_count=sig[2],
+            detail=f"detected by rule {rule.name!r}, settling for {rule.settle_seconds:g} s",
+        )  # fmt: skip
+        tr = Tracked(drop_id, rule.name, folder.watch, key[1], match.kind, State.DETECTED)
+        self.tracker.hold(tr)
+        self.folders.remember(folder.watch, key[1], None)
+        self.settler.observe(key, sig, settle=rule.settle_seconds, now=turn.now)
+        self.last_seen = turn.now
+        log.info("%s %s: detected (%s drop), settling", rule.name, key[1], match.kind)
+
+    def _vanished(self, turn: Turn, folder: Folder, drops: dict[Key, Any], files: Files) -> None:
+        gone = [k for k in self.tracker.drops if k[0] == folder.watch and k not in drops]
+        for key in gone:
+            if key in self.settler and key[1] not in files:
+                tr = self.tracker.drops[key]
+                if self.folders.read(folder, tr.rule, tr.path, tr.kind)[0] is None:
+                    self.settler.forget(key)
+                    self._gone(turn, tr, "vanished before it settled")
+
+    # -- settling and completing ------------------------------------------------------
+
+    def settle(self, turn: Turn) -> None:
+        """Drops whose settle window is over: still changing, gone, or complete."""
+        now = turn.now
+        for key in self.settler.due(now):
+            assert isinstance(key, tuple)
+            folder = self.folders.get(key[0])
+            tr = self.tracker.drops.get(key)
+            if tr is None:
+                self.settler.forget(key)
+                continue
+            if folder is None:
+                self.settler.forget(key)
+                self.tracker.move(turn, tr, State.SKIPPED, "no rule watches its folder any more")
+                continue
+            if folder.paused:
+                self.settler.recheck(key, after=1.0, now=now)
+                continue
+            sig, members = self.folders.read(folder, tr.rule, tr.path, tr.kind)
+            crowd = sum(1 for k in self.tracker.drops if k[0] == folder.watch) > 1
+            if sig is None and folder.looks_away(empty_means_away=crowd):
+                # The whole folder is away (a share dropped, perhaps leaving an empty
+                # mount point behind): its files did not vanish.
+                self.folders.pause(turn.tx, folder, "the watch folder is gone or reads empty")
+                folder.next_scan = min(folder.next_scan, now + 1.0)
+                self.settler.recheck(key, after=1.0, now=now)
+                continue
+            if not self.settler.check(key, sig, now=now, vouched=folder.vouches(sig)):
+                if sig is None:
+                    self._gone(turn, tr, "vanished before it settled")
+                continue
+            assert sig is not None
+            tr.size, tr.mtime_ns, tr.file_count = sig
+            tr.members = members
+            self._complete(turn, tr)
+
+    def _gone(self, turn: Turn, tr: Tracked, why: str) -> None:
+        """A drop's files are gone. If an archive call of its own may have reached DIVA,
+        that is what success looks like (DIVA deletes on source): ask DIVA, never SKIP."""
+        if tr.uncertain and tr.body is not None and tr.object_name:
+            log.info("%s: its files are gone; asking DIVA whether it archived them", tr.label)
+            self.settler.forget(tr.key)
+            self.tracker.queue(tr)
+            return
+        self.tracker.move(turn, tr, State.SKIPPED, why)
+
+    def _complete(self, turn: Turn, tr: Tracked) -> None:
+        """A settled drop: its marker, then its request (the rules' word), then the queue."""
+        key = tr.key
+        match = self.book.rules.match(Path(tr.watch, tr.path))
+        if match is None or match.drop != tr.path:
+            self.waiting_marker.discard(key)
+            self.tracker.move(turn, tr, State.SKIPPED, "no rule matches it any more")
+            return
+        rule = match.rule
+        drop = tr.as_drop(rule)
+        marker = rule.marker_path(drop)
+        if marker is not None and not os.path.lexists(marker):
+            if key not in self.waiting_marker:
+                self.waiting_marker.add(key)
+                log.info("%s %s: settled, waiting for its ready marker %s", rule.name,
+                         tr.path, marker.name)  # fmt: skip
+                turn.tx.update(tr.id, error=f"waiting for the ready marker {marker.name}")
+            return
+        self.waiting_marker.discard(key)
+        try:
+            body = build_archive_body(rule, drop)
+        except DropRefused as exc:
+            # It cannot be archived safely (an unsafe name...): refused, files in place.
+            self.tracker.move(turn, tr, State.REJECTED, exc.reason, error=exc.reason)
+            return
+        tr.set_body(body)
+        tr.priority, tr.on_conflict = rule.priority, rule.on_conflict
+        turn.tx.update(
+            tr.id, settled_at=time.time(), size=tr.size, mtime_ns=tr.mtime_ns,
+            file_count=tr.file_count, object_name=tr.object_name, collection=tr.collection,
+            media=rule.media, qos=rule.wire_qos, priority=rule.priority, error=None,
+            body=tr.body_json,
+        )  # fmt: skip
+        self.tracker.queue(tr)
+
+    def still_there(self, turn: Turn, tr: Tracked) -> bool:
+        """Just before the intent: is the settled file still the one we settled?"""
+        if tr.kind != "file" or tr.size is None or tr.uncertain:
+            return True
+        same = same_file(os.path.join(tr.watch, tr.path), tr.size, tr.mtime_ns)
+        if same is None:
+            if tr.attempts:
+                # DIVA has just said it holds nothing of an earlier attempt's, yet the files
+                # left: a person should look (only DIVA may delete them).
+                why = "its files vanished after DIVA said it had not archived them"
+                self.tracker.move(turn, tr, State.FAILED, why, error=why)
+            else:
+                why = "vanished between settling and submitting"
+                self.tracker.move(turn, tr, State.SKIPPED, why)
+            return False
+        if same:
+            return True
+        tr.queued = False
+        folder = self.folders.get(tr.watch)
+        settle = folder.settle_max if folder else 0.0
+        self.settler.touch(tr.key, settle=settle, now=time.monotonic())
+        log.info("%s %s: changed after it settled; settling again", tr.rule, tr.path)
+        return False
+
+    def finished(self, turn: Turn, tr: Tracked) -> None:
+        """A drop reached a final state: it leaves memory, the settled index keeps it."""
+        self.waiting_marker.discard(tr.key)
+        self.settler.forget(tr.key)
+        size, mtime = tr.size, tr.mtime_ns
+        final = None if size is None or mtime is None else (size, mtime)
+        self.folders.remember(tr.watch, tr.path, final)
+        if tr.state == State.COMPLETED and tr.source_deleted:
+            turn.removals.append(Tidy.of(tr, self.book.rules.get(tr.rule)))
