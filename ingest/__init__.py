@@ -1,7 +1,8 @@
 """ingest: a watch-folder ingest daemon for Telestream DIVA archives.
 
 The data flows watch → settle → rules → ledger → DIVA client → tracking; each step is a
-module named for it. The public surface is listed in ``__all__``.
+module named for it, and the engine package (``ingest.engine``) runs them, one ledger
+transaction per turn. The public surface is listed in ``__all__``.
 """
 
 from __future__ import annotations
