@@ -341,7 +341,9 @@ class Tracker:
             self.move(turn, tr, State.REJECTED, str(result), **_codes(result), error=str(result))
             return
         tr.uncertain = uncertain(result)
-        self._transient(turn, tr, result, "archiving", tr.attempts)
+        # A call that may have reached DIVA is never the end of the drop, even on its last
+        # attempt: DIVA is asked first (the reconciliations have their own count).
+        self._transient(turn, tr, result, "archiving", tr.checks if tr.uncertain else tr.attempts)
 
     def _transient(self, turn: Turn, tr: Tracked, error: DivaError, doing: str, count: int) -> None:
         """A failure that may pass: wait and try again, or give up when ``count`` (the
