@@ -28,6 +28,10 @@ import pytest
 
 from ingest.emulator.server import EmulatorProcess
 
+#: leakcheck fails any test whose captured output or log holds a test secret;
+#: unprivileged runs checks as a user that file modes stop (the suite runs as root).
+pytest_plugins = ("tests.leakcheck", "tests.unprivileged")
+
 T = TypeVar("T")
 
 #: Users of the session emulator: one per DIVA role, password = name.
@@ -227,6 +231,8 @@ class Deployment:
     ledger_path: Path
     engine: Any = None
     thread: threading.Thread | None = None
+    #: Ledger files whose ``drops`` table has been read once (see ``rows``).
+    ledgers_seen: set[Path] = field(default_factory=set, repr=False)
 
     def rule(self, name: str = "news", **keys: Any) -> Path:
         """Write (or rewrite) ``rules/<name>.toml`` with one rule; keys override defaults."""
@@ -284,17 +290,37 @@ class Deployment:
     # -- reading the ledger (plain sqlite3: what an operator's tool would see) --
 
     def rows(self, path: str | None = None) -> list[dict[str, Any]]:
-        if not self.ledger_path.exists():
-            return []
-        with contextlib.closing(sqlite3.connect(self.ledger_path, timeout=30)) as conn:
-            conn.row_factory = sqlite3.Row
-            query, args = "SELECT * FROM drops ORDER BY id", ()
-            if path is not None:
-                query, args = "SELECT * FROM drops WHERE path = ? ORDER BY id", (path,)
-            try:
-                return [dict(r) for r in conn.execute(query, args)]
-            except sqlite3.OperationalError:  # not created yet
+        """The ``drops`` rows (of ``path`` only, if given), oldest first.
+
+        ``[]`` only while the daemon has not created the ledger yet (no file, or no table
+        in a file never read before). Any other error is raised, so that a failed read
+        can never pass for "no drops"; a lock is waited out briefly first.
+        """
+        query, args = "SELECT * FROM drops ORDER BY id", ()
+        if path is not None:
+            query, args = "SELECT * FROM drops WHERE path = ? ORDER BY id", (path,)
+        ledger = self.ledger_path
+        deadline = time.monotonic() + 10
+        while True:
+            if not ledger.exists():
+                assert ledger not in self.ledgers_seen, f"the ledger {ledger} vanished"
                 return []
+            try:
+                with contextlib.closing(sqlite3.connect(ledger, timeout=30)) as conn:
+                    conn.row_factory = sqlite3.Row
+                    found = [dict(r) for r in conn.execute(query, args)]
+            except sqlite3.OperationalError as exc:
+                message = str(exc)
+                if message.startswith("no such table") and ledger not in self.ledgers_seen:
+                    return []
+                # SQLite answers "locked"/"busy" at once, without its busy timeout, in
+                # a few cases (WAL recovery, say): those pass; a lasting one is an error.
+                if ("locked" in message or "busy" in message) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise
+            self.ledgers_seen.add(ledger)
+            return found
 
     def history(self, drop_id: int) -> list[dict[str, Any]]:
         with contextlib.closing(sqlite3.connect(self.ledger_path, timeout=30)) as conn:

@@ -15,6 +15,7 @@ from ingest.ledger import Ledger
 
 from .conftest import RunningEmulator
 from .test_cli_ledger import Result, invoke
+from .unprivileged import Unprivileged
 
 RULE = """
 [[rule]]
@@ -185,16 +186,29 @@ def test_file_instead_of_folder(site: Site) -> None:
     assert any("is not a folder" in f for f in levels(checks)["FAIL"])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes every folder")
-def test_unreadable_folder_for_real(site: Site) -> None:
+def test_unreadable_folder_for_real(emulator: RunningEmulator, unprivileged: Unprivileged) -> None:
+    """A watch folder the daemon's user cannot read, for real: doctor runs as an
+    unprivileged user (root reads every folder), on a site that user owns, so the folder's
+    own mode is the only thing in the way."""
+    site = Site(unprivileged.root, emulator)
+    site.nas = unprivileged.root / "nas"
+    site.rule("news", site.nas / "news", "DISK1")
+    site.rule("archive", site.nas / "archive", "TAPE1")
+    unprivileged.give(site.root)
+    env = {"DOCTOR_TEST_PASSWORD": site.password}
+    args = ("doctor", "--json", "--config", str(site.config))
+
+    def checks() -> tuple[int, list[dict[str, Any]]]:
+        done = unprivileged.run(*args, env=env)
+        return done.returncode, json.loads(done.stdout)["checks"]
+
+    code, found = checks()  # the same site, readable: all OK as that user
+    assert (code, levels(found).get("FAIL")) == (0, None), found
     folder = site.nas / "news"
     folder.chmod(0o000)
-    try:
-        code, checks = site.checks()
-    finally:
-        folder.chmod(0o755)
+    code, found = checks()
     assert code == 1
-    assert f"folder {folder}: not readable by this user" in levels(checks)["FAIL"]
+    assert levels(found)["FAIL"] == [f"folder {folder}: not readable by this user"]
 
 
 @pytest.mark.parametrize(

@@ -461,10 +461,12 @@ def test_show_by_path_picks_the_newest_and_says_so(setup: Setup) -> None:
 
 
 def test_show_unknown_is_exit_9(setup: Setup) -> None:
-    for what in ("99999", "nope.mxf", "/elsewhere/a.mxf"):
+    for what, kind in (("99999", "drop id or path"), ("nope.mxf", "path"),
+                       ("/elsewhere/a.mxf", "path")):  # fmt: skip
         result = setup.run("ledger", "show", what)
         assert result.exit_code == 9, what
-        assert "error: no " in result.output or "no " in result.output
+        assert result.output.startswith(f"error: no {kind} {what!r} in the ledger "), result.output
+        assert "ingest ledger list --path GLOB" in result.output
 
 
 # ---------------------------------------------------------------------------------------

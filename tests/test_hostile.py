@@ -9,8 +9,10 @@ existing object (test_engine::test_an_object_that_exists_in_diva), the client's 
 odd answers (test_client_protocol).
 
 The suite runs as root, which no file mode stops: "unreadable" files and folders are
-readable to root, so as root those cases check that they are archived normally; as
-another user they check that the drop fails with the reason and the file stays.
+readable to root, so as root those cases check that they are archived normally; they run
+again with the daemon as an unprivileged user (tests/unprivileged.py), where a file it
+cannot read is still archived (DIVA reads it, not ingest) and a folder it cannot list is
+left alone.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ import httpx
 import pytest
 
 from ingest.client import DivaClient
+from ingest.emulator.server import EmulatorProcess
 
-from .conftest import Deployment, wait_for
+from .conftest import DIVA_PASSWORD_ENV, Deployment, RunningEmulator, wait_for
+from .unprivileged import Unprivileged, cannot_run_here
 
 FINAL = ("COMPLETED", "REJECTED", "SKIPPED", "FAILED")
 
@@ -80,34 +84,38 @@ def final_row(dep: Deployment, rel: str, timeout: float = 30.0) -> dict[str, Any
 
 # --- odd file names ----------------------------------------------------------------
 
-NAMES = {
-    "space": "with space.mxf",
-    "single-quote": "it's.mxf",
-    "double-quote": 'say "cheese".mxf',
-    "percent": "100%done %s %n.mxf",
-    "braces": "{stem}{name}{}.mxf",
-    "leading-dash": "-rf.mxf",
-    "double-dash": "--help.mxf",
-    "nfc": unicodedata.normalize("NFC", "café.mxf"),
-    "nfd": unicodedata.normalize("NFD", "café.mxf"),
-    "255-bytes": "n" * 251 + ".mxf",
-    "255-bytes-multibyte": "é" * 125 + "e.mxf",
-    "deep-35-levels": "/".join(f"l{i}" for i in range(35)) + "/deep.mxf",
-    "backslash": "back\\slash.mxf",
-    "shell": "a;b&c$(id)`x`|y.mxf",
-    "emoji": "clip 🎬.mxf",
-    "trailing-space": "trailing .mxf",
-    "tab": "tab\there.mxf",
-    "escape": "\x1b[31mred.mxf",
-    "carriage-return": "cr\rname.mxf",
-    "colon": "10:30:00.mxf",
-    "newline-in-folder": "line\nbreak/inside.mxf",
-    "dot-dot-inside": "a..b...mxf",
+#: Each odd name and what becomes of it under ``object_name = "{stem}"``: archived under
+#: that exact object name, or refused with a reason that says why (``check_name`` and
+#: ``check_component`` in ingest/templates.py). Anything DIVA can take is archived:
+#: shell, printf and template syntax in a name is only text.
+NAMES: dict[str, tuple[str, str]] = {
+    "space": ("with space.mxf", "with space"),
+    "single-quote": ("it's.mxf", "it's"),
+    "double-quote": ('say "cheese".mxf', 'say "cheese"'),
+    "percent": ("100%done %s %n.mxf", "100%done %s %n"),
+    "braces": ("{stem}{name}{}.mxf", "{stem}{name}{}"),
+    "leading-dash": ("-rf.mxf", "-rf"),
+    "double-dash": ("--help.mxf", "--help"),
+    "nfc": (unicodedata.normalize("NFC", "café.mxf"), unicodedata.normalize("NFC", "café")),
+    "nfd": (unicodedata.normalize("NFD", "café.mxf"), unicodedata.normalize("NFD", "café")),
+    "255-bytes": ("n" * 251 + ".mxf", "refused: is 251 characters long; DIVA allows at most 192"),
+    "255-bytes-multibyte": ("é" * 125 + "e.mxf", "é" * 125 + "e"),  # 126 characters
+    "deep-35-levels": ("/".join(f"l{i}" for i in range(35)) + "/deep.mxf", "deep"),
+    "backslash": ("back\\slash.mxf", "refused: contains '\\\\'"),
+    "shell": ("a;b&c$(id)`x`|y.mxf", "a;b&c$(id)`x`|y"),
+    "emoji": ("clip 🎬.mxf", "clip 🎬"),
+    "trailing-space": ("trailing .mxf", "refused: starts or ends with whitespace"),
+    "tab": ("tab\there.mxf", "refused: control character U+0009"),
+    "escape": ("\x1b[31mred.mxf", "refused: control character U+001B"),
+    "carriage-return": ("cr\rname.mxf", "refused: control character U+000D"),
+    "colon": ("10:30:00.mxf", "10:30:00"),
+    "newline-in-folder": ("line\nbreak/inside.mxf", "refused: control character U+000A"),
+    "dot-dot-inside": ("a..b...mxf", "refused: contains '..'"),
 }
 
 
-@pytest.mark.parametrize("name", list(NAMES.values()), ids=list(NAMES))
-def test_odd_file_names(deployment: Deployment, name: str) -> None:
+@pytest.mark.parametrize(("name", "outcome"), list(NAMES.values()), ids=list(NAMES))
+def test_odd_file_names(deployment: Deployment, name: str, outcome: str) -> None:
     dep = deployment
     dep.rule()
     data = os.urandom(1000)
@@ -116,13 +124,16 @@ def test_odd_file_names(deployment: Deployment, name: str) -> None:
     path.write_bytes(data)
     dep.start()
     row = final_row(dep, name)
-    if row["state"] == "COMPLETED":
-        assert not path.exists()
-        assert stored(dep)[row["object_name"]] == {name: md5(data)}
-    else:
+    if outcome.startswith("refused: "):
         assert row["state"] == "REJECTED", row
+        assert outcome.removeprefix("refused: ") in row["error"], row["error"]
         assert path.read_bytes() == data
         assert dep.archive_requests() == []
+    else:
+        assert row["state"] == "COMPLETED", row
+        assert row["object_name"] == outcome
+        assert not path.exists()
+        assert stored(dep) == {outcome: {name: md5(data)}}
     nothing_lost(dep, {name: data})
     archived_once(dep)
 
@@ -138,8 +149,12 @@ def test_nfc_and_nfd_twins_in_one_folder(deployment: Deployment) -> None:
         (dep.watch / rel).write_bytes(data)
     dep.start()
     rows = [final_row(dep, rel) for rel in files]
-    # Each ends with a verdict; one may be refused as a name clash, never both lost.
-    assert any(r["state"] == "COMPLETED" for r in rows)
+    # Distinct names to the filesystem, so distinct objects to DIVA: both archived, each
+    # under its own name, with its own bytes.
+    assert [r["state"] for r in rows] == ["COMPLETED", "COMPLETED"], rows
+    assert stored(dep) == {
+        rel.removesuffix(".mxf"): {rel: md5(data)} for rel, data in files.items()
+    }
     nothing_lost(dep, files)
     archived_once(dep)
 
@@ -157,68 +172,90 @@ def test_zero_byte_file(deployment: Deployment) -> None:
     assert stored(dep)["empty"] == {"empty.mxf": md5(b"")}
 
 
+#: The trickle's settle window: three times the writer's one-second pace, so that a
+#: writer delayed by a loaded machine (two busy cores, say) still writes within it.
+TRICKLE_SETTLE = 3.0
+
+
 def test_a_file_growing_one_byte_per_second(deployment: Deployment) -> None:
     dep = deployment
-    dep.rule(settle_seconds=1.5)
+    dep.rule(settle_seconds=TRICKLE_SETTLE)
     dep.start()
     path = dep.watch / "trickle.mxf"
     last = 0.0
+    gaps = [0.0]
     with path.open("ab") as fh:
         for _ in range(5):
             fh.write(b"t")
             fh.flush()
+            if last:
+                gaps.append(time.time() - last)
             last = time.time()
-            assert all(r["state"] == "DETECTED" for r in dep.rows("trickle.mxf"))
+            states = [r["state"] for r in dep.rows("trickle.mxf")]
+            # A gap as long as the window would make the engine right to go ahead.
+            assert all(s == "DETECTED" for s in states), (states, f"writer gaps {gaps}")
             time.sleep(1.0)  # the writer's pace: one byte a second
     row = dep.wait_state("trickle.mxf", "COMPLETED")
     intents = [h for h in dep.history(row["id"]) if h["to_state"] == "SUBMITTING"]
-    assert len(intents) == 1 and intents[0]["at"] >= last + 1.5
+    assert len(intents) == 1 and intents[0]["at"] >= last + TRICKLE_SETTLE
     assert stored(dep)["trickle"] == {"trickle.mxf": md5(b"ttttt")}
 
 
-@pytest.fixture
-def queued(deployment: Deployment) -> Callable[[str, bytes], dict[str, Any]]:
-    """Settle a drop and hold it in the engine's queue (one slot, taken by a slow
-    request), so the test can act between settling and submitting."""
-    dep = deployment
-    dep.write_config(max_in_flight=1)
-    dep.rule(settle_seconds=0.3)
-    dep.knobs(request_seconds=4)
-    (dep.watch / "blocker.mxf").write_bytes(b"blocker")
-    dep.start()
-    dep.wait_state("blocker.mxf", "SUBMITTED", "RUNNING")
+class Queue:
+    """The engine's one slot taken by a request that DIVA copies at a crawl until
+    ``release()``: a drop settled meanwhile waits in the queue for as long as the test
+    needs, however slow the machine."""
 
-    def settle(rel: str, data: bytes) -> dict[str, Any]:
+    def __init__(self, dep: Deployment) -> None:
+        self.dep = dep
+
+    def settle(self, rel: str, data: bytes) -> dict[str, Any]:
+        """Write ``rel`` and wait until it is settled (and so queued): its row."""
+        dep = self.dep
         (dep.watch / rel).write_bytes(data)
 
         def settled() -> dict[str, Any] | None:
             rows = dep.rows(rel)
             return rows[-1] if rows and rows[-1]["settled_at"] else None
 
-        return wait_for(settled)
+        row = wait_for(settled)
+        assert row["state"] == "DETECTED", row
+        assert [r["state"] for r in dep.rows("blocker.mxf")] in (["SUBMITTED"], ["RUNNING"])
+        return row
 
-    return settle
+    def release(self) -> None:
+        self.dep.knobs(throughput=0)  # read afresh at every chunk: the copy ends at once
 
 
-def test_rewritten_after_settling_before_submission(
-    deployment: Deployment, queued: Callable[[str, bytes], dict[str, Any]]
-) -> None:
+@pytest.fixture
+def queued(deployment: Deployment) -> Queue:
     dep = deployment
-    row = queued("rewrite.mxf", b"first version")
-    assert row["state"] == "DETECTED"
+    dep.write_config(max_in_flight=1)
+    dep.rule(settle_seconds=0.3)
+    # 64 KiB at 1 KiB/s: a minute, far more than any test needs, ended by release().
+    dep.knobs(throughput=1024)
+    (dep.watch / "blocker.mxf").write_bytes(os.urandom(64 * 1024))
+    dep.start()
+    dep.wait_state("blocker.mxf", "SUBMITTED", "RUNNING")
+    return Queue(dep)
+
+
+def test_rewritten_after_settling_before_submission(deployment: Deployment, queued: Queue) -> None:
+    dep = deployment
+    queued.settle("rewrite.mxf", b"first version")
     time.sleep(0.05)  # a distinct mtime for the new version
     (dep.watch / "rewrite.mxf").write_bytes(b"second, longer version")
+    queued.release()
     row = dep.wait_state("rewrite.mxf", "COMPLETED", timeout=30)
     assert stored(dep)["rewrite"] == {"rewrite.mxf": md5(b"second, longer version")}
     assert len(dep.rows("rewrite.mxf")) == 1 and row["size"] == 22
 
 
-def test_renamed_between_settling_and_submission(
-    deployment: Deployment, queued: Callable[[str, bytes], dict[str, Any]]
-) -> None:
+def test_renamed_between_settling_and_submission(deployment: Deployment, queued: Queue) -> None:
     dep = deployment
-    queued("before.mxf", b"moving")
+    queued.settle("before.mxf", b"moving")
     (dep.watch / "before.mxf").rename(dep.watch / "after.mxf")
+    queued.release()
     old = dep.wait_state("before.mxf", "SKIPPED", timeout=30)
     assert "vanished" in dep.history(old["id"])[-1]["detail"]
     dep.wait_state("after.mxf", "COMPLETED", timeout=30)
@@ -226,26 +263,24 @@ def test_renamed_between_settling_and_submission(
     assert "before" not in stored(dep)
 
 
-def test_deleted_between_settling_and_submission(
-    deployment: Deployment, queued: Callable[[str, bytes], dict[str, Any]]
-) -> None:
+def test_deleted_between_settling_and_submission(deployment: Deployment, queued: Queue) -> None:
     dep = deployment
-    queued("gone.mxf", b"gone")
+    queued.settle("gone.mxf", b"gone")
     (dep.watch / "gone.mxf").unlink()
+    queued.release()
     row = dep.wait_state("gone.mxf", "SKIPPED", timeout=30)
     assert "vanished" in dep.history(row["id"])[-1]["detail"]
     dep.wait_state("blocker.mxf", "COMPLETED", timeout=30)
     assert [r["objectName"] for r in dep.archive_requests()] == ["blocker"]
 
 
-def test_replaced_by_a_folder_of_the_same_name(
-    deployment: Deployment, queued: Callable[[str, bytes], dict[str, Any]]
-) -> None:
+def test_replaced_by_a_folder_of_the_same_name(deployment: Deployment, queued: Queue) -> None:
     dep = deployment
-    queued("shape.mxf", b"a file")
+    queued.settle("shape.mxf", b"a file")
     (dep.watch / "shape.mxf").unlink()
     (dep.watch / "shape.mxf").mkdir()
     (dep.watch / "shape.mxf" / "inner.mxf").write_bytes(b"inside")
+    queued.release()
     row = dep.wait_state("shape.mxf", "SKIPPED", timeout=30)
     assert dep.history(row["id"])[-1]["detail"]
     dep.wait_state("shape.mxf/inner.mxf", "COMPLETED", timeout=30)
@@ -390,29 +425,84 @@ def test_fifos_and_sockets_are_skipped_without_blocking(
             holder.close()
 
 
-@pytest.mark.parametrize("what", ["file", "folder"])
-def test_unreadable_files_and_folders(deployment: Deployment, what: str) -> None:
-    dep = deployment
-    dep.rule()
+def lock(dep: Deployment, what: str) -> tuple[Path, Path]:
+    """``locked/secret.mxf`` with the file's or the folder's mode 0: (folder, file)."""
     folder = dep.watch / "locked"
     folder.mkdir()
     path = folder / "secret.mxf"
     path.write_bytes(b"locked")
+    return folder, path
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_unreadable_files_and_folders_as_root(deployment: Deployment, what: str) -> None:
+    """Root reads through any mode: the drop is archived like any other."""
+    if os.geteuid() != 0:
+        cannot_run_here("needs root")
+    dep = deployment
+    dep.rule()
+    folder, path = lock(dep, what)
     (path if what == "file" else folder).chmod(0)
     try:
         dep.start()
-        if os.geteuid() == 0:
-            # Root reads through any mode: the drop is archived like any other.
-            dep.wait_state("locked/secret.mxf", "COMPLETED")
-            assert stored(dep)["secret"] == {"locked/secret.mxf": md5(b"locked")}
-        else:  # pragma: no cover - the suite's CI runs as root
-            row = final_row(dep, "locked/secret.mxf", timeout=60)
-            assert row["state"] in ("FAILED", "REJECTED", "SKIPPED")
+        dep.wait_state("locked/secret.mxf", "COMPLETED")
+        assert stored(dep)["secret"] == {"locked/secret.mxf": md5(b"locked")}
     finally:
         folder.chmod(0o755)
-        if path.exists():
-            path.chmod(0o644)
     nothing_lost(dep, {"locked/secret.mxf": b"locked"})
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_unreadable_files_and_folders_as_an_unprivileged_user(
+    unprivileged: Unprivileged, tmp_path: Path, what: str
+) -> None:
+    """The daemon as a user the mode stops, against its own DIVA whose NAS share that
+    user can reach (pytest's temporary folder is root's alone)."""
+    nas = unprivileged.root / "nas"
+    (nas / "news").mkdir(parents=True)
+    args = ["--server", f"NAS={nas}", "--media", "DISK1",
+            "--user", "operator:operator:operator", "--user", "admin:admin:admin"]  # fmt: skip
+    diva = EmulatorProcess(tmp_path / "diva", args).start()
+    root = unprivileged.root
+    emulator = RunningEmulator(diva.url, tmp_path / "diva", {"NAS": nas}, diva)
+    dep = Deployment(root, emulator, nas / "news", root / "rules", root / "ingest.toml",
+                     root / "ledger.db")  # fmt: skip
+    proc = None
+    try:
+        dep.rules_dir.mkdir()
+        dep.write_config()
+        dep.rule()
+        folder, path = lock(dep, what)
+        (dep.watch / "canary.mxf").write_bytes(b"canary")  # proves the daemon kept working
+        unprivileged.give(root)
+        (path if what == "file" else folder).chmod(0)
+        with (root / "daemon.log").open("wb") as log:
+            proc = unprivileged.popen(
+                "run", "--config", str(dep.config_path), env={DIVA_PASSWORD_ENV: "operator"},
+                log=log,
+            )  # fmt: skip
+        dep.wait_state("canary.mxf", "COMPLETED")
+        if what == "file":
+            # Only DIVA reads a file's bytes, through its own access to the share: ingest
+            # needs to see the file, not to read it, so it is archived like any other.
+            dep.wait_state("locked/secret.mxf", "COMPLETED")
+            assert stored(dep)["secret"] == {"locked/secret.mxf": md5(b"locked")}
+        else:
+            # A folder it cannot list hides its files: never a drop, never sent, left as
+            # it is. Scans after the canary's completion see it the same way.
+            watcher = dep.watcher()
+            assert watcher is not None
+            wait_for(lambda: (w := dep.watcher()) and w["last_scan_at"] > watcher["last_scan_at"])
+            assert dep.rows("locked/secret.mxf") == []
+            assert [r["objectName"] for r in dep.archive_requests()] == ["canary"]
+            folder.chmod(0o755)
+            assert path.read_bytes() == b"locked"
+        nothing_lost(dep, {"locked/secret.mxf": b"locked", "canary.mxf": b"canary"})
+    finally:
+        if proc is not None:
+            proc.terminate()
+            assert proc.wait(timeout=30) == 0
+        diva.stop()
 
 
 # --- names that exist in DIVA, rules that overlap ----------------------------------
@@ -470,7 +560,8 @@ def test_two_rules_matching_one_file_archive_it_once(deployment: Deployment) -> 
     row = dep.wait_state("both.mxf", "COMPLETED")
     assert len(dep.rows("both.mxf")) == 1
     assert [r["objectName"] for r in dep.archive_requests()] == ["both"]
-    assert row["rule"] in ("a_first", "b_second")
+    # Rule files are tried in name order and the first match wins (README, Match order).
+    assert row["rule"] == "a_first" and row["collection"] == "A"
 
 
 # --- bad rule files: the daemon refuses to start (exit 3) with a clear message -----

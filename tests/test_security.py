@@ -24,10 +24,7 @@ from ingest.emulator.server import EmulatorProcess
 from ingest.templates import check_component, check_name, clean_comment
 
 from .conftest import DIVA_PASSWORD_ENV, Deployment, wait_for
-
-#: A password no log line would contain by chance: quotes, colon, percent, unicode.
-PASSWORD = "Pa$$:w0rd%'\"ü-7f3a91"
-
+from .leakcheck import PASSWORD, SECRET_FORMS, TOKEN
 
 # --- paths and names -----------------------------------------------------------------
 
@@ -198,10 +195,88 @@ def diva_logins(url: str) -> int:
     return int(httpx.get(f"{url}/_emulator/stats", timeout=10).json()["logins"])
 
 
-def test_test_output_holds_no_secret(capsys: pytest.CaptureFixture[str]) -> None:
-    """What this module printed (pytest's captured output) holds no password either."""
-    out, err = capsys.readouterr()
-    assert PASSWORD not in out + err
+LEAKY_TESTS = """
+import json, logging, sys
+
+import pytest
+
+from tests.leakcheck import PASSWORD
+
+
+@pytest.fixture
+def leaky_fixture():
+    print("setting up with", PASSWORD)
+    yield
+    logging.getLogger("teardown").warning("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig")
+
+
+def test_prints_it():
+    print(PASSWORD)
+
+
+def test_writes_it_as_json_to_stderr():
+    sys.stderr.write(json.dumps({"password": PASSWORD}))
+
+
+def test_logs_a_token():
+    logging.getLogger("ingest").warning("got eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig")
+
+
+def test_leaks_in_its_fixture(leaky_fixture):
+    pass
+
+
+def test_fails_and_prints_it():
+    print(repr(PASSWORD))
+    assert False, "its own failure"
+
+
+def test_clean():
+    print("nothing secret here")
+"""
+
+
+def test_a_test_whose_output_holds_a_secret_fails(tmp_path: Path) -> None:
+    """tests/leakcheck.py, which checks every test of this suite, run on a session of
+    deliberately leaky tests: each leak fails the test (or its fixture) that made it,
+    the clean test passes, and the session's report does not repeat the secret."""
+    (tmp_path / "test_leaky.py").write_text(LEAKY_TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.leakcheck", "-p", "no:cacheprovider",
+         "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), "-rA",
+         str(tmp_path / "test_leaky.py")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    summary = {
+        line.split(" ", 1)[0] + " " + line.split()[1].split("::")[-1]
+        for line in out.splitlines()
+        if line.startswith(("PASSED ", "FAILED ", "ERROR "))
+    }
+    assert summary == {
+        "FAILED test_prints_it",
+        "FAILED test_writes_it_as_json_to_stderr",
+        "FAILED test_logs_a_token",
+        "ERROR test_leaks_in_its_fixture",  # at setup, and again at teardown
+        "FAILED test_fails_and_prints_it",
+        "PASSED test_clean",
+    }, out
+    errors = [line for line in out.splitlines() if line.startswith("ERROR ")]
+    assert len(errors) == 2, out  # the fixture's leak at setup, and its own at teardown
+    assert "Captured stdout call: the test password" in out
+    assert "Captured stderr call: the test password" in out
+    assert "Captured log call: a DIVA token" in out
+    assert "Captured stdout setup: the test password" in out
+    assert "Captured log teardown: a DIVA token" in out
+    assert "its own failure" in out  # a test's own failure is kept, the leak added
+    assert "Captured stdout call: the test password" in out.split("its own failure", 1)[1]
+    assert "<the test password>" in out  # the captured output shown, but redacted
+    assert not [form for form in SECRET_FORMS if form in out], "the report repeats it"
+    assert not TOKEN.search(out)
 
 
 # --- TLS -----------------------------------------------------------------------------
@@ -234,7 +309,8 @@ def dep_config(dep: Deployment) -> Path:
 
 
 def test_a_custom_ca_bundle_is_used_by_the_engine(deployment: Deployment) -> None:
-    trustme = pytest.importorskip("trustme")
+    import trustme  # a dev dependency: missing, it is an error, not a skip
+
     from ingest.config import load_config
     from ingest.engine import Engine
 

@@ -26,6 +26,7 @@ from ingest.templates import (
     clean_comment,
     suffixed_name,
 )
+from ingest.watch import ignored_name
 
 MTIME = datetime(2024, 3, 9, 14, 5, 7).timestamp()  # local time, as templates render it
 NOW = datetime(2025, 12, 31, 23, 59, 0).timestamp()
@@ -256,7 +257,25 @@ def test_real_files_with_odd_names(tmp_path: Path, name: str) -> None:
         return
     try:
         ruleset = make_ruleset(tmp_path, "{stem}", "file")
-        explanation = ruleset.explain(path, now=time.time())
-        assert explanation.body is not None or explanation.refused or explanation.match is None
+        now = time.time()
+        explanation = ruleset.explain(path, now=now)
+        # What the rules make of that name without the disk: the file's own verdict.
+        found = ruleset.match(path)
+        assert found is not None or ignored_name(name), "a '**' rule took no ordinary name"
+        body, refused = None, None
+        if found is not None:
+            info = path.stat()
+            drop = Drop("r", tmp_path, name, "file", size=info.st_size, mtime=info.st_mtime)
+            try:
+                body = build_archive_body(found.rule, drop, now=now)
+            except DropRefused as exc:
+                refused = exc.reason
+            else:
+                assert body["objectName"] == drop.stem  # archived under its stem, unmangled
+        assert (explanation.match is not None, explanation.body, explanation.refused) == (
+            found is not None,
+            body,
+            refused,
+        )
     finally:
         path.unlink()

@@ -1,8 +1,9 @@
 """Storage trouble: the watch folder's mount blips, and the ledger's disk fills up or is
 read-only.
 
-Real mounts, not mocks (the suite runs as root in its sandbox; these tests skip where
-``mount`` is not allowed):
+Real mounts, not mocks (the suite runs as root in its sandbox). Where ``mount`` is not
+allowed these tests skip, except in CI (``CI`` set), where they fail: the mount blip is
+the only test that catches a broken blip guard, so CI must run it:
 
 - mount blip: the daemon watches a bind mount of the NAS folder; the mount goes away
   (the mount point reads empty, on another device) and comes back while drops are at
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 
 from ..conftest import Deployment, wait_for
+from ..unprivileged import cannot_run_here
 from .harness import (
     Counts,
     Daemon,
@@ -54,8 +56,9 @@ def can_mount(tmp_path: Path) -> None:
     probe.mkdir()
     try:
         sh("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe))
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("mount is not allowed here")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        why = getattr(exc, "stderr", b"") or str(exc)
+        cannot_run_here(f"mount is not allowed here ({why!r}); it needs root (CAP_SYS_ADMIN)")
     sh("umount", str(probe))
 
 
