@@ -76,6 +76,10 @@ class Schedule:
         self.max_in_flight = max_in_flight
         self._flying: set[int] = set()
         self._ready: list[tuple[int, int, int, Tracked]] = []  # (-priority, id, seq, drop)
+        #: queued drops that already hold a place at DIVA (a request DIVA forgot, a restart
+        #: mid-submission): they go first and need no free place, or a full house of them
+        #: would wait for ever
+        self._held: list[tuple[int, int, int, Tracked]] = []
         self._polls: list[tuple[float, int, Tracked, int]] = []  # (when, seq, drop, token)
         self._retries: list[tuple[float, int, Tracked, int]] = []
         self._seq = itertools.count()
@@ -87,6 +91,7 @@ class Schedule:
     def clear(self) -> None:
         self._flying.clear()
         self._ready.clear()
+        self._held.clear()
         self._polls.clear()
         self._retries.clear()
 
@@ -117,19 +122,20 @@ class Schedule:
 
     @property
     def has_ready(self) -> bool:
-        return bool(self._ready)
+        return bool(self._ready or self._held)
 
     def next_deadline(self, now: float) -> float | None:
         times = [t[0] for t in self._polls[:1]] + [t[0] for t in self._retries[:1]]
         if self._pause_until > now:
             times.append(self._pause_until)
-        if self._ready and self.capacity(now) > 0:
+        if (self._ready and self.capacity(now) > 0) or (self._held and not self.paused(now)):
             times.append(now)
         return min(times) if times else None
 
     def ready(self, tr: Tracked) -> None:
         priority = tr.priority if tr.priority and tr.priority > 0 else 50
-        heapq.heappush(self._ready, (-priority, tr.id, next(self._seq), tr))
+        queue = self._held if tr.id in self._flying else self._ready
+        heapq.heappush(queue, (-priority, tr.id, next(self._seq), tr))
 
     def poll_at(self, tr: Tracked, when: float) -> None:
         heapq.heappush(self._polls, (when, next(self._seq), tr, tr.token))
@@ -139,6 +145,9 @@ class Schedule:
 
     def next_ready(self) -> Tracked | None:
         return heapq.heappop(self._ready)[-1] if self._ready else None
+
+    def next_held(self) -> Tracked | None:
+        return heapq.heappop(self._held)[-1] if self._held else None
 
     def due_retries(self, now: float) -> Iterator[tuple[Tracked, int]]:
         while self._retries and self._retries[0][0] <= now:
@@ -257,6 +266,10 @@ class Tracker:
         for due, token in self.schedule.due_retries(turn.now):
             if self._live(due, token):
                 self.queue(due)
+        if not self.schedule.paused(turn.now):
+            while (tr := self.schedule.next_held()) is not None:
+                if self._live(tr) and tr.queued and still_there(turn, tr):
+                    self._start(turn, tr)
         capacity = self.schedule.capacity(turn.now)
         while capacity > 0 and (tr := self.schedule.next_ready()) is not None:
             if self._live(tr) and tr.queued and still_there(turn, tr):
