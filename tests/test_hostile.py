@@ -495,6 +495,9 @@ def test_unreadable_files_and_folders_as_an_unprivileged_user(
             wait_for(lambda: (w := dep.watcher()) and w["last_scan_at"] > watcher["last_scan_at"])
             assert dep.rows("locked/secret.mxf") == []
             assert [r["objectName"] for r in dep.archive_requests()] == ["canary"]
+            # ...and says so, once, naming the folder.
+            said = (root / "daemon.log").read_text()
+            assert said.count(f"cannot read {dep.watch}/locked") == 1, said
             folder.chmod(0o755)
             assert path.read_bytes() == b"locked"
         nothing_lost(dep, {"locked/secret.mxf": b"locked", "canary.mxf": b"canary"})

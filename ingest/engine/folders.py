@@ -74,6 +74,8 @@ class Folder:
     health: str = "ok"
     detail: str = ""
     unmatched: set[str] = field(default_factory=set)
+    #: what the last scan could not read (said once while it lasts, again if it comes back)
+    unreadable: set[str] = field(default_factory=set)
     reported: tuple[str, str, str] | None = None  # the health last written to the ledger
     reported_at: float = 0.0
     #: the last scan's files, kept only while the folder is polled (to diff the next one)
@@ -283,6 +285,13 @@ class Folders(Mapping[str, Folder]):
             if relpath not in folder.unmatched:
                 folder.unmatched.add(relpath)
                 log.warning("%s/%s is %s: not archived", folder.watch, relpath, why)
+        for relpath, error in result.errors.items():
+            if relpath not in folder.unreadable:
+                log.warning(
+                    "cannot read %s/%s (%s): nothing in it is archived until it can be read",
+                    folder.watch, relpath, error,
+                )  # fmt: skip
+        folder.unreadable = set(result.errors)
         files = result.files
         previous = folder.last_files
         if previous is not None and all(r.mode == "file" for r in folder.rules):
