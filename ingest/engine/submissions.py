@@ -102,8 +102,13 @@ class Schedule:
         """Drops holding a place at DIVA: submitted and not finished, or being asked about."""
         return len(self._flying)
 
+    @staticmethod
+    def holds(tr: Tracked) -> bool:
+        """Whether the drop holds a place at DIVA, by its own state."""
+        return tr.state in IN_FLIGHT or tr.asking in ("check", "rename")
+
     def account(self, tr: Tracked) -> None:
-        if tr.state in IN_FLIGHT or tr.asking in ("check", "rename"):
+        if self.holds(tr):
             self._flying.add(tr.id)
         else:
             self._flying.discard(tr.id)
@@ -134,7 +139,7 @@ class Schedule:
 
     def ready(self, tr: Tracked) -> None:
         priority = tr.priority if tr.priority and tr.priority > 0 else 50
-        queue = self._held if tr.id in self._flying else self._ready
+        queue = self._held if self.holds(tr) else self._ready
         heapq.heappush(queue, (-priority, tr.id, next(self._seq), tr))
 
     def poll_at(self, tr: Tracked, when: float) -> None:
