@@ -112,6 +112,23 @@ def test_lost_answer_then_forgotten_request_is_completed_not_skipped_nor_resent(
     assert calls(dep, "GET /manager/object/info") >= 1  # the guide's route, not /objects/info
 
 
+def test_the_last_attempt_whose_answer_is_lost_is_reconciled_not_failed(
+    guide: Deployment,
+) -> None:
+    dep = guide
+    # Attempts are used up by the only attempt; DIVA archives it, the answer is lost.
+    dep.knobs(reply_latency=2.5, forget_after=0.05)
+    dep.write_config(timeout_seconds=1, max_attempts=1)
+    dep.rule()
+    source = dep.watch / "last.mxf"
+    source.write_bytes(b"the last try")
+    dep.start()
+    row = dep.wait_state("last.mxf", "COMPLETED", "FAILED", "SKIPPED", timeout=30)
+    assert row["state"] == "COMPLETED", details(dep, row)
+    assert row["source_deleted"] == 1
+    assert calls(dep) == 1
+
+
 def test_an_object_info_route_that_does_not_exist_is_cannot_confirm_never_absent(
     guide: Deployment,
 ) -> None:

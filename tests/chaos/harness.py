@@ -290,9 +290,17 @@ class Daemon:
         self.proc = None
 
     def stop(self) -> int:
-        """SIGTERM; the exit code."""
+        """SIGTERM, once the daemon is up (a SIGTERM before its handler is installed kills
+        it outright: a race of the test's, not the daemon's); the exit code."""
         if self.proc is None:
             return 0
+        log = self.dep.root / f"daemon{self.generation}.log"
+        wait_for(
+            lambda: self.proc is not None
+            and (self.proc.poll() is not None or "engine starting" in log.read_text()),
+            timeout=60,
+            interval=0.1,
+        )
         proc, self.proc = self.proc, None
         proc.terminate()
         return proc.wait(timeout=60)
