@@ -80,7 +80,31 @@ def _python() -> tuple[str, dict[str, str]] | str:
         if done.returncode == 0:
             return python, env
         tried.append(f"{python}: {done.stderr.strip().splitlines()[-1:]}")
+        if python != sys.executable and len(candidates) == 3:
+            # The checkout itself may sit where that user cannot go (a CI clone under a
+            # private folder): give it a readable copy of the package and its dependencies.
+            copy = _readable_copy(paths["purelib"], paths["platlib"])
+            candidates.append((python, {"PYTHONPATH": copy}))
     return "no Python the unprivileged user can run with this checkout: " + "; ".join(tried)
+
+
+def _readable_copy(*site: str) -> str:
+    """The ``ingest`` package and the venv's packages copied where anyone may read them;
+    the PYTHONPATH that finds them."""
+    base = Path(tempfile.mkdtemp(prefix="ingest-unprivileged-"))
+    base.chmod(0o755)
+    shutil.copytree(ROOT / "ingest", base / "ingest")
+    folders = list(dict.fromkeys(site))
+    for i, folder in enumerate(folders):
+        shutil.copytree(folder, base / f"site{i}", symlinks=True)
+    for folder, dirs, files in os.walk(base):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o755)  # noqa: S103 - for nobody to read
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o644)
+    return os.pathsep.join([str(base), *(str(base / f"site{i}") for i in range(len(folders)))])
 
 
 class Unprivileged:
