@@ -296,8 +296,10 @@ class Daemon:
             return 0
         log = self.dep.root / f"daemon{self.generation}.log"
         wait_for(
-            lambda: self.proc is not None
-            and (self.proc.poll() is not None or "engine starting" in log.read_text()),
+            lambda: (
+                self.proc is not None
+                and (self.proc.poll() is not None or "engine starting" in log.read_text())
+            ),
             timeout=60,
             interval=0.1,
         )
