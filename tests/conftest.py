@@ -28,6 +28,8 @@ import pytest
 
 from ingest.emulator.server import EmulatorProcess
 
+from .support.intents import IntentChecker, intent_commits_delayed
+
 #: leakcheck fails any test whose captured output or log holds a test secret;
 #: unprivileged runs checks as a user that file modes stop (the suite runs as root).
 pytest_plugins = ("tests.leakcheck", "tests.unprivileged")
@@ -231,6 +233,8 @@ class Deployment:
     ledger_path: Path
     engine: Any = None
     thread: threading.Thread | None = None
+    #: The archive hook checking rule 1 (intent before call); see ``checked_intents``.
+    intents: IntentChecker | None = field(default=None, repr=False)
     #: Ledger files whose ``drops`` table has been read once (see ``rows``).
     ledgers_seen: set[Path] = field(default_factory=set, repr=False)
 
@@ -380,7 +384,26 @@ def deployment(
         tmp_path, emulator, watch, rules_dir, tmp_path / "ingest.toml", tmp_path / "ledger.db"
     )
     dep.write_config()
+    with checked_intents(dep):
+        try:
+            yield dep
+        finally:
+            dep.stop()
+
+
+@contextlib.contextmanager
+def checked_intents(dep: Deployment) -> Iterator[IntentChecker]:
+    """Rule 1 as an invariant of the test: ``dep.emulator`` calls ``dep.intents`` on each
+    archive call, before it takes it (an emulator of the test's own passes ``dep.intents``
+    too); at the end, no archive call reached DIVA before its intent was committed, and
+    the hook heard of every archive request DIVA took (``tests/support/intents.py``)."""
+    checker = IntentChecker(lambda: dep.ledger_path).start()
+    dep.intents = checker
     try:
-        yield dep
+        checker.install(dep.emulator.url)
+        checker.observe(dep.emulator.state / "emulator.db")
+        with intent_commits_delayed():
+            yield checker
     finally:
-        dep.stop()
+        checker.close()
+    checker.assert_clean()

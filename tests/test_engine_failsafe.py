@@ -25,7 +25,14 @@ from ingest.client import DivaClient
 from ingest.config import load_config
 from ingest.engine import Engine
 
-from .conftest import DIVA_PASSWORD_ENV, Deployment, DivaApi, RunningEmulator, wait_for
+from .conftest import (
+    DIVA_PASSWORD_ENV,
+    Deployment,
+    DivaApi,
+    RunningEmulator,
+    checked_intents,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -44,10 +51,11 @@ def guide(
         tmp_path, emulator_guide, watch, rules_dir, tmp_path / "ingest.toml", tmp_path / "ledger.db"
     )
     dep.write_config()
-    try:
-        yield dep
-    finally:
-        dep.stop()
+    with checked_intents(dep):
+        try:
+            yield dep
+        finally:
+            dep.stop()
 
 
 def calls(dep: Deployment, call: str = "POST /manager/requests/archive") -> int:

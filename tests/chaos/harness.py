@@ -36,6 +36,7 @@ from ingest.emulator.server import EmulatorProcess
 from ingest.protocol import RequestState
 
 from ..conftest import Deployment, wait_for
+from ..support.intents import IntentChecker
 
 LONG = os.environ.get("INGEST_CHAOS_LONG", "") not in ("", "0")
 
@@ -98,15 +99,24 @@ class Counts:
 
 class Diva:
     """Our own emulator on a fixed loopback port with its own state folder, so it can be
-    SIGKILLed and restarted at the same URL; ``profile`` is its ``--profile``."""
+    SIGKILLed and restarted at the same URL; ``profile`` is its ``--profile``.
 
-    def __init__(self, state: Path, nas: Path, seed: int, profile: str = "lenient") -> None:
+    ``intents`` (the deployment's ``dep.intents``) is its archive hook, on the command
+    line so that a restarted emulator keeps it: every archive call it takes is checked
+    against the ledger as it arrives (rule 1, intent before call)."""
+
+    def __init__(
+        self, state: Path, nas: Path, seed: int, profile: str = "lenient", *,
+        intents: IntentChecker | None,
+    ) -> None:  # fmt: skip
+        assert intents is not None, "a chaos emulator checks intents: pass dep.intents"
         self.port = free_port()
         args = ["--port", str(self.port), "--server", f"NAS={nas}", "--media", "DISK1",
                 "--user", "operator:operator:operator", "--user", "admin:admin:admin",
-                "--seed", str(seed)]  # fmt: skip
+                "--seed", str(seed), "--archive-hook", intents.url]  # fmt: skip
         self.process = EmulatorProcess(state, args, profile=profile)
         self.db = state / "emulator.db"
+        intents.observe(self.db)
         self.knobs_now: dict[str, float] = {}
 
     @property
@@ -420,34 +430,11 @@ def verify(
     assert counts.sent_twice == 0, counts.line()
     assert counts.skipped_archived == 0, counts.line()
     assert counts.requests_for_deleted == 0, counts.line()
-    check_intents_precede_requests(dep, requests)
+    # Rule 1, judged by the archive hook as each call arrived (see tests/support/intents.py).
+    assert dep.intents is not None
+    dep.intents.assert_clean()
     if not allow_failed:
         assert drops.present() == set(), "the drop folders still hold files"
-
-
-def check_intents_precede_requests(
-    dep: Deployment, requests: list[tuple[str, str, int, float]]
-) -> None:
-    """Every archive request DIVA received has a ledger row whose SUBMITTING transition
-    was recorded before DIVA took the request (the intent-before-call rule)."""
-    with contextlib.closing(sqlite3.connect(dep.ledger_path, timeout=30)) as conn:
-        intents: dict[tuple[str, str], list[float]] = {}
-        for collection, name, at in conn.execute(
-            "SELECT d.collection, d.object_name, t.at FROM transitions t "
-            "JOIN drops d ON d.id = t.drop_id WHERE t.to_state = 'SUBMITTING'"
-        ):
-            intents.setdefault((collection, name), []).append(at)
-    by_name: dict[tuple[str, str], list[float]] = {}
-    for collection, name, _state, submitted in requests:
-        by_name.setdefault((collection, name), []).append(submitted)
-    for key, taken in by_name.items():
-        times = sorted(intents.get(key, []))
-        for k, submitted in enumerate(sorted(taken), start=1):
-            before = sum(1 for at in times if at <= submitted)
-            assert before >= k, (
-                f"DIVA took archive request #{k} of {key} at {submitted}, but only {before} "
-                f"SUBMITTING intent(s) were recorded before it (intents at {times})"
-            )
 
 
 def json_dump(path: Path, counts: Counts) -> None:

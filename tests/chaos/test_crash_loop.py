@@ -51,7 +51,9 @@ def test_crash_loop(deployment: Deployment, tmp_path: Path, profile: str) -> Non
     n_kills = int(scale(3, 10))
     n_emulator = int(scale(1, 2))
     dep = deployment
-    diva = Diva(tmp_path / "diva", dep.watch.parent, seed, profile=profile).start()
+    diva = Diva(
+        tmp_path / "diva", dep.watch.parent, seed, profile=profile, intents=dep.intents
+    ).start()
     daemon = Daemon(dep)
     started = time.monotonic()
     try:

@@ -89,7 +89,9 @@ def test_diva_faults(deployment: Deployment, tmp_path: Path, profile: str) -> No
     n_drops = int(scale(50, 500))
     write_seconds = scale(12, 150)
     dep = deployment
-    diva = Diva(tmp_path / "diva", dep.watch.parent, seed, profile=profile).start()
+    diva = Diva(
+        tmp_path / "diva", dep.watch.parent, seed, profile=profile, intents=dep.intents
+    ).start()
     daemon = Daemon(dep)
     started = time.monotonic()
     stop_bursts = threading.Event()

@@ -36,7 +36,7 @@ def test_diva_outage(deployment: Deployment, tmp_path: Path) -> None:
     n_drops = int(scale(40, 300))
     outage = scale(10, 60)
     dep = deployment
-    diva = Diva(tmp_path / "diva", dep.watch.parent, seed).start()
+    diva = Diva(tmp_path / "diva", dep.watch.parent, seed, intents=dep.intents).start()
     daemon = Daemon(dep)
     started = time.monotonic()
     try:

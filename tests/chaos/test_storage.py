@@ -79,7 +79,7 @@ def test_watch_folder_mount_blip(can_mount: None, deployment: Deployment, tmp_pa
     dep = deployment
     seen = tmp_path / "mnt" / "news"
     seen.mkdir(parents=True)
-    diva = Diva(tmp_path / "diva", dep.watch.parent, seed).start()
+    diva = Diva(tmp_path / "diva", dep.watch.parent, seed, intents=dep.intents).start()
     daemon = Daemon(dep)
     n_drops = int(scale(40, 200))
     write_seconds = scale(10, 60)
@@ -145,7 +145,7 @@ def test_ledger_disk_full(can_mount: None, deployment: Deployment, tmp_path: Pat
     dep = deployment
     disk = tmp_path / "ledgerfs"
     disk.mkdir()
-    diva = Diva(tmp_path / "diva", dep.watch.parent, seed).start()
+    diva = Diva(tmp_path / "diva", dep.watch.parent, seed, intents=dep.intents).start()
     daemon = Daemon(dep)
     try:
         with mounted("-t", "tmpfs", "-o", "size=8m", "tmpfs", target=disk):
