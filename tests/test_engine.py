@@ -328,10 +328,14 @@ def test_diva_unreachable_fails_no_drop(deployment: Deployment, tmp_path: Path) 
         diva.stop()
         for i in range(2):
             (dep.watch / f"during{i}.mxf").write_bytes(b"d")
+
         # Attempts pile up past max_attempts, and still nothing is FAILED: an outage is
         # DIVA's, not the drop's.
-        wait_for(lambda: all(r["attempts"] >= 2 for r in dep.rows()[1:]) and dep.rows()[1:],
-                 timeout=60)  # fmt: skip
+        def piled_up() -> bool:
+            rows = dep.rows()[1:]  # read once: two reads could see two ledgers
+            return len(rows) == 2 and all(r["attempts"] >= 2 for r in rows)
+
+        wait_for(piled_up, timeout=60)
         assert {r["state"] for r in dep.rows()[1:]} <= {"RETRY_WAIT", "SUBMITTING"}
         diva.start()
         for i in range(2):
