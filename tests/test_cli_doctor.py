@@ -332,7 +332,7 @@ def _rule(media: str, server: str) -> Any:
             {
                 "arrays": {"data": [{"name": "DISK1"}]},
                 "groups": [{"name": "TAPE1"}],
-                "servers": [{"name": "NAS"}, {"host": "10.0.0.9"}],
+                "servers": [{"name": "NAS"}, {"host": "127.0.0.9"}],
             },
             [
                 "cannot confirm media 'DISK9': DIVA's answer holds no list of arrays: "
