@@ -353,12 +353,15 @@ def check_deleted_only_if_archived(diva: Diva, drops: Drops) -> int:
     """Every source file that left its drop folder is in DIVA with the same MD5.
 
     Returns the number of violations (the test asserts 0). Safe to call while running:
-    the files are listed before DIVA is asked, and DIVA deletes only after storing.
+    the drops written so far are taken first (the writer thread appends a drop only once
+    its files are in place, so a drop written after the listing cannot look deleted),
+    then the files are listed before DIVA is asked, and DIVA deletes only after storing.
     """
+    expected = list(drops.expected)
     present = drops.present()
     stored = diva.objects()
     bad = 0
-    for e in drops.expected:
+    for e in expected:
         comps = stored.get((e.collection, e.object_name), {})
         for f, digest in e.files.items():
             if (e.watch, f) not in present and comps.get(f) != digest:
