@@ -1,8 +1,8 @@
 """The ledger: one SQLite row per drop and a history of its transitions.
 
-The engine writes it, one transaction per turn; ``ingest retry`` writes too (it puts
-failed drops back in RETRY_WAIT, for the engine to pick up), and the other commands read
-while they write (WAL mode). The schema is the
+The engine writes it, one transaction per turn; ``ingest retry`` writes too, through
+:meth:`Ledger.requeue` only (it puts failed drops back in RETRY_WAIT, for the engine to
+pick up), and the other commands read while they write (WAL mode). The schema is the
 SQLModel tables below, built by named migrations that run in a transaction each and are
 recorded in ``schema_migrations``. Writes go through :meth:`Ledger.batch`, one
 transaction per batch, so a burst of events costs one commit, not one per event.
@@ -37,6 +37,7 @@ __all__ = [
     "ACTIVE_STATES",
     "FINAL_STATES",
     "MIGRATIONS",
+    "REQUEUEABLE_STATES",
     "Batch",
     "DropRow",
     "Ledger",
@@ -276,6 +277,25 @@ class Batch:
         keys = tuple(fields)
         self._raw.execute(_update_sql(keys), (*(fields[k] for k in keys), drop_id))
 
+    def requeue(self, drop_id: int, from_state: str, detail: str) -> bool:
+        """Put a final drop back in RETRY_WAIT, due now with a fresh count of attempts,
+        if it is still in ``from_state`` (one of :data:`REQUEUEABLE_STATES`); records the
+        step. False when its state changed meanwhile: it is left untouched."""
+        if from_state not in REQUEUEABLE_STATES:
+            raise LedgerError(f"drop {drop_id}: {from_state} drops are not requeued")
+        # Conditional on the state it was seen in: the engine may have moved it since.
+        changed = self._raw.execute(
+            "UPDATE drops SET state = ?, next_attempt_at = ?, attempts = 0, error = NULL, "
+            "updated_at = ? WHERE id = ? AND state = ?",
+            (State.RETRY_WAIT, self.now, self.now, drop_id, from_state),
+        ).rowcount
+        if not changed:
+            return False
+        self._raw.execute(
+            _TRANSITION_SQL, (drop_id, self.now, from_state, State.RETRY_WAIT, detail)
+        )
+        return True
+
     def rows(self, state: str) -> list[dict[str, Any]]:
         """The drops in ``state`` as this transaction sees them (its own writes included)."""
         cursor = self._raw.execute("SELECT * FROM drops WHERE state = ? ORDER BY id", (state,))
@@ -302,6 +322,10 @@ class Batch:
 _TRANSITION_SQL = (
     "INSERT INTO transitions (drop_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)"
 )
+
+#: The states :meth:`Ledger.requeue` takes a drop from (an operator's retry); a FAILED
+#: drop whose archive call may have reached DIVA is one: the engine asks DIVA first.
+REQUEUEABLE_STATES = frozenset({State.FAILED, State.REJECTED, State.SKIPPED})
 
 
 @functools.lru_cache(maxsize=256)
@@ -390,6 +414,17 @@ class Ledger:
             if _is_db_error(exc):
                 raise _ledger_error(exc, self.path) from exc
             raise
+
+    def requeue(self, drops: Mapping[int, str], detail: str) -> set[int]:
+        """Put final drops (id -> the state they were seen in) back in RETRY_WAIT, in one
+        transaction, for the engine to submit again; returns the ids requeued. A drop
+        whose state changed since it was seen is left untouched.
+
+        The one write to drop state outside the engine (``ingest retry``); the engine
+        picks the drops up on its next reload tick.
+        """
+        with self.batch() as tx:
+            return {i for i, state in drops.items() if tx.requeue(i, state, detail)}
 
     # -- reads -----------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import click
 
 from .. import queries
-from ..errors import CANNOT_CONFIRM, LedgerError, UsageError
+from ..errors import CANNOT_CONFIRM, UsageError
 from ..report import config_option, dumps, output_format, style, use_colour
 
 __all__ = ["retry"]
@@ -173,45 +172,24 @@ def _files_gone(row: sqlite3.Row) -> str | None:
 
 def _apply(path: Path, outcomes: list[Outcome]) -> None:
     """Requeue the planned drops in one write transaction, each only if still as seen."""
-    todo = [o for o in outcomes if o.outcome == "requeued" and o.row is not None]
+    todo = {o.drop_id: o for o in outcomes if o.outcome == "requeued" and o.row is not None}
     if not todo:
         return
+    # Only here, for a write: the ledger module costs SQLAlchemy's import (a third of a
+    # second), which the read-only look above and a dry run do without.
+    from ..ledger import Ledger
+
+    ledger = Ledger.open(f"sqlite:///{path}", migrate=False)
     try:
-        conn = sqlite3.connect(path, timeout=queries.BUSY_TIMEOUT_MS / 1000)
-    except sqlite3.Error as exc:
-        raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
-    conn.isolation_level = None
-    try:
-        with queries.errors(path):
-            conn.execute(f"PRAGMA busy_timeout = {queries.BUSY_TIMEOUT_MS}")
-            # As the daemon writes: a committed requeue survives a power cut.
-            conn.execute("PRAGMA synchronous = FULL")
-            now = time.time()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for o in todo:
-                    assert o.row is not None
-                    old = o.row["state"]
-                    changed = conn.execute(
-                        "UPDATE drops SET state = 'RETRY_WAIT', next_attempt_at = ?, "
-                        "attempts = 0, error = NULL, updated_at = ? WHERE id = ? AND state = ?",
-                        (now, now, o.drop_id, old),
-                    ).rowcount
-                    if not changed:
-                        o.outcome, o.message = "changed", "its state changed meanwhile; not touched"
-                        continue
-                    conn.execute(
-                        "INSERT INTO transitions (drop_id, at, from_state, to_state, detail) "
-                        "VALUES (?, ?, ?, 'RETRY_WAIT', ?)",
-                        (o.drop_id, now, old, DETAIL),
-                    )
-                    o.message = f"{o.message} (was {old})"
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        seen = {i: o.row["state"] for i, o in todo.items() if o.row is not None}
+        done = ledger.requeue(seen, DETAIL)
     finally:
-        conn.close()
+        ledger.close()
+    for drop_id, o in todo.items():
+        if drop_id in done:
+            o.message = f"{o.message} (was {seen[drop_id]})"
+        else:
+            o.outcome, o.message = "changed", "its state changed meanwhile; not touched"
 
 
 def _report(outcomes: list[Outcome], fmt: str, all_failed: bool) -> None:
