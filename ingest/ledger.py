@@ -17,7 +17,6 @@ transaction per batch, so a burst of events costs one commit, not one per event.
 
 from __future__ import annotations
 
-import enum
 import functools
 import os
 import sqlite3
@@ -28,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select
+from sqlalchemy import Connection, Engine, Index, create_engine, event, insert, select, text
 from sqlmodel import Field, SQLModel
 
 from .errors import LedgerError
+from .states import ACTIVE_STATES, FINAL_STATES, State
 
 __all__ = [
     "ACTIVE_STATES",
@@ -48,36 +48,27 @@ __all__ = [
 ]
 
 
-class State(enum.StrEnum):
-    """A drop's state in the ledger."""
-
-    DETECTED = "DETECTED"  # seen, settling
-    SUBMITTING = "SUBMITTING"  # intent committed; the archive call may or may not have reached DIVA
-    SUBMITTED = "SUBMITTED"  # DIVA gave a request id
-    RUNNING = "RUNNING"  # DIVA is working on it
-    RETRY_WAIT = "RETRY_WAIT"  # a transient failure; another attempt at next_attempt_at
-    COMPLETED = "COMPLETED"  # archived
-    FAILED = "FAILED"  # DIVA aborted it, or attempts ran out
-    REJECTED = "REJECTED"  # DIVA refused it for good (bad media, object exists...)
-    SKIPPED = "SKIPPED"  # not archived on purpose (on_conflict=skip, vanished before settling)
-
-
-ACTIVE_STATES = frozenset(
-    {State.DETECTED, State.SUBMITTING, State.SUBMITTED, State.RUNNING, State.RETRY_WAIT}
-)
-FINAL_STATES = frozenset({State.COMPLETED, State.FAILED, State.REJECTED, State.SKIPPED})
-
-
 class DropRow(SQLModel, table=True):
     """One drop: a file (file mode) or a top-level folder (folder mode)."""
 
     __tablename__ = "drops"
+    # The migrations below build these; tests/test_ledger_schema.py holds the two equal.
+    __table_args__ = (
+        Index("ix_drops_state_id", "state", "id"),
+        Index("ix_drops_state_rule", "state", "rule"),
+        Index("ix_drops_watch_path", "watch", "path"),
+        Index("ix_drops_rule_id", "rule", "id"),
+        Index("ix_drops_object", "object_name", "collection"),
+        Index("ix_drops_detected", "detected_at"),
+        Index("ix_drops_finished", "finished_at"),
+        Index("ix_drops_state_finished", "state", "finished_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     rule: str
     watch: str  # the watch folder, absolute
     path: str  # relative to ``watch``, '/'-separated
-    kind: str = "file"  # file | folder
+    kind: str = Field(default="file", sa_column_kwargs={"server_default": "file"})  # | folder
     state: str = State.DETECTED
     object_name: str | None = None
     collection: str | None = None
@@ -90,7 +81,7 @@ class DropRow(SQLModel, table=True):
     status_code: int | None = None
     status_name: str | None = None
     abort_reason: str | None = None
-    attempts: int = 0
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
     source_deleted: bool | None = None
     size: int | None = None  # bytes (a folder: all its members)
     mtime_ns: int | None = None  # newest mtime of the drop, ns since the epoch
@@ -115,13 +106,14 @@ class TransitionRow(SQLModel, table=True):
     """One step in a drop's history."""
 
     __tablename__ = "transitions"
+    __table_args__ = (Index("ix_transitions_drop", "drop_id", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    drop_id: int
+    drop_id: int = Field(foreign_key="drops.id")
     at: float
     from_state: str | None = None
     to_state: str
-    detail: str = ""
+    detail: str = Field(default="", sa_column_kwargs={"server_default": ""})
 
 
 class WatcherRow(SQLModel, table=True):
@@ -132,7 +124,7 @@ class WatcherRow(SQLModel, table=True):
     watch: str = Field(primary_key=True)
     observer: str  # native | polling
     health: str  # ok | paused | down
-    detail: str = ""
+    detail: str = Field(default="", sa_column_kwargs={"server_default": ""})
     last_scan_at: float | None = None
     updated_at: float = 0.0
 
@@ -198,7 +190,8 @@ def _run_script(script: str) -> Callable[[Connection], None]:
     return apply
 
 
-#: Named schema migrations, applied in order, each in its own transaction.
+#: Named schema migrations, applied in order, each in its own transaction. A change here
+#: is also made to the SQLModel classes above: tests/test_ledger_schema.py compares them.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0001_initial", _run_script(_INITIAL)),
     # ``ingest status`` counts the failures of the last 24 h: with this index that costs

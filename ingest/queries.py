@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import states
 from .config import ServiceConfig, find_config, load_config
 from .errors import LedgerError, UsageError
 from .report import iso_utc
+from .states import State
 from .tomlcheck import did_you_mean
 
 __all__ = [
@@ -45,22 +47,11 @@ __all__ = [
     "state_rule_counts",
 ]
 
-#: The ledger's states, in the order a drop goes through them (``ingest.ledger.State``;
-#: repeated here because importing the ledger module costs SQLAlchemy).
-STATES: tuple[str, ...] = (
-    "DETECTED",
-    "SUBMITTING",
-    "SUBMITTED",
-    "RUNNING",
-    "RETRY_WAIT",
-    "COMPLETED",
-    "FAILED",
-    "REJECTED",
-    "SKIPPED",
-)
-ACTIVE_STATES = ("DETECTED", "SUBMITTING", "SUBMITTED", "RUNNING", "RETRY_WAIT")
-IN_FLIGHT_STATES = ("SUBMITTED", "RUNNING")
-FAILED_STATES = ("FAILED", "REJECTED")
+#: The ledger's states, in the order a drop goes through them, as plain strings.
+STATES: tuple[str, ...] = tuple(s.value for s in State)
+ACTIVE_STATES: tuple[str, ...] = tuple(s.value for s in State if s in states.ACTIVE_STATES)
+IN_FLIGHT_STATES: tuple[str, ...] = tuple(s.value for s in State if s in states.IN_FLIGHT_STATES)
+FAILED_STATES: tuple[str, ...] = tuple(s.value for s in State if s in states.FAILED_STATES)
 
 #: The fields of a drop in ``ledger list --json``/``--nl``/``--csv`` and ``export``, in order.
 RECORD_FIELDS: tuple[str, ...] = (
