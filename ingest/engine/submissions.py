@@ -176,8 +176,12 @@ class Tracker:
         max_in_flight: int,
         rng: random.Random,
         on_final: Callable[[Turn, Tracked], None],
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.poll_seconds = poll_seconds
+        #: epoch seconds for the ledger's timestamps (``turn.now`` is monotonic, for the
+        #: schedule); a parameter so that unit tests can hold time still
+        self.wall = wall
         self.max_attempts = max_attempts
         self.rng = rng
         self._on_final = on_final  # the engine's own bookkeeping of a finished drop
@@ -216,7 +220,7 @@ class Tracker:
             self.queue(tr)
         elif tr.state == State.RETRY_WAIT:
             tr.uncertain = tr.attempts > 0
-            self._retry(tr, now + max(0.0, (tr.next_attempt_at or 0.0) - time.time()))
+            self._retry(tr, now + max(0.0, (tr.next_attempt_at or 0.0) - self.wall()))
         self.schedule.account(tr)
 
     def queue(self, tr: Tracked) -> None:
@@ -228,7 +232,7 @@ class Tracker:
         """Record a transition in the ledger and log it, one line per transition."""
         before = tr.state
         if state in FINAL_STATES:
-            fields.setdefault("finished_at", time.time())
+            fields.setdefault("finished_at", self.wall())
         turn.tx.transition(tr.id, before, state, detail, **fields)
         tr.state = state
         self.schedule.account(tr)
@@ -302,7 +306,7 @@ class Tracker:
             return
         tr.attempts += 1
         if tr.submitted_at is None:
-            tr.submitted_at = time.time()
+            tr.submitted_at = self.wall()
         self.move(
             turn, tr, State.SUBMITTING,
             f"attempt {tr.attempts}: archiving as {tr.object_name!r} in {tr.collection!r}",
@@ -399,7 +403,7 @@ class Tracker:
             why += "; waiting to confirm with DIVA before anything is sent again"
         self.move(
             turn, tr, State.RETRY_WAIT, f"{why}; next attempt in {delay:.0f} s",
-            next_attempt_at=time.time() + delay, error=why, **_codes(error),
+            next_attempt_at=self.wall() + delay, error=why, **_codes(error),
         )  # fmt: skip
         self._retry(tr, now + delay)
 
@@ -428,7 +432,7 @@ class Tracker:
         why = tr.conflict or f"{old!r} exists in DIVA"
         self.move(turn, tr, State.RETRY_WAIT,
                   f"{why}; archiving as {tr.object_name!r} (on_conflict = suffix)",
-                  object_name=tr.object_name, next_attempt_at=time.time())  # fmt: skip
+                  object_name=tr.object_name, next_attempt_at=self.wall())  # fmt: skip
         self.queue(tr)
 
     def _on_poll(self, turn: Turn, tr: Tracked, result: RequestInfo | DivaError) -> None:
@@ -453,7 +457,7 @@ class Tracker:
             # A request DIVA keeps waiting is timed from when it began to wait, so that
             # `ingest status` can call it stuck; it is never resubmitted for that.
             if state.waiting:
-                codes["waiting_since"] = tr.waiting_since = tr.waiting_since or time.time()
+                codes["waiting_since"] = tr.waiting_since = tr.waiting_since or self.wall()
             else:
                 codes["waiting_since"] = tr.waiting_since = None
             if tr.state != State.RUNNING:
@@ -471,7 +475,7 @@ class Tracker:
             tr.adopted, tr.uncertain = False, True
             self.move(turn, tr, State.RETRY_WAIT,
                       f"DIVA completed request {info.request_id}; checking the object is ours",
-                      next_attempt_at=time.time(), adopted=False, **codes)  # fmt: skip
+                      next_attempt_at=self.wall(), adopted=False, **codes)  # fmt: skip
             self.queue(tr)
             return
         if state is RequestState.COMPLETED:
@@ -485,7 +489,7 @@ class Tracker:
             tr.uncertain = True
             tr.late_conflict = info.status_code
             self.move(turn, tr, State.RETRY_WAIT, f"{what}; asking DIVA whose object it is",
-                      next_attempt_at=time.time(), error=what, **codes)  # fmt: skip
+                      next_attempt_at=self.wall(), error=what, **codes)  # fmt: skip
             self.queue(tr)
             return
         if state is RequestState.PARTIALLY_ABORTED:
@@ -501,7 +505,7 @@ class Tracker:
             tr.uncertain = False
             delay = _backoff(tr.attempts, self.rng)
             self.move(turn, tr, State.RETRY_WAIT, f"{what}; trying again in {delay:.0f} s",
-                      next_attempt_at=time.time() + delay, error=what, **codes)  # fmt: skip
+                      next_attempt_at=self.wall() + delay, error=what, **codes)  # fmt: skip
             self._retry(tr, turn.now + delay)
             return
         self.move(turn, tr, State.FAILED, what, error=what, **codes)
@@ -517,7 +521,7 @@ class Tracker:
             detail += f"; {len(present)} source file(s) still present"
         elif asked:
             detail += "; DIVA deleted the source"
-        self.move(turn, tr, State.COMPLETED, detail, finished_at=time.time(),
+        self.move(turn, tr, State.COMPLETED, detail, finished_at=self.wall(),
                   source_deleted=deleted, error=None, **fields)  # fmt: skip
 
     def _on_check(self, turn: Turn, tr: Tracked, result: Reconciled | DivaError) -> None:
@@ -560,7 +564,7 @@ class Tracker:
         if tr.state != State.RETRY_WAIT:
             self.move(turn, tr, State.RETRY_WAIT,
                       f"reconciled: {result.detail}; submitting again",
-                      next_attempt_at=time.time())  # fmt: skip
+                      next_attempt_at=self.wall())  # fmt: skip
         self.queue(tr)
 
 
