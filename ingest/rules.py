@@ -15,16 +15,15 @@ DIVA's archive call. Loading and checking rule files, and hot reload, are in
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from . import defaults
+from .members import folder_members
 from .protocol import DELETE_ON_SOURCE, QOS_NAMES
 from .templates import (
     FILE_FIELDS,
@@ -53,8 +52,6 @@ __all__ = [
     "build_archive_body",
     "glob_regex",
 ]
-
-log = logging.getLogger("ingest.rules")
 
 # ---------------------------------------------------------------------------------------
 # globs
@@ -359,45 +356,15 @@ class Rule:
 
     # --- drops ------------------------------------------------------------------------
 
-    def folder_members(self, folder: str) -> tuple[tuple[str, ...], int, float]:
-        """The files of folder drop ``folder`` (relpaths to ``watch``, sorted), their total
-        size and newest mtime. Ignored files, the ready marker, symlinks and anything
-        that is not a regular file do not count.
-        """
-        marker = self.marker_name(Drop(self.name, self.watch, folder, "folder"))
-        members: list[str] = []
-        size, newest = 0, 0.0
-        stack = [folder]
-        while stack:
-            current = stack.pop()
-            try:
-                entries = list(os.scandir(os.path.join(self._watch, *current.split("/"))))
-            except OSError as exc:
-                log.debug("cannot list %s: %s", current, exc)
-                continue
-            for entry in entries:
-                rel = f"{current}/{entry.name}"
-                if self.ignored(rel) or (marker is not None and rel == f"{folder}/{marker}"):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(rel)
-                elif stat.S_ISREG(st.st_mode):
-                    members.append(rel)
-                    size += st.st_size
-                    newest = max(newest, st.st_mtime)
-        return tuple(sorted(members)), size, newest
-
     def drop_for(self, match: Match) -> Drop:
-        """The drop ``match`` belongs to, read from disk now (sizes, mtimes, members)."""
+        """The drop ``match`` belongs to, read from disk now (sizes, mtimes, members), as
+        the daemon reads it (:func:`ingest.members.folder_members` for a folder)."""
         if match.kind == "folder":
-            members, size, mtime = self.folder_members(match.drop)
-            return Drop(self.name, self.watch, match.drop, "folder", size, mtime, members)
+            found = folder_members(self._watch, match.drop, self)
+            mtime = found.mtime_ns / 1e9
+            return Drop(self.name, self.watch, match.drop, "folder", found.size, mtime, found.files)
         st = os.stat(match.drop_path, follow_symlinks=False)
-        return Drop(self.name, self.watch, match.drop, "file", st.st_size, st.st_mtime)
+        return Drop(self.name, self.watch, match.drop, "file", st.st_size, st.st_mtime_ns / 1e9)
 
     def render(self, key: str, drop: Drop, now: float | None = None) -> str:
         """Template ``key`` (``object_name``, ``collection``, ``comments``) filled for ``drop``."""

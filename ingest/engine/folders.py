@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .. import defaults
 from ..ledger import Batch, Ledger
+from ..members import folder_members
 from ..rulefiles import RuleBook
 from ..rules import Match, Rule
 from ..settle import Signature
@@ -373,32 +374,20 @@ class Folders(Mapping[str, Folder]):
     def read(
         self, folder: Folder, rule_name: str, relpath: str, kind: str
     ) -> tuple[Signature | None, tuple[str, ...]]:
-        """A drop's signature now, and its member files (folder drops); None when gone."""
-        full = os.path.join(folder.watch, relpath)
+        """A drop's signature now, and its member files (folder drops); None when gone.
+
+        A folder's members are :func:`ingest.members.folder_members`'s, as ``ingest rules
+        explain`` lists them."""
         if kind == "file":
             try:
-                st = os.lstat(full)
+                st = os.lstat(os.path.join(folder.watch, relpath))
             except OSError:
                 return None, ()
             return ((st.st_size, st.st_mtime_ns, 1) if regular(st) else None), ()
-        try:
-            result = scan(folder.watch, prefix=relpath)
-        except OSError:
+        found = folder_members(folder.watch, relpath, self.book.rules.get(rule_name))
+        if not found.files:
             return None, ()
-        rule = self.book.rules.get(rule_name)
-        members = []
-        total = newest = 0
-        for member, (size, mtime) in result.files.items():
-            if rule is not None:
-                match = rule.try_path(Path(folder.watch, member)).match
-                if match is None or match.marker:
-                    continue
-            members.append(member)
-            total += size
-            newest = max(newest, mtime)
-        if not members:
-            return None, ()
-        return (total, newest, len(members)), tuple(sorted(members))
+        return (found.size, found.mtime_ns, found.count), found.files
 
 
 @dataclass(frozen=True)
