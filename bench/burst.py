@@ -59,7 +59,7 @@ def _bodies(dep: Deployment, folder: Path, names: list[str]) -> list[dict[str, A
     bodies = []
     for name in names:
         st = os.lstat(folder / name)
-        drop = Drop(rule.name, rule.watch, name, "file", st.st_size, st.st_mtime_ns / 1e9)
+        drop = Drop(rule.name, str(rule.watch), name, "file", st.st_size, st.st_mtime_ns)
         body = build_archive_body(rule, drop)
         body["filePathRoot"] = "/" + folder.name
         bodies.append(body)

@@ -214,7 +214,7 @@ def _check_rule(
     values = check_table(table, RULE_FIELDS, report)
     mode = values.get("mode", "file")
     fields = FOLDER_FIELDS if mode == "folder" else FILE_FIELDS
-    samples = [Drop("sample", Path("/"), "sample.mxf", "folder" if mode == "folder" else "file")]
+    samples = [Drop("sample", "/", "sample.mxf", "folder" if mode == "folder" else "file")]
     for key, limit in (
         ("object_name", defaults.OBJECT_NAME_MAX_CHARS),
         ("collection", None),

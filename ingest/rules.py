@@ -361,10 +361,10 @@ class Rule:
         the daemon reads it (:func:`ingest.members.folder_members` for a folder)."""
         if match.kind == "folder":
             found = folder_members(self._watch, match.drop, self)
-            mtime = found.mtime_ns / 1e9
-            return Drop(self.name, self.watch, match.drop, "folder", found.size, mtime, found.files)
+            signature = (found.size, found.mtime_ns, found.count)
+            return Drop(self.name, self._watch, match.drop, "folder").signed(signature, found.files)
         st = os.stat(match.drop_path, follow_symlinks=False)
-        return Drop(self.name, self.watch, match.drop, "file", st.st_size, st.st_mtime_ns / 1e9)
+        return Drop(self.name, self._watch, match.drop).signed((st.st_size, st.st_mtime_ns, 1))
 
     def render(self, key: str, drop: Drop, now: float | None = None) -> str:
         """Template ``key`` (``object_name``, ``collection``, ``comments``) filled for ``drop``."""

@@ -1,13 +1,14 @@
-"""Rule templates (``object_name = "{stem}_{mtime:%Y%m%d}"``), drops, and name safety.
+"""Rule templates (``object_name = "{stem}_{mtime:%Y%m%d}"``) and name safety.
 
 A template is checked when the rule is loaded, never at render time: only the known
 fields, no attribute or index access (``{name.__class__}``, ``{name[0]}``), no
 conversions, no nested fields. Rendering then cannot fail on the template, only on the
 drop: a rendered object name with a path separator, ``..``, a control character, or too
-many characters is refused with a reason, and the drop stays where it is.
+many characters is refused with a reason, and the drop stays where it is. A drop (and
+its fields) is :class:`ingest.drop.Drop`, re-exported here.
 
 >>> t = Template.compile("{stem}_{mtime:%Y}", FILE_FIELDS)
->>> drop = Drop(rule="news", watch=Path("/w"), relpath="a/clip.mxf", mtime=0.0)
+>>> drop = Drop(rule="news", watch="/w", relpath="a/clip.mxf", mtime_ns=0)
 >>> t.render(drop.fields(now=0.0)) in ("clip_1970", "clip_1969")
 True
 """
@@ -15,15 +16,13 @@ True
 from __future__ import annotations
 
 import string
-import time
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Literal
 
 from . import defaults
+from .drop import Drop, Kind
 from .tomlcheck import did_you_mean
 
 __all__ = [
@@ -32,6 +31,7 @@ __all__ = [
     "FOLDER_FIELDS",
     "Drop",
     "DropRefused",
+    "Kind",
     "Template",
     "TemplateError",
     "UnsafeNameError",
@@ -51,8 +51,6 @@ FOLDER_FIELDS = FILE_FIELDS | {"folder"}
 DATE_FIELDS = frozenset({"mtime", "now"})
 #: a date field without a format spec renders like this (no ``:`` or ``/``: safe in names)
 DEFAULT_DATE_FORMAT = "%Y%m%d-%H%M%S"
-
-Kind = Literal["file", "folder"]
 
 
 class TemplateError(ValueError):
@@ -222,71 +220,3 @@ class Template:
             else:
                 out.append(format(value, spec))
         return "".join(out)
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """(stem, ext) with ext without its dot; a leading dot is part of the stem."""
-    dot = name.rfind(".")
-    if dot <= 0:
-        return name, ""
-    return name[:dot], name[dot + 1 :]
-
-
-@dataclass(frozen=True)
-class Drop:
-    """One unit of work: a file (``kind="file"``) or a top-level folder with its files.
-
-    ``relpath`` is ``/``-separated and relative to ``watch``; ``members`` (folder drops)
-    are the relpaths (also relative to ``watch``) of every file that counts, sorted.
-
-    >>> Drop(rule="news", watch=Path("/w"), relpath="a/clip.mxf", size=10).stem
-    'clip'
-    """
-
-    rule: str
-    watch: Path
-    relpath: str
-    kind: Kind = "file"
-    size: int = 0
-    mtime: float = 0.0
-    members: tuple[str, ...] = ()
-
-    @property
-    def path(self) -> Path:
-        """The drop's absolute path."""
-        return self.watch.joinpath(*self.relpath.split("/"))
-
-    @property
-    def name(self) -> str:
-        return self.relpath.rsplit("/", 1)[-1]
-
-    @property
-    def stem(self) -> str:
-        return _split_name(self.name)[0]
-
-    @property
-    def ext(self) -> str:
-        """The extension without its dot (``"mxf"``), or ``""``."""
-        return _split_name(self.name)[1]
-
-    @property
-    def parent(self) -> str:
-        """The folder holding the drop, relative to ``watch`` (``""`` at the top)."""
-        return self.relpath.rsplit("/", 1)[0] if "/" in self.relpath else ""
-
-    def fields(self, now: float | None = None) -> dict[str, object]:
-        """Every template field's value for this drop (times in local time)."""
-        values: dict[str, object] = {
-            "name": self.name,
-            "stem": self.stem,
-            "ext": self.ext,
-            "relpath": self.relpath,
-            "parent": self.parent,
-            "rule": self.rule,
-            "size": self.size,
-            "mtime": datetime.fromtimestamp(self.mtime),
-            "now": datetime.fromtimestamp(time.time() if now is None else now),
-        }
-        if self.kind == "folder":
-            values["folder"] = self.name
-        return values

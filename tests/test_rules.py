@@ -245,7 +245,7 @@ def test_file_mode_marker_is_never_a_drop(tree: Path) -> None:
     assert rules.match(w / "clip.mxf.ready") is None
     found = rules.match(w / "clip.mxf")
     assert found is not None
-    drop = Drop("r", w, "clip.mxf")
+    drop = Drop("r", str(w), "clip.mxf")
     assert found.rule.marker_path(drop) == w / "clip.mxf.ready"
     assert rules.explain(w / "clip.mxf.ready", read_disk=False).trials[0].outcome == "marker"
 
@@ -323,7 +323,7 @@ def test_archive_body_is_exactly_the_diva_body(tmp_path: Path) -> None:
         comments="from {relpath}",
         options="-r",
     )
-    body = build_archive_body(rule, Drop("r", tmp_path, "day1/clip.mxf", size=5))
+    body = build_archive_body(rule, Drop("r", str(tmp_path), "day1/clip.mxf", size=5))
     assert body == {
         "objectName": "clip",
         "collectionName": "NEWS",
@@ -337,7 +337,7 @@ def test_archive_body_is_exactly_the_diva_body(tmp_path: Path) -> None:
         "options": "-r",
     }
     keep = make_rule(tmp_path, qos=2, delete_on_source=False)
-    assert build_archive_body(keep, Drop("r", tmp_path, "a.mxf"))["qos"] == 2
+    assert build_archive_body(keep, Drop("r", str(tmp_path), "a.mxf"))["qos"] == 2
 
 
 def test_qos_names_map_to_numbers(tree: Path) -> None:
@@ -348,11 +348,11 @@ def test_qos_names_map_to_numbers(tree: Path) -> None:
 def test_unsafe_rendered_names_are_refused(tmp_path: Path) -> None:
     rule = make_rule(tmp_path, object_name="{relpath}", collection="{parent}")
     with pytest.raises(DropRefused, match="contains '/'"):
-        build_archive_body(rule, Drop("r", tmp_path, "a/b.mxf"))
+        build_archive_body(rule, Drop("r", str(tmp_path), "a/b.mxf"))
     with pytest.raises(DropRefused, match="collection '' is empty"):
-        build_archive_body(rule, Drop("r", tmp_path, "b.mxf"))
+        build_archive_body(rule, Drop("r", str(tmp_path), "b.mxf"))
     with pytest.raises(DropRefused, match="control character"):
-        build_archive_body(make_rule(tmp_path), Drop("r", tmp_path, "a\nb.mxf"))
+        build_archive_body(make_rule(tmp_path), Drop("r", str(tmp_path), "a\nb.mxf"))
 
 
 def test_rule_repr_is_readable(tree: Path) -> None:

@@ -89,8 +89,10 @@ class Tracked:
 
     def as_drop(self, rule: Rule) -> Drop:
         kind: Kind = "folder" if self.kind == "folder" else "file"
-        mtime = (self.mtime_ns or 0) / 1e9
-        return Drop(rule.name, rule.watch, self.path, kind, self.size or 0, mtime, self.members)
+        return Drop(
+            rule.name, str(rule.watch), self.path, kind,
+            self.size, self.mtime_ns, self.file_count, self.members,
+        )  # fmt: skip
 
     def sources(self) -> list[str]:
         """The files DIVA was asked to archive, as absolute paths."""
