@@ -441,3 +441,48 @@ def test_a_drop_finished_this_turn_is_not_taken_for_an_operator_retry(
     finally:
         engine.client.close()
         engine.ledger.close()
+
+
+def test_no_call_goes_out_when_the_turns_commit_fails(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 1 when the ledger fails (disk full): a turn whose commit fails rolls back its
+    intents, so none of the DIVA calls or folder removals it decided on may happen."""
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    from ingest.config import load_config
+    from ingest.engine import Engine
+    from ingest.engine.dispatch import Job, Turn, archive
+    from ingest.errors import LedgerError
+    from ingest.ledger import Batch
+
+    dep = deployment
+    dep.rule()
+    engine = Engine(load_config(dep.config_path))
+    sent: list[Job[int]] = []
+    removed: list[str] = []
+    real_batch = engine.ledger.batch
+
+    @contextmanager
+    def failing_batch() -> Iterator[Batch]:
+        with real_batch() as tx:
+            yield tx
+            raise LedgerError("database or disk is full (injected by the test)")
+
+    def step(turn: Turn) -> None:
+        turn.calls.append(archive(("w", "x.mxf"), 1, {"objectName": "x"}))
+        turn.removals.append(lambda: removed.append("marker"))
+
+    try:
+        monkeypatch.setattr(engine.dispatcher, "run", sent.append)
+        monkeypatch.setattr(engine.ledger, "batch", failing_batch)
+        with pytest.raises(LedgerError):
+            engine._commit(time.monotonic(), step)
+        assert sent == [] and removed == []
+        monkeypatch.setattr(engine.ledger, "batch", real_batch)
+        engine._commit(time.monotonic(), step)  # the same turn, committed: both happen
+        assert len(sent) == 1 and removed == ["marker"]
+    finally:
+        engine.client.close()
+        engine.ledger.close()

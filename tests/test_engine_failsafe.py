@@ -345,3 +345,43 @@ def test_a_request_kept_waiting_is_stuck_in_status_and_never_resubmitted(
     assert doc["stuck"]["requests"][0]["path"] == "queued.mxf"
     assert any("kept waiting by DIVA" in p for p in doc["problems"])
     assert calls(dep) == 1
+
+
+class CutFirstArchive(httpx.HTTPTransport):
+    """The real emulator, except that our first archive call never reaches it: while it is
+    on its way another user archives an object of the same name, and our reply is cut
+    off (so our call may have reached DIVA, as far as the engine can tell)."""
+
+    def __init__(self, dep: Deployment, name: str) -> None:
+        super().__init__()
+        self.dep, self.name, self.cut = dep, name, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/requests/archive") and not self.cut:
+            self.cut += 1
+            with DivaApi(self.dep.emulator.url, "admin", "admin") as api:
+                archive_other(self.dep, api, self.name)
+            raise httpx.ReadError("connection reset mid-reply (injected by the test)")
+        return super().handle_request(request)
+
+
+def test_a_request_adopted_by_name_completes_only_if_the_object_is_ours(
+    guide: Deployment,
+) -> None:
+    """A live request found by the object's name is followed, but its completion proves
+    nothing: only the object it made, holding our files, makes the drop COMPLETED."""
+    dep = guide
+    dep.knobs(request_seconds=2.0)  # the other's request is still running when found
+    dep.rule()
+    source = dep.watch / "clip.mxf"
+    source.write_bytes(b"ours, same name")
+    transport = CutFirstArchive(dep, "clip")
+    start_with(dep, DivaClient(dep.emulator.url, "operator", "operator", transport=transport))
+    row = dep.wait_state("clip.mxf", "COMPLETED", "REJECTED", "FAILED", timeout=40)
+    text = details(dep, row)
+    assert "reconciled: DIVA is running request" in text  # it was adopted, then...
+    assert row["state"] == "REJECTED", text  # ...found to be another's (on_conflict = fail)
+    assert "checking the object is ours" in text
+    assert "DIVA holds another object named 'clip'" in text
+    assert source.read_bytes() == b"ours, same name"
+    assert transport.cut == 1 and calls(dep) == 1  # the other's call only

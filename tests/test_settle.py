@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+from ingest.engine.folders import Folder
+from ingest.rules import Rule
 from ingest.settle import Settler
+from ingest.watch import NativeWatcher
 
 
 def test_stable_drop_is_complete_after_its_window() -> None:
@@ -98,3 +104,25 @@ def test_a_change_caught_mid_copy_is_vouched_for_by_a_quiet_native_watcher() -> 
     assert s2.due(now=1.1) == ["a"]
     # ...with it (no event for a whole window, mtime older than the window) it is done.
     assert s2.check("a", (500, 2, 1), now=1.1, vouched=True) is True
+
+
+def test_a_quiet_native_watcher_vouches_only_for_a_drop_whose_mtime_is_as_old_as_the_window(
+    tmp_path: Path,
+) -> None:
+    """The vouch needs both: no event for a whole window *and* a newest mtime that old. A
+    fresh mtime with no event means a write the watcher did not report (NFS, mmap...), so
+    the drop may still be growing: it must settle again, not be trusted."""
+    rule = Rule(name="r", watch=tmp_path, match=("*.mxf",), collection="C", media="M",
+                source_server="S", settle_seconds=2.0)  # fmt: skip
+    watcher = NativeWatcher(str(tmp_path), lambda watch, path: None)
+    watcher.start()
+    try:
+        folder = Folder(str(tmp_path), (rule,), "native", "test", watcher=watcher)
+        now_ns = time.time_ns()
+        assert folder.vouches((500, now_ns - 3_000_000_000, 1))  # 3 s old: vouched
+        assert not folder.vouches((500, now_ns, 1))  # written just now: not vouched
+        assert not folder.vouches(None)
+        watcher.stop()
+        assert not folder.vouches((500, now_ns - 3_000_000_000, 1))  # no live watcher
+    finally:
+        watcher.stop()
