@@ -18,21 +18,24 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import translate
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from . import defaults
 
 __all__ = [
     "NETWORK_FILESYSTEMS",
     "NativeWatcher",
+    "Observer",
+    "ObserverSetting",
     "Scan",
     "choose_observer",
     "filesystem_type",
     "ignored_name",
+    "resolve_observer",
     "scan",
 ]
 
@@ -153,15 +156,66 @@ def filesystem_type(path: Path | str, mounts: str = "/proc/mounts") -> str:
     return best_type
 
 
+class ObserverSetting(Protocol):
+    """What :func:`resolve_observer` reads of a rule: its ``observer`` setting."""
+
+    @property
+    def observer(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Observer:
+    """How a watch folder is watched, and why."""
+
+    kind: Literal["native", "polling"]
+    why: str
+    #: the filesystem type of the folder's mount (``"unknown"`` if it cannot tell)
+    fstype: str
+    #: why polling would be chosen here were native events not forced; "" when it would not
+    blind: str = ""
+
+
+def resolve_observer(watch: Path | str, rules: Iterable[ObserverSetting]) -> Observer:
+    """How ``watch`` is watched for the rules that watch it: the one decision, for the
+    engine and for ``ingest doctor``.
+
+    Polling wins as soon as one rule asks for it (a rule that says its share must be
+    polled is never left blind); native events only when every rule forces them;
+    otherwise the filesystem decides (:func:`choose_observer`'s ``"auto"``).
+
+    >>> from types import SimpleNamespace as Rule
+    >>> resolve_observer("/", [Rule(observer="polling"), Rule(observer="auto")]).kind
+    'polling'
+    """
+    settings = {r.observer for r in rules}
+    if "polling" in settings:
+        setting = "polling"
+    elif settings == {"native"}:
+        setting = "native"
+    else:
+        setting = "auto"
+    fstype = filesystem_type(watch)
+    auto, auto_why = _by_filesystem(fstype)
+    if setting in ("native", "polling"):
+        why = f'forced by the rule (observer = "{setting}")'
+        blind = auto_why if setting == "native" and auto == "polling" else ""
+        return Observer("native" if setting == "native" else "polling", why, fstype, blind)
+    return Observer(auto, auto_why, fstype)
+
+
 def choose_observer(path: Path | str, setting: str = "auto") -> tuple[str, str]:
-    """``(observer, why)``: native events on local filesystems, polling on network ones.
+    """``(observer, why)`` for one setting: native events on local filesystems, polling on
+    network ones (:func:`resolve_observer` combines the settings of a folder's rules).
 
     >>> choose_observer("/", "polling")
     ('polling', 'forced by the rule (observer = "polling")')
     """
     if setting in ("native", "polling"):
         return setting, f'forced by the rule (observer = "{setting}")'
-    fstype = filesystem_type(path)
+    return _by_filesystem(filesystem_type(path))
+
+
+def _by_filesystem(fstype: str) -> tuple[Literal["native", "polling"], str]:
     if fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse."):
         return "polling", f"{fstype} is a network or FUSE filesystem: inotify cannot see it"
     return "native", f"{fstype} is local"

@@ -881,7 +881,7 @@ def _can(path: Path, mode: int) -> bool:
 
 
 def _check_folders(report: Report, ruleset: Any) -> None:
-    from ..watch import choose_observer, filesystem_type
+    from ..watch import resolve_observer
 
     native_folders = 0
     native_roots: list[Path] = []
@@ -915,21 +915,20 @@ def _check_folders(report: Report, ruleset: Any) -> None:
                 report.add(name, "WARN", "not writable (no rule deletes on source here)")
         else:
             report.add(name, "OK", "exists, readable and writable")
-        fstype = filesystem_type(folder)
-        settings = {r.observer for r in rules}
-        setting = "auto" if len(settings) != 1 else next(iter(settings))
-        observer, why = choose_observer(folder, setting)
-        auto_observer, _ = choose_observer(folder, "auto")
-        if observer == "native" and auto_observer == "polling":
+        # The engine's own decision (resolve_observer), so the two cannot disagree.
+        observer = resolve_observer(folder, rules)
+        if observer.blind:
             report.add(
                 name,
                 "WARN",
-                f"{fstype}: native events forced, but {why}",
+                f"{observer.fstype}: native events forced, but {observer.blind}",
                 'set observer = "polling" (or "auto") in its rules',
             )
         else:
-            report.add(name, "OK", f"filesystem {fstype}: {observer} ({why})")
-        if observer == "native":
+            report.add(
+                name, "OK", f"filesystem {observer.fstype}: {observer.kind} ({observer.why})"
+            )
+        if observer.kind == "native":
             native_roots.append(folder)
     if native_roots:
         native_folders = sum(_count_dirs(root) for root in native_roots)

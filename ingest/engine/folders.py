@@ -31,7 +31,7 @@ from ..members import folder_members
 from ..rulefiles import RuleBook
 from ..rules import Match, Rule
 from ..settle import Signature
-from ..watch import NativeWatcher, choose_observer, scan
+from ..watch import NativeWatcher, resolve_observer, scan
 from .dispatch import Key
 from .drops import Tracked
 
@@ -184,11 +184,8 @@ class Folders(Mapping[str, Folder]):
                     gone.watcher.stop()
                 log.info("no rule watches %s any more: stopped watching it", watch)
         for watch, rules in wanted.items():
-            settings = {r.observer for r in rules}
-            setting = "polling" if "polling" in settings else (
-                "native" if settings == {"native"} else "auto"
-            )  # fmt: skip
-            observer, why = choose_observer(watch, setting)
+            chosen = resolve_observer(watch, rules)
+            observer, why = chosen.kind, chosen.why
             old = self._folders.get(watch)
             folder = old if old is not None and old.observer == observer else None
             if folder is None:
