@@ -25,6 +25,7 @@ import pytest
 
 from ingest import defaults
 from ingest.client import RequestInfo
+from ingest.drop import Drop
 from ingest.engine.dispatch import (
     Checked,
     Job,
@@ -182,14 +183,13 @@ class Harness:
         with self.ledger.batch(now=self.wall) as tx:
             drop_id = tx.add(rule="news", watch=watch, path=path, kind=kind, state=state,
                              attempts=attempts)  # fmt: skip
-        tr = Tracked(drop_id, "news", watch, path, kind, state, attempts=attempts,
-                     priority=priority, on_conflict=on_conflict, members=members,
-                     **fields)  # fmt: skip
         components = [f"{path}/{m}" for m in members] if members else [path]
+        drop = Drop("news", watch, path, kind, members=tuple(components) if members else ())
+        tr = Tracked(drop_id, drop, state, attempts=attempts, priority=priority,
+                     on_conflict=on_conflict, **fields)  # fmt: skip
         name = path.removesuffix(".mxf")
         tr.set_body({"objectName": name, "collectionName": "news", "components": components,
                      "qos": qos, "filePathRoot": "/nas/news"})  # fmt: skip
-        tr.members = tuple(components) if members else ()
         if files:
             for source in tr.sources():
                 Path(source).parent.mkdir(parents=True, exist_ok=True)
@@ -994,7 +994,7 @@ def test_a_drop_finished_elsewhere_leaves_its_heap_entries_behind(h: Harness) ->
 
 def test_a_superseded_drop_finishing_leaves_its_successor_alone(h: Harness) -> None:
     old = h.settled()
-    new = Tracked(old.id + 1000, old.rule, old.watch, old.path, old.kind, State.DETECTED)
+    new = Tracked(old.id + 1000, Drop(old.rule, old.watch, old.path, old.kind), State.DETECTED)
     h.tracker.hold(new)  # a newer row for the same path took its place
     with h.ledger.batch(now=h.wall) as tx:
         h.tracker.move(Turn(tx, h.now), old, State.SKIPPED, "replaced")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from ..drop import Drop, Kind
 from ..rules import Rule
-from ..templates import Drop, Kind
 from .dispatch import Key
 
 __all__ = ["Asking", "Tracked"]
@@ -26,13 +26,12 @@ Asking = Literal["", "submit", "poll", "check", "rename"]
 
 @dataclass(eq=False)
 class Tracked:
-    """A live drop (any active state), as the engine holds it between ledger writes."""
+    """A live drop (any active state), as the engine holds it between ledger writes: the
+    :class:`~ingest.drop.Drop` (its identity, and its signature once settled) and the
+    state of its life with DIVA."""
 
     id: int
-    rule: str
-    watch: str
-    path: str
-    kind: str
+    drop: Drop
     state: str
     attempts: int = 0
     token: int = 0  # the token of the drop's latest job: older answers are stale
@@ -46,10 +45,6 @@ class Tracked:
     on_conflict: str = "fail"
     uncertain: bool = False  # an earlier archive call may have reached DIVA
     queued: bool = False
-    size: int | None = None
-    mtime_ns: int | None = None
-    file_count: int | None = None
-    members: tuple[str, ...] = ()
     diva_state: str | None = None
     progress: int | None = None
     next_attempt_at: float | None = None  # epoch seconds
@@ -68,31 +63,62 @@ class Tracked:
         if body and row["kind"] == "folder":
             members = tuple(body.get("components", ()))
         return cls(
-            id=row["id"], rule=row["rule"], watch=row["watch"], path=row["path"],
-            kind=row["kind"], state=row["state"], attempts=row["attempts"] or 0,
+            id=row["id"], drop=Drop.from_row(row, members), state=row["state"],
+            attempts=row["attempts"] or 0,
             object_name=row["object_name"], collection=row["collection"], body=body,
             body_json=row["body"] if body else None,
-            request_id=row["request_id"], priority=row["priority"], size=row["size"],
-            mtime_ns=row["mtime_ns"], file_count=row["file_count"], members=members,
+            request_id=row["request_id"], priority=row["priority"],
             diva_state=row["diva_state"], progress=row["progress"],
             next_attempt_at=row["next_attempt_at"], submitted_at=row.get("submitted_at"),
             waiting_since=row.get("waiting_since"), adopted=bool(row.get("adopted")),
         )  # fmt: skip
 
+    # The drop's identity and signature, read through: one value, not copies to sync.
+
+    @property
+    def rule(self) -> str:
+        return self.drop.rule
+
+    @property
+    def watch(self) -> str:
+        return self.drop.watch
+
+    @property
+    def path(self) -> str:
+        """The drop's relpath (the ledger's ``path`` column)."""
+        return self.drop.relpath
+
+    @property
+    def kind(self) -> Kind:
+        return self.drop.kind
+
+    @property
+    def size(self) -> int | None:
+        return self.drop.size
+
+    @property
+    def mtime_ns(self) -> int | None:
+        return self.drop.mtime_ns
+
+    @property
+    def file_count(self) -> int | None:
+        return self.drop.file_count
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.drop.members
+
     @property
     def key(self) -> Key:
-        return (self.watch, self.path)
+        return self.drop.key
 
     @property
     def label(self) -> str:
         return f"{self.rule} {self.path}"
 
     def as_drop(self, rule: Rule) -> Drop:
-        kind: Kind = "folder" if self.kind == "folder" else "file"
-        return Drop(
-            rule.name, str(rule.watch), self.path, kind,
-            self.size, self.mtime_ns, self.file_count, self.members,
-        )  # fmt: skip
+        """The drop as ``rule`` (the rule that matches it now) names it, for its templates."""
+        return replace(self.drop, rule=rule.name, watch=str(rule.watch))
 
     def sources(self) -> list[str]:
         """The files DIVA was asked to archive, as absolute paths."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults
+from ..drop import Drop
 from ..ledger import State
 from ..rulefiles import RuleBook
 from ..rules import Match, build_archive_body
@@ -163,12 +164,13 @@ class Intake:
         if match is None:
             return
         rule = match.rule
+        drop = Drop(rule.name, folder.watch, key[1], match.kind)
+        # The ledger records what was seen; the drop is signed in memory once it settles.
         drop_id = turn.tx.add(
-            rule=rule.name, watch=folder.watch, path=key[1], kind=match.kind,
-            size=sig[0], mtime_ns=sig[1], file_count=sig[2],
+            **drop.signed(sig).columns(),
             detail=f"detected by rule {rule.name!r}, settling for {rule.settle_seconds:g} s",
-        )  # fmt: skip
-        tr = Tracked(drop_id, rule.name, folder.watch, key[1], match.kind, State.DETECTED)
+        )
+        tr = Tracked(drop_id, drop, State.DETECTED)
         self.tracker.hold(tr)
         self.folders.remember(folder.watch, key[1], None)
         self.settler.observe(key, sig, settle=rule.settle_seconds, now=turn.now)
@@ -217,8 +219,7 @@ class Intake:
                     self._gone(turn, tr, "vanished before it settled")
                 continue
             assert sig is not None
-            tr.size, tr.mtime_ns, tr.file_count = sig
-            tr.members = members
+            tr.drop = tr.drop.signed(sig, members)
             self._complete(turn, tr)
 
     def _gone(self, turn: Turn, tr: Tracked, why: str) -> None:
