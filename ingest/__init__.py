@@ -7,6 +7,8 @@ transaction per turn. The public surface is listed in ``__all__``.
 
 from __future__ import annotations
 
+import functools
+
 from .errors import (
     ConfigError,
     DivaAccessDenied,
@@ -27,8 +29,6 @@ from .errors import (
     UsageError,
 )
 from .protocol import RequestState
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
@@ -51,3 +51,22 @@ __all__ = [
     "UsageError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> str:
+    # The version is written once, in pyproject.toml, and read from the package's
+    # metadata on first use: importing importlib.metadata costs every command a few
+    # hundredths of a second, and only --version and the emulator ask.
+    if name == "__version__":
+        return _version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("ingest")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"  # a source tree that was never installed has no metadata
