@@ -11,8 +11,7 @@ that what ``explain`` lists is what the daemon archives. A member is a file that
   ready marker (at the top of the folder only) and anything reached through a symlink
   are left out.
 
->>> # doctest: +SKIP
->>> folder_members("/mnt/nas/dpx", "REEL_1", rule)
+>>> folder_members("/mnt/nas/dpx", "REEL_1", rule)  # doctest: +SKIP
 Members(files=('REEL_1/f1.dpx', 'REEL_1/sub/f2.dpx'), size=24, mtime_ns=1700000000000000000)
 """
 
