@@ -359,12 +359,12 @@ class Rule:
     def drop_for(self, match: Match) -> Drop:
         """The drop ``match`` belongs to, read from disk now (sizes, mtimes, members), as
         the daemon reads it (:func:`ingest.members.folder_members` for a folder)."""
+        unread = match.identity
         if match.kind == "folder":
             found = folder_members(self._watch, match.drop, self)
-            signature = (found.size, found.mtime_ns, found.count)
-            return Drop(self.name, self._watch, match.drop, "folder").signed(signature, found.files)
+            return unread.signed((found.size, found.mtime_ns, found.count), found.files)
         st = os.stat(match.drop_path, follow_symlinks=False)
-        return Drop(self.name, self._watch, match.drop).signed((st.st_size, st.st_mtime_ns, 1))
+        return unread.signed((st.st_size, st.st_mtime_ns, 1))
 
     def render(self, key: str, drop: Drop, now: float | None = None) -> str:
         """Template ``key`` (``object_name``, ``collection``, ``comments``) filled for ``drop``."""
@@ -390,6 +390,12 @@ class Match:
     @property
     def drop_path(self) -> Path:
         return self.rule.watch.joinpath(*self.drop.split("/"))
+
+    @property
+    def identity(self) -> Drop:
+        """The drop this path belongs to, not read yet (no signature): see
+        :meth:`Rule.drop_for`. Built on demand: matching runs once per file of a scan."""
+        return Drop(self.rule.name, str(self.rule.watch), self.drop, self.kind)
 
 
 Outcome = Literal[
