@@ -5,6 +5,7 @@ in every CI run)::
 
     .venv/bin/python -m tests.mutants                  # every mutation, a markdown kill table
     .venv/bin/python -m tests.mutants --list           # the mutations and their tests
+    .venv/bin/python -m tests.mutants --check          # only: does every snippet still apply?
     .venv/bin/python -m tests.mutants --only backoff-zero --only verify-forced-on
     .venv/bin/python -m tests.mutants --json           # the results as JSON on stdout
     .venv/bin/python -m tests.mutants --rev HEAD       # a commit instead of the working tree
@@ -854,6 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
         }
         print(json.dumps(payload, indent=2))
+        say(table(results))
     else:
         print(table(results))
         print(f"\n{len(results)} mutations: {summary} ({elapsed / 60:.0f} min)")
