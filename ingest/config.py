@@ -17,6 +17,7 @@ repr, a log line or an exception.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from .tomlcheck import Field, Problem, TableLines, check_table, did_you_mean, pa
 __all__ = [
     "DivaConfig",
     "EngineConfig",
+    "HttpConfig",
     "LedgerConfig",
     "RulesConfig",
     "ServiceConfig",
@@ -125,6 +127,47 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """``[http]``: the status page, API and metrics endpoint (off unless ``listen`` is set).
+
+    The token is kept out of the repr (a log line of the config cannot carry it);
+    with ``token_env`` it is read from the environment only when the server starts.
+    """
+
+    host: str
+    port: int
+    token_env: str | None = None
+    _token: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def listen(self) -> str:
+        """``host:port`` as given (IPv6 hosts in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        return _is_loopback(self.host)
+
+    @property
+    def has_token(self) -> bool:
+        return self._token is not None or self.token_env is not None
+
+    def token(self) -> str | None:
+        """The access token (from ``token``, or the ``token_env`` variable read now), or None."""
+        if self._token is not None:
+            return self._token
+        if self.token_env is None:
+            return None
+        value = os.environ.get(self.token_env)
+        if not value or len(value) < defaults.HTTP_TOKEN_MIN_CHARS:
+            raise ConfigError(
+                f"[http] token_env: the environment variable {self.token_env} is "
+                + ("not set" if not value else f"shorter than {defaults.HTTP_TOKEN_MIN_CHARS}")
+            )
+        return value
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """The whole service config. ``path`` is None when no file was found (all defaults)."""
 
@@ -134,6 +177,8 @@ class ServiceConfig:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    #: ``[http]``, or None when the endpoint is off
+    http: HttpConfig | None = None
     warnings: tuple[Problem, ...] = ()
 
     def require_diva(self) -> DivaConfig:
@@ -227,6 +272,60 @@ def _ledger_url(value: str) -> str | None:
     return f"must be sqlite:///PATH (e.g. {defaults.LEDGER_URL!r}), got {value!r}"
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9180"`` or ``"[::1]:9180"`` as (host, port); ValueError saying why not.
+
+    >>> split_listen("[::1]:0")
+    ('::1', 0)
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"must be HOST:PORT with a port 0..65535 (e.g. {defaults.HTTP_LISTEN_EXAMPLE!r}), "
+            f"got {value!r}"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address goes in brackets ('[::1]:9180'), got {value!r}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"the host must be an IP address or 'localhost' (a name could resolve to "
+                f"anything), got {host!r}"
+            ) from None
+    return host, int(port)
+
+
+def _listen(value: str) -> str | None:
+    try:
+        split_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _token(value: str) -> str | None:
+    # Never echo the value: it is a secret.
+    if len(value) >= defaults.HTTP_TOKEN_MIN_CHARS and value.strip() == value:
+        return None
+    return (
+        f"must be at least {defaults.HTTP_TOKEN_MIN_CHARS} characters, without leading or "
+        "trailing spaces (e.g. the output of `openssl rand -hex 24`)"
+    )
+
+
 SECTIONS: dict[str, dict[str, Field]] = {
     "diva": {
         f.name: f
@@ -263,6 +362,14 @@ SECTIONS: dict[str, dict[str, Field]] = {
             Field(
                 "watch_poll_seconds", "number", defaults.ENGINE_WATCH_POLL_SECONDS, check=_positive
             ),
+        ]
+    },
+    "http": {
+        f.name: f
+        for f in [
+            Field("listen", "str", None, check=_listen),
+            Field("token", "str", None, check=_token),
+            Field("token_env", "str", None, check=_non_empty),
         ]
     },
 }
@@ -349,6 +456,7 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
     given_paths = values.get("rules", {}).get("paths", defaults.RULES_PATHS)
     rule_paths = tuple(_resolve(base, p) for p in given_paths)
     engine = values.get("engine", {})
+    http = _http(values.get("http", {}), path, line_of, problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         count = len(errors)
@@ -368,8 +476,45 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
             reload_seconds=engine.get("reload_seconds", defaults.ENGINE_RELOAD_SECONDS),
             watch_poll_seconds=engine.get("watch_poll_seconds", defaults.ENGINE_WATCH_POLL_SECONDS),
         ),
+        http=http,
         warnings=tuple(warnings),
     )
+
+
+def _http(
+    values: Mapping[str, Any],
+    path: Path,
+    line_of: Callable[[str, str | None], int | None],
+    problems: list[Problem],
+) -> HttpConfig | None:
+    """``[http]``: None unless ``listen`` is set. A non-loopback address without a token is
+    an error: the page would show every folder and drop to anyone on the network."""
+
+    def problem(key: str, message: str) -> None:
+        problems.append(Problem(message, path, line_of("http", key), section="http", key=key))
+
+    token, token_env = values.get("token"), values.get("token_env")
+    if token is not None and token_env is not None:
+        problem("token_env", "give token or token_env, not both")
+        return None
+    listen = values.get("listen")
+    if listen is None:
+        if token is not None or token_env is not None:
+            problem("listen", "missing: a token is set but the endpoint is off (set listen)")
+        return None
+    try:
+        host, port = split_listen(listen)
+    except ValueError:
+        return None  # reported by the field's check
+    if not _is_loopback(host) and token is None and token_env is None:
+        problem(
+            "listen",
+            f"{listen} is not a loopback address: anyone who can reach it would see every "
+            "folder and drop, so a token is required; set [http] token (or token_env), or "
+            f"listen on {defaults.HTTP_LISTEN_EXAMPLE}",
+        )
+        return None
+    return HttpConfig(host, port, token_env=token_env, _token=token)
 
 
 def _diva(

@@ -79,6 +79,23 @@ ENGINE_OUTAGE_BACKOFF_SECONDS = 1.0
 #: longest pause between two tries to reach DIVA again, seconds
 ENGINE_OUTAGE_BACKOFF_MAX_SECONDS = 15.0
 
+# --- [http] ---------------------------------------------------------------------------
+#: what the docs and messages suggest for ``[http] listen``: loopback, the usual port
+HTTP_LISTEN_EXAMPLE = "127.0.0.1:9180"
+#: the shortest ``[http] token`` accepted, characters
+HTTP_TOKEN_MIN_CHARS = 16
+#: ``/healthz`` answers 503 when the engine loop has not turned for this long, seconds
+HTTP_HEALTH_STALL_SECONDS = 10.0
+#: the status page's script refreshes its parts this often, seconds
+HTTP_REFRESH_SECONDS = 3.0
+#: ``/api/drops`` without ``limit`` gives this many drops, and never more than the max
+HTTP_DROPS_LIMIT = 100
+HTTP_DROPS_MAX_LIMIT = 10_000
+#: drops listed in each section of the status page (latest, failures, in flight)
+HTTP_PAGE_ROWS = 15
+#: how long ``ingest run`` waits for the HTTP server's threads on shutdown, seconds
+HTTP_STOP_SECONDS = 5.0
+
 # --- a rule's optional keys -------------------------------------------------------------
 #: "file": each file is a drop; "folder": each top-level folder under `watch` is a drop
 RULE_MODE = "file"

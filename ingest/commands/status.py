@@ -27,7 +27,7 @@ from ..report import (
     use_colour,
 )
 
-__all__ = ["status"]
+__all__ = ["collect", "status"]
 
 #: How far back ``status`` looks for failures, seconds.
 FAILURE_WINDOW_SECONDS = 24 * 3600
@@ -63,7 +63,7 @@ def status(config_path: Path | None, fmt: str) -> None:
         config.diva.stuck_after_seconds if config.diva else defaults.DIVA_STUCK_AFTER_SECONDS
     )
     with queries.open_ledger(path) as conn, queries.errors(path):
-        doc, raw = _collect(conn, path, time.time(), stuck_after)
+        doc, raw = collect(conn, path, time.time(), stuck_after)
     if fmt == "json":
         click.echo(dumps(doc, indent=2))
     else:
@@ -72,9 +72,10 @@ def status(config_path: Path | None, fmt: str) -> None:
         raise SystemExit(1)
 
 
-def _collect(
+def collect(
     conn: sqlite3.Connection, path: Path, now: float, stuck_after: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The status document (``--json``'s, and the status page's) and its raw rows."""
     with queries.snapshot(conn):
         stuck_count, stuck = queries.stuck(conn, now - stuck_after, SHOWN)
         pairs = queries.state_rule_counts(conn)

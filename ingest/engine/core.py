@@ -38,6 +38,7 @@ from .dispatch import Dispatcher, Outcome, Turn, connect
 from .drops import Tracked
 from .folders import Folders, Hint
 from .intake import Intake
+from .monitor import Monitor
 from .submissions import Tracker
 
 __all__ = ["Engine"]
@@ -95,6 +96,8 @@ class Engine:
         self._last_answer = time.monotonic()
         self._ledger_down_until = 0.0
         self._needs_recover = False
+        #: what the status page and /metrics read (ingest.web); never waits for this loop
+        self.monitor = Monitor()
 
     def __repr__(self) -> str:
         return f"<Engine folders={len(self.folders)} live={len(self.tracker.drops)}>"
@@ -112,6 +115,7 @@ class Engine:
         try:
             while not self._stop.is_set():
                 self._turn()
+                self.monitor.publish(self.folders.values(), self.tracker.schedule)
                 if until_idle and self._idle():
                     log.info("idle: every drop is in a final state; exiting")
                     break
@@ -142,6 +146,7 @@ class Engine:
             try:
                 self._recover()
             except LedgerError as exc:
+                self.monitor.ledger_failed(exc)
                 log.error("ledger still unusable, trying again shortly: %s", exc)
                 self._ledger_down_until = now + defaults.ENGINE_LEDGER_RETRY_SECONDS
                 return
@@ -151,6 +156,7 @@ class Engine:
             self._commit(now, self._step)
         except LedgerError as exc:
             # Memory is rebuilt from the ledger once it can be written again.
+            self.monitor.ledger_failed(exc)
             log.error("ledger write failed, not submitting until it recovers: %s", exc)
             self._ledger_down_until = now + defaults.ENGINE_LEDGER_RETRY_SECONDS
             self._needs_recover = True
@@ -162,10 +168,12 @@ class Engine:
         with self.ledger.batch() as tx:
             turn = Turn(tx, now)
             step(turn)
+            commit = self.monitor.commit_starts(tx)
+        self.monitor.committed(commit)
         for remove in turn.removals:
             remove()
         for job in turn.calls:
-            self.dispatcher.run(job)
+            self.dispatcher.run(self.monitor.timed(job))
 
     def _step(self, turn: Turn) -> None:
         self._drain(turn)

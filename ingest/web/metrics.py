@@ -1,0 +1,144 @@
+"""``/metrics``: Prometheus text format, from the engine's monitor and the ledger.
+
+Three sources, one registry (the engine's own, :attr:`Monitor.registry`):
+
+- what only the engine can time, recorded as it happens: ``ingest_diva_calls_total``,
+  ``ingest_diva_call_seconds``, ``ingest_ledger_commit_seconds`` (:mod:`ingest.engine.monitor`);
+- what the ledger records, followed at each scrape from the last transition seen (the
+  transitions' primary key: the cost is the transitions since the last scrape):
+  ``ingest_transitions_total`` and ``ingest_settle_to_submit_seconds``;
+- what is true now, read at each scrape: ``ingest_drops`` (the ledger's counts),
+  ``ingest_folder_up``, ``ingest_ready_queue``, ``ingest_in_flight`` (the snapshot).
+
+No label ever holds a secret: rules, states, watch folders and call names only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client import Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .. import queries
+from ..engine.monitor import Monitor
+
+__all__ = ["LedgerMetrics"]
+
+#: seconds; from a few seconds of settling in a burst to hours of an outage
+SETTLE_TO_SUBMIT_BUCKETS = (
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0,
+)  # fmt: skip
+#: transitions read per query while catching up (a first scrape after a burst)
+CATCH_UP_ROWS = 20_000
+
+
+class LedgerMetrics:
+    """The metrics of one engine, rendered for a scrape; safe from several threads."""
+
+    def __init__(self, monitor: Monitor, ledger: Path) -> None:
+        self.monitor = monitor
+        self.ledger = ledger
+        registry = monitor.registry
+        self.transitions = Counter(
+            "ingest_transitions", "Drop state transitions since the daemon started.",
+            ["rule", "state"], registry=registry,
+        )  # fmt: skip
+        self.settle_to_submit = Histogram(
+            "ingest_settle_to_submit_seconds",
+            "From a drop settling to DIVA accepting its archive request, seconds.",
+            buckets=SETTLE_TO_SUBMIT_BUCKETS, registry=registry,
+        )  # fmt: skip
+        registry.register(_Now(monitor, ledger))
+        self._lock = threading.Lock()
+        with queries.open_ledger(ledger) as conn, queries.errors(ledger):
+            # "Since start": transitions before this one (earlier runs) are not counted.
+            self._seen: int = conn.execute(
+                "SELECT coalesce(max(id), 0) FROM transitions"
+            ).fetchone()[0]
+
+    def render(self) -> bytes:
+        """The whole exposition, with the ledger's new transitions counted first."""
+        with self._lock:
+            self._catch_up()
+            return generate_latest(self.monitor.registry)
+
+    def _catch_up(self) -> None:
+        with queries.open_ledger(self.ledger) as conn, queries.errors(self.ledger):
+            while True:
+                rows = conn.execute(
+                    "SELECT t.id, d.rule, t.to_state, t.at, d.settled_at FROM transitions t "
+                    "JOIN drops d ON d.id = t.drop_id WHERE t.id > ? ORDER BY t.id LIMIT ?",
+                    (self._seen, CATCH_UP_ROWS),
+                ).fetchall()
+                for tid, rule, state, at, settled_at in rows:
+                    self.transitions.labels(rule, state).inc()
+                    if state == "SUBMITTED" and settled_at is not None:
+                        self.settle_to_submit.observe(max(0.0, at - settled_at))
+                    self._seen = tid
+                if len(rows) < CATCH_UP_ROWS:
+                    return
+
+
+class _Now(Collector):
+    """The gauges read at scrape time."""
+
+    def __init__(self, monitor: Monitor, ledger: Path) -> None:
+        self.monitor = monitor
+        self.ledger = ledger
+
+    def describe(self) -> list[Metric]:
+        return []  # not checked for clashes: the names are this module's own
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.monitor.snapshot
+        drops = GaugeMetricFamily(
+            "ingest_drops", "Drops in the ledger, by rule and state.", labels=["rule", "state"]
+        )
+        for rule, counts in sorted(_counts(self.ledger).items()):
+            for state in queries.STATES:
+                drops.add_metric([rule, state], counts.get(state, 0))
+        yield drops
+        up = GaugeMetricFamily(
+            "ingest_folder_up", "1 while a watch folder is watched, 0 paused or down.",
+            labels=["watch"],
+        )  # fmt: skip
+        for folder in snap.folders:
+            up.add_metric([folder.watch], 1 if folder.up else 0)
+        yield up
+        yield GaugeMetricFamily(
+            "ingest_ready_queue", "Drops settled and waiting for a place at DIVA.",
+            value=snap.ready_queue,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "ingest_in_flight", "Drops holding a place at DIVA (max_in_flight).",
+            value=snap.in_flight,
+        )  # fmt: skip
+        since = snap.since_turn(time.time())
+        yield GaugeMetricFamily(
+            "ingest_seconds_since_turn", "Seconds since the engine loop last turned (-1: not yet).",
+            value=-1 if since is None else since,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "ingest_ledger_writable", "1 unless the engine's latest ledger write failed.",
+            value=1 if snap.ledger_error is None else 0,
+        )  # fmt: skip
+        reachable = snap.diva.reachable
+        yield GaugeMetricFamily(
+            "ingest_diva_up",
+            "1 when DIVA answered the latest call, 0 unreachable, -1 no call yet.",
+            value=-1 if reachable is None else int(reachable),
+        )  # fmt: skip
+
+
+def _counts(ledger: Path) -> dict[str, dict[str, int]]:
+    with queries.open_ledger(ledger) as conn, queries.errors(ledger):
+        pairs = queries.state_rule_counts(conn)
+    counts: dict[str, dict[str, int]] = {}
+    for state, rule, n in pairs:
+        counts.setdefault(rule, {})[state] = n
+    return counts
