@@ -261,9 +261,10 @@ def _info_path(value: str) -> str | None:
 
 
 def _session(value: float) -> str | None:
-    if 1 <= value <= 10080:
+    low, high = defaults.DIVA_SESSION_MINUTES_MIN, defaults.DIVA_SESSION_MINUTES_MAX
+    if low <= value <= high:
         return None
-    return f"must be 1..10080 minutes (DIVA's range), got {value!r}"
+    return f"must be {low}..{high} minutes (DIVA's range), got {value!r}"
 
 
 def _ledger_url(value: str) -> str | None:

@@ -7,6 +7,8 @@ them from here, so a default is changed once. Units are in the name (``_SECONDS`
 
 from __future__ import annotations
 
+from typing import Final
+
 # --- service config: where it is -------------------------------------------------------
 #: environment variable naming the service config when ``--config`` is not given
 CONFIG_ENV = "INGEST_CONFIG"
@@ -78,6 +80,29 @@ ENGINE_RETRY_BACKOFF_MAX_SECONDS = 300.0
 ENGINE_OUTAGE_BACKOFF_SECONDS = 1.0
 #: longest pause between two tries to reach DIVA again, seconds
 ENGINE_OUTAGE_BACKOFF_MAX_SECONDS = 15.0
+#: every backoff wait is drawn within +/- this fraction of its value (a fraction, 0..1)
+ENGINE_BACKOFF_JITTER_FRACTION = 0.2
+#: first wait before a native watcher that failed is started again, doubled each time, seconds
+ENGINE_WATCHER_RETRY_SECONDS = 2.0
+#: longest wait between two tries to start a failed native watcher again, seconds
+ENGINE_WATCHER_RETRY_MAX_SECONDS = 300.0
+#: a watch folder's unchanged health is written to the ledger at most this often, seconds
+ENGINE_WATCHER_REPORT_SECONDS = 10.0
+#: a watch folder that looks away (gone, empty, remounted) is looked at again after, seconds
+ENGINE_AWAY_RECHECK_SECONDS = 1.0
+#: the engine's loop wakes at least this often, even with nothing due, seconds
+ENGINE_WAKE_SECONDS = 1.0
+#: ``ingest run --until-idle``: nothing seen or answered for this long (or for the longest
+#: settle window, when longer) before it exits, seconds
+ENGINE_IDLE_QUIET_SECONDS = 0.5
+#: DIVA calls made at once: the worker pool's threads
+ENGINE_WORKERS = 4
+#: the ready queue ranks a drop whose rule leaves its priority to DIVA (-1) as this one,
+#: DIVA's usual default (a priority, 1..100)
+ENGINE_QUEUE_DEFAULT_PRIORITY = 50
+#: a live request submitted this long before a drop's first intent is not the drop's own
+#: (room for the clocks of DIVA and this host to disagree), seconds
+ENGINE_OWN_REQUEST_SKEW_SECONDS = 120.0
 
 # --- [http] ---------------------------------------------------------------------------
 #: what the docs and messages suggest for ``[http] listen``: loopback, the usual port
@@ -98,7 +123,7 @@ HTTP_STOP_SECONDS = 5.0
 
 # --- a rule's optional keys -------------------------------------------------------------
 #: "file": each file is a drop; "folder": each top-level folder under `watch` is a drop
-RULE_MODE = "file"
+RULE_MODE: Final = "file"
 #: a drop is complete when unchanged (size, mtime) this long, seconds
 RULE_SETTLE_SECONDS = 30.0
 #: no marker: settling alone completes a drop
@@ -116,18 +141,31 @@ RULE_FILE_PATH_ROOT = ""
 RULE_COMMENTS = ""
 RULE_OPTIONS = ""
 #: what to do when the object exists in DIVA: "fail" | "skip" | "suffix"
-RULE_ON_CONFLICT = "fail"
+RULE_ON_CONFLICT: Final = "fail"
 #: how the engine watches: "auto" (native unless a network filesystem) | "native" | "polling"
-RULE_OBSERVER = "auto"
+RULE_OBSERVER: Final = "auto"
 RULE_ENABLED = True
 #: globs are case-sensitive unless the rule says otherwise
 RULE_IGNORE_CASE = False
+RULE_DESCRIPTION = ""
+#: longest rule name, characters (letters, digits, '.', '_', '-')
+RULE_NAME_MAX_CHARS = 64
+#: ``on_conflict = "suffix"`` tries ``name_2`` up to ``name_<this + 1>``, then fails (names)
+RULE_SUFFIX_MAX_TRIES = 99
 
 # --- DIVA's limits on names (legacy API) ------------------------------------------------
 #: longest object name DIVA accepts, characters
 OBJECT_NAME_MAX_CHARS = 192
 #: longest collection (category) name DIVA accepts, characters
 COLLECTION_MAX_CHARS = 96
+
+# --- DIVA's ranges ----------------------------------------------------------------------
+#: a request's priority, when not DIVA's default (-1): from this to the max (a priority)
+DIVA_PRIORITY_MIN = 1
+DIVA_PRIORITY_MAX = 100
+#: the session timeout DIVA accepts for a token, minutes
+DIVA_SESSION_MINUTES_MIN = 1
+DIVA_SESSION_MINUTES_MAX = 10080
 
 #: files never counted as drops or members, whatever the rule: hidden, temporary,
 #: partial downloads, Office lock files, desktop litter. Matched against every path

@@ -60,18 +60,21 @@ def _one_of(*choices: str) -> Any:
     return check
 
 
+_QOS_RANGE = f"{min(QOS_NAMES.values())}-{max(QOS_NAMES.values())}"
+
+
 def _qos(value: str | int) -> str | None:
     if isinstance(value, str):
         if value in QOS_NAMES:
             return None
-        return f"unknown QoS {value!r}; one of {', '.join(QOS_NAMES)} or 0-4" + did_you_mean(
-            value, list(QOS_NAMES)
+        return f"unknown QoS {value!r}; one of {', '.join(QOS_NAMES)} or {_QOS_RANGE}" + (
+            did_you_mean(value, list(QOS_NAMES))
         )
-    if 0 <= value <= 4:
+    if value in QOS_NAMES.values():
         return None
     if value & DELETE_ON_SOURCE:
-        return f"{value} includes 0x100: give 0-4 and set delete_on_source = true instead"
-    return f"must be 0-4 or a name ({', '.join(QOS_NAMES)}), got {value}"
+        return f"{value} includes 0x100: give {_QOS_RANGE} and set delete_on_source = true instead"
+    return f"must be {_QOS_RANGE} or a name ({', '.join(QOS_NAMES)}), got {value}"
 
 
 def _settle(value: float) -> str | None:
@@ -79,16 +82,22 @@ def _settle(value: float) -> str | None:
 
 
 def _priority(value: int) -> str | None:
-    return None if value == -1 or 1 <= value <= 100 else f"must be 1-100 or -1, got {value}"
+    low, high = defaults.DIVA_PRIORITY_MIN, defaults.DIVA_PRIORITY_MAX
+    if value == defaults.RULE_PRIORITY or low <= value <= high:
+        return None
+    return f"must be {low}-{high} or {defaults.RULE_PRIORITY}, got {value}"
 
 
-_NAME_RX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_NAME_RX = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{defaults.RULE_NAME_MAX_CHARS - 1}}}")
 
 
 def _rule_name(value: str) -> str | None:
     if _NAME_RX.fullmatch(value):
         return None
-    return f"{value!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)"
+    return (
+        f"{value!r}: use 1-{defaults.RULE_NAME_MAX_CHARS} letters, digits, '.', '_' or '-' "
+        "(starting with a letter or digit)"
+    )
 
 
 def _non_empty(value: str) -> str | None:
@@ -130,11 +139,21 @@ RULE_FIELDS: dict[str, Field] = {
         Field("file_path_root", "str", defaults.RULE_FILE_PATH_ROOT),
         Field("comments", "str", defaults.RULE_COMMENTS),
         Field("options", "str", defaults.RULE_OPTIONS),
-        Field("on_conflict", "str", "fail", check=_one_of("fail", "skip", "suffix")),
-        Field("observer", "str", "auto", check=_one_of("auto", "native", "polling")),
+        Field(
+            "on_conflict",
+            "str",
+            defaults.RULE_ON_CONFLICT,
+            check=_one_of("fail", "skip", "suffix"),
+        ),
+        Field(
+            "observer",
+            "str",
+            defaults.RULE_OBSERVER,
+            check=_one_of("auto", "native", "polling"),
+        ),
         Field("enabled", "bool", defaults.RULE_ENABLED),
         Field("ignore_case", "bool", defaults.RULE_IGNORE_CASE),
-        Field("description", "str", ""),
+        Field("description", "str", defaults.RULE_DESCRIPTION),
     ]
 }
 
@@ -212,7 +231,7 @@ def _check_rule(
         report(None, "each rule must be a table: write [[rule]] above its keys")
         return None
     values = check_table(table, RULE_FIELDS, report)
-    mode = values.get("mode", "file")
+    mode = values.get("mode", defaults.RULE_MODE)
     fields = FOLDER_FIELDS if mode == "folder" else FILE_FIELDS
     samples = [Drop("sample", "/", "sample.mxf", "folder" if mode == "folder" else "file")]
     for key, limit in (

@@ -194,7 +194,7 @@ class Rule:
     media: str
     source_server: str
     ignore: tuple[str, ...] = ()
-    mode: Mode = "file"
+    mode: Mode = defaults.RULE_MODE
     settle_seconds: float = defaults.RULE_SETTLE_SECONDS
     ready_marker: str = defaults.RULE_READY_MARKER
     object_name: str = defaults.RULE_OBJECT_NAME
@@ -204,11 +204,11 @@ class Rule:
     file_path_root: str = defaults.RULE_FILE_PATH_ROOT
     comments: str = defaults.RULE_COMMENTS
     options: str = defaults.RULE_OPTIONS
-    on_conflict: Literal["fail", "skip", "suffix"] = "fail"
-    observer: Literal["auto", "native", "polling"] = "auto"
+    on_conflict: Literal["fail", "skip", "suffix"] = defaults.RULE_ON_CONFLICT
+    observer: Literal["auto", "native", "polling"] = defaults.RULE_OBSERVER
     enabled: bool = defaults.RULE_ENABLED
     ignore_case: bool = defaults.RULE_IGNORE_CASE
-    description: str = ""
+    description: str = defaults.RULE_DESCRIPTION
     #: where the rule was defined (for messages); None when built in code
     source: Path | None = field(default=None, compare=False)
     line: int | None = field(default=None, compare=False)

@@ -186,7 +186,7 @@ class Engine:
             return
         now = time.monotonic()
         deadlines = [
-            now + 1.0,
+            now + defaults.ENGINE_WAKE_SECONDS,
             self._next_reload,
             self.folders.next_scan(),
             self.intake.next_deadline(),
@@ -223,7 +223,7 @@ class Engine:
         if self.tracker.schedule.has_ready or not self.intake.idle():
             return False
         quiet = time.monotonic() - max(self._last_answer, self.intake.last_seen)
-        return quiet >= max(self.folders.settle_max, 0.5)
+        return quiet >= max(self.folders.settle_max, defaults.ENGINE_IDLE_QUIET_SECONDS)
 
     def _shutdown(self) -> None:
         self.folders.stop()

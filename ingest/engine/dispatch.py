@@ -26,6 +26,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import httpx
 
+from .. import defaults
 from ..client import DivaClient, ObjectInfo, RequestInfo
 from ..config import DivaConfig
 from ..errors import (
@@ -201,7 +202,8 @@ def reconcile(
         requests, unconfirmed = [], exc
     requests.sort(key=lambda r: r.request_id, reverse=True)
     live = [r for r in requests if not r.state.finished]
-    floor = since.timestamp() - OWN_REQUEST_SKEW_SECONDS if since is not None else None
+    skew = defaults.ENGINE_OWN_REQUEST_SKEW_SECONDS
+    floor = since.timestamp() - skew if since is not None else None
     for r in live:
         if floor is not None and r.submitted_at is not None and r.submitted_at.timestamp() < floor:
             return Reconciled(
@@ -221,11 +223,6 @@ def reconcile(
         "conflict",
         detail=f"DIVA holds another object named {object_name!r} in {collection!r}",
     )
-
-
-#: A live request submitted this long before a drop's first intent is not the drop's own
-#: (room for the clocks of DIVA and this host to disagree).
-OWN_REQUEST_SKEW_SECONDS = 120.0
 
 
 def _same_files(
@@ -251,7 +248,12 @@ def _same_files(
     return True
 
 
-def free_name(client: DivaClient, object_name: str, collection: str, limit: int = 99) -> str:
+def free_name(
+    client: DivaClient,
+    object_name: str,
+    collection: str,
+    limit: int = defaults.RULE_SUFFIX_MAX_TRIES,
+) -> str:
     """The first of ``name_2``, ``name_3``... that DIVA says (1009) it has no object for
     (``on_conflict = "suffix"``); any other answer raises, so no name is taken blind."""
     for n in range(2, limit + 2):
@@ -268,7 +270,8 @@ def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random) -
     True
     """
     delay: float = min(cap, base * (2 ** max(0, attempt - 1)))
-    return delay * rng.uniform(0.8, 1.2)
+    jitter = defaults.ENGINE_BACKOFF_JITTER_FRACTION
+    return delay * rng.uniform(1 - jitter, 1 + jitter)
 
 
 def uncertain(error: DivaError) -> bool:
@@ -291,7 +294,10 @@ class Dispatcher:
     r"""Runs :class:`Job`\ s on a few threads; each answer goes to ``deliver``."""
 
     def __init__(
-        self, client: DivaClient, deliver: Callable[[Outcome[Any]], None], workers: int = 4
+        self,
+        client: DivaClient,
+        deliver: Callable[[Outcome[Any]], None],
+        workers: int = defaults.ENGINE_WORKERS,
     ) -> None:
         self.client = client
         self._deliver = deliver

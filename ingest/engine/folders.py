@@ -51,10 +51,6 @@ class Hint:
     path: str
 
 
-#: a watch folder's unchanged health is written to the ledger at most this often, seconds
-WATCHER_REPORT_SECONDS = 10.0
-
-
 @dataclass
 class Folder:
     """One watch folder: its rules, its watcher's health, and what its last scans saw."""
@@ -209,7 +205,10 @@ class Folders(Mapping[str, Folder]):
             watcher.start()
         except OSError as exc:
             folder.watcher_failures += 1
-            delay = min(300.0, 2.0**folder.watcher_failures)
+            delay = min(
+                defaults.ENGINE_WATCHER_RETRY_MAX_SECONDS,
+                defaults.ENGINE_WATCHER_RETRY_SECONDS * 2 ** (folder.watcher_failures - 1),
+            )
             folder.watcher_retry_at = now + delay
             folder.health, folder.detail = "down", f"native watcher failed: {exc}"
             log.error(
@@ -267,7 +266,7 @@ class Folders(Mapping[str, Folder]):
                 folder.empty_since = now
             if now - folder.empty_since < defaults.ENGINE_BLIP_GRACE_SECONDS:
                 self.pause(tx, folder, "the folder suddenly reads empty")
-                folder.next_scan = min(folder.next_scan, now + 1.0)
+                folder.next_scan = min(folder.next_scan, now + defaults.ENGINE_AWAY_RECHECK_SECONDS)
                 return None
         folder.empty_since = None
         folder.dev = result.dev
@@ -309,7 +308,7 @@ class Folders(Mapping[str, Folder]):
         wall = time.time()
         # A polled folder is scanned every few seconds: its health row (a commit, an
         # fsync) is rewritten when it changes, and otherwise only now and then.
-        stale = not polled or wall - folder.reported_at >= WATCHER_REPORT_SECONDS
+        stale = not polled or wall - folder.reported_at >= defaults.ENGINE_WATCHER_REPORT_SECONDS
         if report != folder.reported or stale:
             tx.watcher(folder.watch, *report, last_scan_at=wall)
             folder.reported, folder.reported_at = report, wall

@@ -203,7 +203,7 @@ class Intake:
                 self.tracker.move(turn, tr, State.SKIPPED, "no rule watches its folder any more")
                 continue
             if folder.paused:
-                self.settler.recheck(key, after=1.0, now=now)
+                self.settler.recheck(key, after=defaults.ENGINE_AWAY_RECHECK_SECONDS, now=now)
                 continue
             sig, members = self.folders.read(folder, tr.rule, tr.path, tr.kind)
             crowd = sum(1 for k in self.tracker.drops if k[0] == folder.watch) > 1
@@ -211,8 +211,9 @@ class Intake:
                 # The whole folder is away (a share dropped, perhaps leaving an empty
                 # mount point behind): its files did not vanish.
                 self.folders.pause(turn.tx, folder, "the watch folder is gone or reads empty")
-                folder.next_scan = min(folder.next_scan, now + 1.0)
-                self.settler.recheck(key, after=1.0, now=now)
+                again = defaults.ENGINE_AWAY_RECHECK_SECONDS
+                folder.next_scan = min(folder.next_scan, now + again)
+                self.settler.recheck(key, after=again, now=now)
                 continue
             if not self.settler.check(key, sig, now=now, vouched=folder.vouches(sig)):
                 if sig is None:

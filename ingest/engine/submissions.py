@@ -138,7 +138,8 @@ class Schedule:
         return min(times) if times else None
 
     def ready(self, tr: Tracked) -> None:
-        priority = tr.priority if tr.priority and tr.priority > 0 else 50
+        default = defaults.ENGINE_QUEUE_DEFAULT_PRIORITY
+        priority = tr.priority if tr.priority and tr.priority > 0 else default
         queue = self._held if self.holds(tr) else self._ready
         heapq.heappush(queue, (-priority, tr.id, next(self._seq), tr))
 
