@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ def test_demo_archives_every_sample_and_says_where_to_look(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Ledger summary: 4 COMPLETED" in out
+    assert re.search(r"status page at http://127\.0\.0\.1:\d+/ ", out), out
     assert "Left in the drop folders: nothing" in out
     assert "Traceback" not in result.stderr
     assert f"ingest ledger list --config {target / 'ingest.toml'}" in out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -35,6 +37,9 @@ paths = ["rules"]
 
 [engine]
 rescan_seconds = 10
+
+[http]
+listen = "127.0.0.1:0"   # the status page; port 0: a free one, printed when it starts
 """
 
 RULES = """\
@@ -122,22 +127,31 @@ def _follow(db: Path, seen: int, say: Callable[[str], None]) -> int:
 
 @click.command()
 @click.argument("directory", default="ingest-demo", type=click.Path(file_okay=False))
-def demo(directory: str) -> None:
+@click.option(
+    "--stay",
+    is_flag=True,
+    help="Keep the daemon, the emulator and the status page running after the demo, "
+    "until Ctrl-C (drop more files into DIRECTORY/drops/news and watch the page).",
+)
+def demo(directory: str, stay: bool) -> None:
     """Run ingest end to end against the embedded DIVA emulator, in DIRECTORY.
 
     Starts the emulator on a free loopback port, writes a service config and two rules
     under DIRECTORY (default ./ingest-demo), drops sample media (two clips, one copied in
     slowly, a DPX reel gated by a marker), shows each drop's progress live, and ends with
     the ledger's summary and the commands to look further. Nothing leaves this machine.
+    While it runs, the status page, /metrics and /healthz are served on a free loopback
+    port, whose address it prints.
 
     \b
     Example:
       ingest demo
-      ingest demo /tmp/ingest-demo
+      ingest demo --stay /tmp/ingest-demo
     """
     from ..config import load_config
     from ..emulator.server import EmulatorProcess
     from ..engine import Engine
+    from ..web import serve
 
     root = Path(directory).resolve()
     _prepare(root)
@@ -158,12 +172,17 @@ def demo(directory: str) -> None:
     os.environ[PASSWORD_ENV] = "demo-password"
     (root / "ingest.toml").write_text(CONFIG.format(url=diva.url, password_env=PASSWORD_ENV))
     (root / "rules" / "demo.toml").write_text(RULES)
-    engine = Engine(load_config(root / "ingest.toml"))
+    config = load_config(root / "ingest.toml")
+    engine = Engine(config)
     runner = threading.Thread(target=engine.run, name="ingest-engine", daemon=True)
     db = root / "ingest.db"
     seen = 0
+    web = contextlib.ExitStack()
     try:
+        page = web.enter_context(serve(config, engine.monitor))
         runner.start()
+        if page is not None:
+            say(f"status page at {page.url} (also {page.url}metrics and {page.url}healthz)")
         say(f"ingest watching {nas / 'news'} and {nas / 'dpx'}")
         writer = threading.Thread(target=_drop_files, args=(root, say), daemon=True)
         writer.start()
@@ -174,11 +193,31 @@ def demo(directory: str) -> None:
                 break
             time.sleep(0.2)  # a screen refresh, not a wait for a condition
         seen = _follow(db, seen, say)
+        if stay:
+            _summary(root, db)
+            say(f"staying up: drop more files into {nas / 'news'}; Ctrl-C to stop")
+            _until_interrupted(db, seen, say)
     finally:
         engine.stop()
         runner.join(timeout=30)
+        web.close()
         diva.stop()
-    _summary(root, db)
+    if not stay:
+        _summary(root, db)
+
+
+def _until_interrupted(db: Path, seen: int, say: Callable[[str], None]) -> None:
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM too stops the demo the orderly way, so the emulator is never left running.
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while True:
+            seen = _follow(db, seen, say)
+            time.sleep(0.5)  # a screen refresh, not a wait for a condition
+    except KeyboardInterrupt:
+        click.echo("")
 
 
 def _all_final(db: Path) -> bool:
