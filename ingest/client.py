@@ -13,6 +13,9 @@ the call, as the guide asks (never a login per call). Failures become the
 (transport, timeouts, 5xx, 1002, 1032...) are for the caller to retry with backoff; the
 client itself never retries anything but that single re-login.
 
+The login flow is :mod:`ingest.auth`; the reading of answers (typed values, errors) is
+:mod:`ingest.wire`; both are re-exported here.
+
 Fail-safe reading: only DIVA's own word (a 1009 or 1011 status, or a request list read
 to its end) ever means "DIVA does not have it". A bare 404 is a missing route
 (:class:`DivaNoRoute`), a list that does not end is :class:`DivaUnconfirmed`.
@@ -20,42 +23,48 @@ to its end) ever means "DIVA does not have it". A bare 404 is a missing route
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import logging
+import os
 import ssl
-import threading
-import time
-from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import httpx
 
 from . import defaults
+from .auth import AuthScheme, DivaAuth
 from .errors import (
-    DivaAccessDenied,
-    DivaAuthError,
-    DivaBusy,
     DivaError,
     DivaNoRoute,
     DivaNotFound,
-    DivaObjectExists,
     DivaProtocolError,
     DivaRefused,
-    DivaServerError,
-    DivaStatusTransient,
     DivaUnavailable,
     DivaUnconfirmed,
 )
-from .protocol import CodeKind, RequestState, code_kind, status_name
+from .protocol import CodeKind, code_kind, status_name
+from .wire import (
+    Component,
+    ObjectInfo,
+    RequestInfo,
+    as_list,
+    as_mapping,
+    body_status,
+    error_for,
+    read_json,
+    request_id_of,
+    snippet,
+)
 
 __all__ = [
+    "AuthScheme",
     "Component",
     "DivaAuth",
     "DivaClient",
+    "DivaSettings",
     "ObjectInfo",
     "RequestInfo",
     "error_for",
@@ -66,244 +75,37 @@ OBJECT_INFO_PATHS = ("/object/info", "/objects/info")
 
 log = logging.getLogger("ingest.client")
 
-AuthScheme = Literal["raw", "bearer"]
-
 #: Answers larger than this are refused rather than read into memory.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
-
-@dataclass(frozen=True)
-class RequestInfo:
-    """One DIVA request as ``GET /requests/{id}`` describes it."""
-
-    request_id: int
-    state: RequestState
-    progress: int = 0
-    object_name: str | None = None
-    collection: str | None = None
-    type: str | None = None
-    status_code: int | None = None
-    status_name: str | None = None
-    status_description: str | None = None
-    abort_reason: str | None = None
-    abort_description: str | None = None
-    submitted_at: datetime | None = None
-    completed_at: datetime | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> RequestInfo:
-        """Read a request the tolerant way; unknown fields are ignored.
-
-        >>> RequestInfo.from_wire({"id": 7, "stateName": "COMPLETED", "progress": 100}).state
-        <RequestState.COMPLETED: 3>
-        """
-        rid = _request_id(data)
-        if rid is None:
-            raise DivaProtocolError(f"request without an id: {_snippet(json.dumps(data))}")
-        abort = data.get("abortReason")
-        abort_name = abort_desc = None
-        if isinstance(abort, Mapping):
-            name = abort.get("name")
-            if isinstance(name, str) and name and name != "DIVA_AR_NONE":
-                abort_name = name
-                abort_desc = _str(abort.get("description"))
-        elif isinstance(abort, str) and abort and abort != "DIVA_AR_NONE":
-            abort_name = abort
-        code = _int(data.get("statusCode"))
-        return cls(
-            request_id=rid,
-            state=RequestState.parse(dict(data)),
-            progress=_int(data.get("progress")) or 0,
-            object_name=_str(data.get("objectName")),
-            collection=_str(data.get("collectionName")),
-            type=_str(data.get("type")) or _str(data.get("typeDescription")),
-            status_code=code,
-            status_name=_str(data.get("statusName")) or (status_name(code) if code else None),
-            status_description=_str(data.get("statusDescription")),
-            abort_reason=abort_name,
-            abort_description=abort_desc,
-            submitted_at=_epoch(data.get("submissionDate")),
-            completed_at=_epoch(data.get("completionDate")),
-            raw=dict(data),
-        )
+#: Query parameters as a mapping, or as pairs (a key may repeat).
+QueryParams = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
-@dataclass(frozen=True)
-class Component:
-    """One file of an archived object."""
-
-    name: str
-    size: int | None = None
-    checksum: str | None = None
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """An archived object as ``GET /objects/info`` describes it."""
-
-    name: str
-    collection: str
-    components: tuple[Component, ...] = ()
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> ObjectInfo:
-        """Read an object; components may be called ``components`` or ``files``.
-
-        An object whose files cannot be read is a :class:`DivaProtocolError`: without them
-        nobody can tell whether it is ours.
-        """
-        for wrapper in ("object", "objectInfo"):
-            inner = data.get(wrapper)
-            if isinstance(inner, Mapping) and "objectName" not in data:
-                data = inner
-        name = _str(data.get("objectName")) or _str(data.get("name"))
-        collection = _str(data.get("collectionName")) or _str(data.get("collection"))
-        if not name or collection is None:
-            raise DivaProtocolError(f"object without a name: {_snippet(json.dumps(data))}")
-        parts = data.get("components", data.get("files"))
-        if not isinstance(parts, list):
-            raise DivaProtocolError(
-                f"object {name!r} without a readable list of files: {_snippet(json.dumps(data))}"
-            )
-        components = []
-        for part in parts:
-            if isinstance(part, str):
-                components.append(Component(part))
-            elif isinstance(part, Mapping):
-                file = _str(part.get("name")) or _str(part.get("fileName"))
-                if not file:
-                    raise DivaProtocolError(f"object {name!r} has a file without a name")
-                components.append(
-                    Component(
-                        name=file,
-                        size=_int(part.get("size")),
-                        checksum=_str(part.get("checksum")) or _str(part.get("md5")),
-                    )
-                )
-            else:
-                raise DivaProtocolError(f"object {name!r} has a file entry that is not a name")
-        return cls(name, collection, tuple(components), dict(data))
-
-
-class DivaAuth(httpx.Auth):
-    """DIVA login as an httpx auth flow: one token, reused while it is valid.
-
-    A 401, or a 403 that is not DIVA's 1035 refusal for the role, means the token was
-    refused (expired, revoked, DIVA restarted): log in once more and replay the call. A 403
-    with 1035 on a token that has not expired is the role's refusal, and a new login would
-    only earn the same answer, so the call fails with it (the guide: one login, not one
-    per call). Thread-safe: concurrent calls share the token, and only one of them logs in
-    again when it expires.
-    """
-
-    def __init__(
-        self,
-        login_url: str,
-        username: str,
-        password: str,
-        scheme: AuthScheme,
-        *,
-        session_seconds: float = defaults.DIVA_SESSION_MINUTES * 60,
-    ) -> None:
-        self._login_url = login_url
-        self._username = username
-        self._password = password
-        self._scheme = scheme
-        self._session_seconds = session_seconds
-        self._token: str | None = None
-        self._token_at = 0.0
-        self._lock = threading.Lock()
-        self.logins = 0
-
-    def __repr__(self) -> str:
-        return f"DivaAuth(user={self._username!r}, scheme={self._scheme!r})"
+class DivaSettings(Protocol):
+    """What :meth:`DivaClient.from_config` reads: ``[diva]``, as
+    :class:`ingest.config.DivaConfig` holds it (named by shape, so the client imports
+    nothing of the config)."""
 
     @property
-    def token(self) -> str | None:
-        return self._token
-
-    def forget(self) -> None:
-        self._token = None
-
-    def use(self, token: str) -> None:
-        """Take a token from a login made outside the flow (:meth:`DivaClient.login`)."""
-        self._token = token
-        self._token_at = time.monotonic()
-
-    def expired(self, token: str) -> bool:
-        """Whether ``token`` has outlived its session: its JWT ``exp`` has passed, or it is
-        older than the session timeout. Unreadable tokens are judged by age alone."""
-        if token != self._token:
-            return True  # replaced since: whatever it was, it is not the one in use
-        if time.monotonic() - self._token_at >= self._session_seconds:
-            return True
-        exp = _jwt_exp(token)
-        return exp is not None and exp <= time.time()
-
-    def _header(self, token: str) -> str:
-        return f"Bearer {token}" if self._scheme == "bearer" else token
-
-    def login_request(self) -> httpx.Request:
-        return httpx.Request(
-            "POST",
-            self._login_url,
-            json={"username": self._username, "password": self._password},
-            headers={"Accept": "application/json"},
-        )
-
-    def accept_login(self, response: httpx.Response) -> str:
-        """Take the token out of a login answer, or raise the fitting error."""
-        if response.status_code in (401, 403):
-            raise DivaAuthError(
-                f"DIVA refused the login of user {self._username!r} "
-                f"(HTTP {response.status_code}): check the username and password",
-                http_status=response.status_code,
-                url=str(response.request.url),
-            )
-        if not response.is_success:
-            raise error_for(response)
-        data = _read_json(response)
-        token = data.get("token") if isinstance(data, Mapping) else None
-        if not isinstance(token, str) or not token:
-            raise DivaProtocolError(
-                "DIVA's login answer has no token", url=str(response.request.url)
-            )
-        self.logins += 1
-        log.debug("logged in to DIVA as %s", self._username)
-        return token
-
-    def sync_auth_flow(
-        self, request: httpx.Request
-    ) -> Generator[httpx.Request, httpx.Response, None]:
-        with self._lock:
-            if self._token is None:
-                response = yield self.login_request()
-                response.read()
-                self.use(self.accept_login(response))
-            used = self._token
-        assert used is not None
-        request.headers["Authorization"] = self._header(used)
-        response = yield request
-        if response.status_code not in (401, 403):
-            return
-        response.read()
-        with self._lock:
-            role_refusal = response.status_code == 403 and _status_of(response) == 1035
-            if role_refusal and not self.expired(used):
-                return  # the role's refusal: error_for makes it DivaAccessDenied
-            # Log in again if ours was the token refused, or if another thread's new login
-            # failed and left none; else another thread already has a fresh one.
-            if self._token is None or self._token == used:
-                self._token = None
-                login = yield self.login_request()
-                login.read()
-                self.use(self.accept_login(login))
-            used = self._token
-        assert used is not None
-        request.headers["Authorization"] = self._header(used)
-        yield request
+    def url(self) -> str: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def data_url(self) -> str: ...
+    @property
+    def manager_url(self) -> str: ...
+    @property
+    def auth_scheme(self) -> AuthScheme: ...
+    @property
+    def verify(self) -> bool | str | os.PathLike[str]: ...
+    @property
+    def timeout_seconds(self) -> float: ...
+    @property
+    def object_info_path(self) -> str | None: ...
+    @property
+    def session_minutes(self) -> float: ...
+    def password(self) -> str: ...
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext | bool:
@@ -366,6 +168,30 @@ class DivaClient:
             headers={"Accept": "application/json"},
         )
         self._secrets = [password]
+
+    @classmethod
+    def from_config(
+        cls,
+        diva: DivaSettings,
+        *,
+        timeout: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> DivaClient:
+        """A client for the ``[diva]`` section (it logs in on its first call): the one way
+        the daemon and the CLI build it. ``timeout`` overrides ``timeout_seconds``.
+
+        Reads the password now: raises :class:`~ingest.errors.ConfigError` (naming the
+        variable or file, never the password) when it cannot be had.
+        """
+        verify = diva.verify if isinstance(diva.verify, bool) else os.fspath(diva.verify)
+        return cls(
+            diva.url, diva.username, diva.password(),
+            data_url=diva.data_url, manager_url=diva.manager_url,
+            auth_scheme=diva.auth_scheme, verify=verify,
+            timeout=diva.timeout_seconds if timeout is None else timeout,
+            transport=transport,
+            object_info_path=diva.object_info_path, session_minutes=diva.session_minutes,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"DivaClient(manager={self.manager_url!r}, auth={self._auth!r})"
@@ -434,7 +260,7 @@ class DivaClient:
     def request(self, request_id: int) -> RequestInfo:
         """The state of one request."""
         data = self._call("GET", f"{self.manager_url}/requests/{int(request_id)}")
-        return RequestInfo.from_wire(_mapping(data))
+        return RequestInfo.from_wire(as_mapping(data))
 
     def requests(
         self,
@@ -512,11 +338,11 @@ class DivaClient:
             items = data.get("requests", data.get("content"))
             if items is None:
                 raise DivaProtocolError(
-                    f"DIVA's request list has no `requests`: {_snippet(json.dumps(data))}"
+                    f"DIVA's request list has no `requests`: {snippet(json.dumps(data))}"
                 )
         else:
             items = data
-        return [RequestInfo.from_wire(_mapping(r)) for r in _list(items)]
+        return [RequestInfo.from_wire(as_mapping(r)) for r in as_list(items)]
 
     def _page_base(self, hints: list[tuple[str, str]]) -> int:
         """1 when pages are numbered from 1 (the guide's sample), 0 when from 0; found out
@@ -566,7 +392,7 @@ class DivaClient:
                 self.object_info_path = path
                 return None
             self.object_info_path = path
-            code = _status_code(data)
+            code = body_status(data)
             if code == 1009:
                 return None  # DIVA's "no such object", in a 200 as some versions answer
             if code is not None and code_kind(code) is not CodeKind.SUCCESS:
@@ -574,7 +400,7 @@ class DivaClient:
                     f"DIVA answered object info with {status_name(code)} ({code})",
                     status_code=code,
                 )
-            return ObjectInfo.from_wire(_mapping(data))
+            return ObjectInfo.from_wire(as_mapping(data))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def objects(
@@ -588,7 +414,7 @@ class DivaClient:
             params["collectionName"] = collection
         data = self._call("GET", f"{self.manager_url}/objects/list", params=params)
         items = data.get("objects", []) if isinstance(data, Mapping) else data
-        return [ObjectInfo.from_wire(o) for o in _list(items)]
+        return [ObjectInfo.from_wire(o) for o in as_list(items)]
 
     def servers(self) -> list[dict[str, Any]]:
         """Source and destination servers (``GET /servers``)."""
@@ -602,6 +428,15 @@ class DivaClient:
         """Tape groups (``GET /groups``)."""
         return self._resource_list("groups")
 
+    def get(self, route: str, params: QueryParams | None = None) -> Any:
+        """``GET`` a manager route (``"/requests"``): DIVA's JSON answer as sent.
+
+        For callers that must see the answer itself rather than the typed methods' reading
+        of it (``ingest doctor`` checks lists and pages as DIVA sends them). Logs in and
+        fails as every call does.
+        """
+        return self._call("GET", f"{self.manager_url}{route}", params=params)
+
     def versions(self) -> dict[str, Any]:
         """DIVA's component versions (``GET /versions``)."""
         data = self._call("GET", f"{self.manager_url}/versions")
@@ -612,15 +447,15 @@ class DivaClient:
     def _resource_list(self, name: str) -> list[dict[str, Any]]:
         data = self._call("GET", f"{self.manager_url}/{name}")
         items = data.get(name, data.get("items", [])) if isinstance(data, Mapping) else data
-        return [dict(i) for i in _list(items) if isinstance(i, Mapping)]
+        return [dict(i) for i in as_list(items) if isinstance(i, Mapping)]
 
     def _submit(self, kind: str, body: Mapping[str, Any]) -> int:
-        data = _mapping(self._call("POST", f"{self.manager_url}/requests/{kind}", json=body))
-        rid = _request_id(data)
+        data = as_mapping(self._call("POST", f"{self.manager_url}/requests/{kind}", json=body))
+        rid = request_id_of(data)
         if rid is None:
             raise DivaProtocolError(
                 f"DIVA accepted the {kind} request but gave no request id: "
-                f"{self._scrub(_snippet(json.dumps(data)))}"
+                f"{self._scrub(snippet(json.dumps(data)))}"
             )
         return rid
 
@@ -629,7 +464,7 @@ class DivaClient:
         response = self._send(request, auth=True)
         # A POST's statusCode is the call's verdict; a GET's may describe the thing read
         # (an aborted request reports its own failure code with HTTP 200).
-        return _read_json(response, verdict=method == "POST")
+        return read_json(response, verdict=method == "POST")
 
     def _send(self, request: httpx.Request, *, auth: bool, check: bool = True) -> httpx.Response:
         where = f"{request.method} {request.url.path}"
@@ -671,121 +506,7 @@ class DivaClient:
         return text
 
 
-# -- reading answers -----------------------------------------------------------------
-
-
-def error_for(response: httpx.Response, *, scrub: Any = None) -> DivaError:
-    """The :mod:`ingest.errors` exception for an unsuccessful DIVA answer.
-
-    DIVA's ``statusCode`` decides when there is one, by its kind in
-    :data:`~ingest.protocol.CODE_KINDS`; the HTTP status otherwise. Only a DIVA status
-    ever says "not found": a bare 404 is a missing route.
-    """
-    url = str(response.request.url)
-    status = response.status_code
-    where = f"{response.request.method} {response.request.url.path}"
-    if 300 <= status < 400:
-        target = response.headers.get("location", "?")
-        return DivaProtocolError(
-            f"DIVA answered {where} with a redirect to {target}: check diva.url",
-            http_status=status,
-            url=url,
-        )
-    body: Any = None
-    try:
-        body = json.loads(response.content) if response.content else None
-    except ValueError:
-        body = None
-    code = _status_code(body)
-    desc = _str(body.get("statusDescription")) if isinstance(body, Mapping) else None
-    name = (_str(body.get("statusName")) if isinstance(body, Mapping) else None) or (
-        status_name(code) if code else None
-    )
-    detail = f"{name} ({code})" if code else f"HTTP {status}"
-    if desc:
-        detail += f": {desc}"
-    if scrub is not None:
-        detail = scrub(detail)
-    ctx: dict[str, Any] = {
-        "status_code": code,
-        "status_name": name,
-        "http_status": status,
-        "url": url,
-    }
-    message = f"DIVA refused {where}: {detail}"
-    if code is not None:
-        kind = code_kind(code)
-        if code == 1032:
-            return DivaBusy(f"DIVA is busy ({where}): {detail}", **ctx)
-        if code == 1035:
-            return DivaAccessDenied(message + " (the DIVA user's role does not allow it)", **ctx)
-        if status in (401, 403):
-            return DivaAuthError(
-                f"DIVA refused the token for {where} even after a new login: {detail}", **ctx
-            )
-        if kind is CodeKind.CONFLICT:
-            return DivaObjectExists(message, **ctx)
-        if kind is CodeKind.NOT_FOUND:
-            return DivaNotFound(message, **ctx)
-        if kind is CodeKind.PERMANENT:
-            return DivaRefused(message, **ctx)
-        if kind is CodeKind.TRANSIENT:
-            kind_error = DivaServerError if status >= 500 else DivaStatusTransient
-            return kind_error(f"DIVA failed on {where}: {detail}", **ctx)
-        # A success code on an unsuccessful HTTP status: the two disagree; read on.
-    if status in (401, 403):
-        return DivaAuthError(f"DIVA refused the token for {where} even after a new login", **ctx)
-    if status == 404:
-        return DivaNoRoute(
-            f"DIVA has no route for {where} (HTTP 404 without a DIVA status): "
-            "check diva.url and the DIVA version",
-            http_status=status,
-            url=url,
-        )
-    if status >= 500:
-        return DivaServerError(f"DIVA failed on {where}: {detail}", **ctx)
-    text = response.text if scrub is None else scrub(response.text)
-    return DivaProtocolError(
-        f"DIVA answered {where} with HTTP {status} and no DIVA status: {_snippet(text)}",
-        http_status=status,
-        url=url,
-    )
-
-
-def _status_code(body: Any) -> int | None:
-    return _int(body.get("statusCode")) if isinstance(body, Mapping) else None
-
-
-def _status_of(response: httpx.Response) -> int | None:
-    """The DIVA ``statusCode`` of an answer whose body has been read, if it has one."""
-    try:
-        return _status_code(json.loads(response.content)) if response.content else None
-    except ValueError:
-        return None
-
-
-def _jwt_exp(token: str) -> float | None:
-    """A JWT's ``exp`` claim, read without checking the signature (only DIVA can); None
-    when the token is not a JWT or has no expiry."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return None
-    exp = payload.get("exp") if isinstance(payload, Mapping) else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
-
-
-def _newest_first(items: list[RequestInfo]) -> bool:
-    ids = [r.request_id for r in items]
-    return len(ids) > 1 and all(a > b for a, b in itertools.pairwise(ids))
-
-
-def _all_before(items: list[RequestInfo], floor: float) -> bool:
-    dates = [r.submitted_at for r in items]
-    return all(d is not None and d.timestamp() < floor for d in dates)
+# -- sending and reading ---------------------------------------------------------------
 
 
 def _read_capped(response: httpx.Response) -> None:
@@ -808,35 +529,6 @@ def _read_capped(response: httpx.Response) -> None:
     response._content = b"".join(chunks)
 
 
-def _read_json(response: httpx.Response, *, verdict: bool = True) -> Any:
-    where = f"{response.request.method} {response.request.url.path}"
-    ctype = response.headers.get("content-type", "")
-    if not response.content:
-        raise DivaProtocolError(
-            f"DIVA answered {where} with an empty body", http_status=response.status_code
-        )
-    try:
-        data = json.loads(response.content)
-    except ValueError:
-        kind = (
-            "an HTML page"
-            if "html" in ctype or response.text.lstrip().startswith("<")
-            else ("a body that is not JSON")
-        )
-        raise DivaProtocolError(
-            f"DIVA answered {where} with {kind} (HTTP {response.status_code}, "
-            f"{ctype or 'no content type'}): is diva.url the DIVA gateway?",
-            http_status=response.status_code,
-            url=str(response.request.url),
-        ) from None
-    if verdict and isinstance(data, Mapping):
-        code = _int(data.get("statusCode"))
-        # Some DIVA versions answer HTTP 200 with an error status inside.
-        if code is not None and code not in (1000, 1019):
-            raise error_for(response)
-    return data
-
-
 def _transport_reason(exc: httpx.TransportError) -> str:
     cause: BaseException | None = exc
     while cause is not None:
@@ -849,51 +541,11 @@ def _transport_reason(exc: httpx.TransportError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _snippet(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+def _newest_first(items: list[RequestInfo]) -> bool:
+    ids = [r.request_id for r in items]
+    return len(ids) > 1 and all(a > b for a, b in itertools.pairwise(ids))
 
 
-def _request_id(data: Mapping[str, Any]) -> int | None:
-    for key in ("requestId", "id", "requestID"):
-        value = _int(data.get(key))
-        if value is not None:
-            return value
-    return None
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _epoch(value: Any) -> datetime | None:
-    seconds = _int(value)
-    if not seconds:
-        return None
-    if seconds > 10**11:  # milliseconds, as some gateways send
-        seconds //= 1000
-    return datetime.fromtimestamp(seconds, UTC)
-
-
-def _mapping(data: Any) -> Mapping[str, Any]:
-    if not isinstance(data, Mapping):
-        raise DivaProtocolError(f"expected a JSON object from DIVA, got {type(data).__name__}")
-    return data
-
-
-def _list(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        raise DivaProtocolError(f"expected a JSON list from DIVA, got {type(data).__name__}")
-    return data
+def _all_before(items: list[RequestInfo], floor: float) -> bool:
+    dates = [r.submitted_at for r in items]
+    return all(d is not None and d.timestamp() < floor for d in dates)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
@@ -14,9 +15,13 @@ import httpx
 import pytest
 import trustme
 
+import ingest
+from ingest import defaults
 from ingest.client import DivaClient, RequestInfo
+from ingest.config import DivaConfig, load_config
 from ingest.emulator.server import EmulatorProcess
 from ingest.errors import (
+    ConfigError,
     DivaAccessDenied,
     DivaAuthError,
     DivaBusy,
@@ -321,6 +326,100 @@ def test_https_needs_the_ca(tls_emulator: tuple[str, Path]) -> None:
     assert "diva.verify" in str(info.value)
     with DivaClient(url, "operator", "operator", verify=str(ca)) as client:
         assert client.versions()
+
+
+def _diva_config(root: Path, lines: str) -> DivaConfig:
+    (root / "ingest.toml").write_text(
+        f'[diva]\nusername = "operator"\npassword_env = "CLIENT_TEST_PASSWORD"\n{lines}\n',
+        encoding="utf-8",
+    )
+    return load_config(root / "ingest.toml").require_diva()
+
+
+def test_from_config_gives_the_client_every_diva_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ``[diva]`` key reaches the client's constructor, as the daemon and the doctor
+    both build it; ``timeout`` overrides the section's for a caller that waits less."""
+    built: list[dict[str, Any]] = []
+
+    class Recorded(DivaClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            built.append({"args": args, **kwargs})
+            super().__init__(*args, **kwargs)
+
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("CLIENT_TEST_PASSWORD", "s3cret")
+    diva = _diva_config(
+        tmp_path,
+        'url = "https://127.0.0.1:8765/"\n'
+        'data_url = "https://127.0.0.1:9000/ds"\nauth_scheme = "bearer"\n'
+        'verify = "ca.pem"\ntimeout_seconds = 7\nobject_info_path = "/objects/info"\n'
+        "session_minutes = 5",
+    )
+    with Recorded.from_config(diva) as client:
+        assert client.data_url == "https://127.0.0.1:9000/ds"
+        assert client.manager_url == "https://127.0.0.1:8765/manager"
+        assert client.object_info_path == "/objects/info"
+    assert built == [
+        {
+            "args": ("https://127.0.0.1:8765", "operator", "s3cret"),
+            "data_url": "https://127.0.0.1:9000/ds",
+            "manager_url": "https://127.0.0.1:8765/manager",
+            "auth_scheme": "bearer",
+            "verify": str(tmp_path / "ca.pem"),  # a path, made absolute from the config's
+            "timeout": 7,
+            "transport": None,
+            "object_info_path": "/objects/info",
+            "session_minutes": 5,
+        }
+    ]
+    with Recorded.from_config(diva, timeout=2.5):
+        pass
+    assert built[1]["timeout"] == 2.5
+    # The defaults of a section that names only what it must.
+    diva = _diva_config(tmp_path, 'url = "http://127.0.0.1:8765"\nverify = false')
+    with Recorded.from_config(diva):
+        pass
+    assert {k: built[2][k] for k in ("auth_scheme", "verify", "timeout", "session_minutes")} == {
+        "auth_scheme": "raw",
+        "verify": False,
+        "timeout": defaults.DIVA_TIMEOUT_SECONDS,
+        "session_minutes": defaults.DIVA_SESSION_MINUTES,
+    }
+    assert built[2]["object_info_path"] is None
+
+
+def test_from_config_without_the_password_names_the_variable_only(tmp_path: Path) -> None:
+    diva = _diva_config(tmp_path, 'url = "http://127.0.0.1:8765"')
+    with pytest.raises(ConfigError, match="CLIENT_TEST_PASSWORD is not set"):
+        DivaClient.from_config(diva)
+
+
+def test_from_config_trusts_the_configured_ca(
+    tls_emulator: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca = tls_emulator
+    monkeypatch.setenv("CLIENT_TEST_PASSWORD", "operator")
+    diva = _diva_config(tmp_path, f'url = "{url}"\nverify = "{ca}"')
+    with DivaClient.from_config(diva) as client:
+        assert client.versions()
+        assert client.logins == 1
+
+
+def test_the_client_imports_only_behind_its_wall() -> None:
+    """docs/architecture.md: the DIVA client knows nothing of rules, the ledger or the
+    engine; it imports protocol, errors and defaults, and its own parts."""
+    allowed = {"protocol", "errors", "defaults", "auth", "wire", "client"}
+    package = Path(ingest.__file__).parent
+    for module in ("client", "auth", "wire"):
+        tree = ast.parse((package / f"{module}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                assert set(names) <= allowed, (module, names)
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                assert not node.module.startswith("ingest"), (module, node.module)
 
 
 def test_turning_verification_off_is_explicit_and_warned(tls_emulator: tuple[str, Path]) -> None:

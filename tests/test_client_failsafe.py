@@ -20,7 +20,7 @@ from typing import Any, Literal
 import httpx
 import pytest
 
-from ingest import client as client_module
+from ingest import auth as auth_module
 from ingest import defaults
 from ingest.client import DivaClient, RequestInfo
 from ingest.engine import dispatch as tracking
@@ -792,7 +792,7 @@ def test_a_1035_on_a_token_older_than_the_session_logs_in_again(
 ) -> None:
     clock = [1000.0]
     monkeypatch.setattr(
-        client_module, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+        auth_module, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
     )
 
     def answer(request: httpx.Request, fake: FakeDiva) -> httpx.Response:

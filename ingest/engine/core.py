@@ -34,7 +34,7 @@ from ..errors import LedgerError
 from ..ledger import ACTIVE_STATES, Batch, Ledger, State
 from ..rulefiles import RuleBook
 from ..rules import RuleSet
-from .dispatch import Dispatcher, Outcome, Turn, connect
+from .dispatch import Dispatcher, Outcome, Turn
 from .drops import Tracked
 from .folders import Folders, Hint
 from .intake import Intake
@@ -74,7 +74,7 @@ class Engine:
         self.reload_seconds = config.engine.reload_seconds
         self.book = RuleBook(config.rules.paths, config.base_dir)
         self.ledger = Ledger.open(config.ledger.url)
-        self.client = client if client is not None else connect(diva)
+        self.client = client if client is not None else DivaClient.from_config(diva)
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._stop = threading.Event()
         self.dispatcher = Dispatcher(self.client, self._queue.put)

@@ -28,7 +28,6 @@ import httpx
 
 from .. import defaults
 from ..client import DivaClient, ObjectInfo, RequestInfo
-from ..config import DivaConfig
 from ..errors import (
     DivaAuthError,
     DivaError,
@@ -53,7 +52,6 @@ __all__ = [
     "archive",
     "backoff_seconds",
     "check",
-    "connect",
     "free_name",
     "never_connected",
     "poll",
@@ -159,17 +157,6 @@ class Turn:
     now: float  # monotonic seconds
     calls: list[Job[Any]] = field(default_factory=list)  # DIVA calls
     removals: list[Callable[[], None]] = field(default_factory=list)  # from drop folders
-
-
-def connect(diva: DivaConfig) -> DivaClient:
-    """A client for ``[diva]`` (it logs in on its first call)."""
-    verify: bool | str = diva.verify if isinstance(diva.verify, bool) else str(diva.verify)
-    return DivaClient(
-        diva.url, diva.username, diva.password(),
-        data_url=diva.data_url, manager_url=diva.manager_url,
-        auth_scheme=diva.auth_scheme, verify=verify, timeout=diva.timeout_seconds,
-        object_info_path=diva.object_info_path, session_minutes=diva.session_minutes,
-    )  # fmt: skip
 
 
 def reconcile(
