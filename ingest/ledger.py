@@ -391,9 +391,18 @@ class Ledger:
 
     def pending_migrations(self) -> list[str]:
         """Migrations this version knows that the ledger has not had (for ``doctor``)."""
-        with self.engine.connect() as conn:
-            done = {r[0] for r in conn.exec_driver_sql("SELECT name FROM schema_migrations")}
+        done = self._applied_migrations()
         return [name for name, _ in MIGRATIONS if name not in done]
+
+    def unknown_migrations(self) -> list[str]:
+        """Migrations the ledger has had that this version does not know: a newer ingest
+        wrote it (for ``doctor``)."""
+        known = {name for name, _ in MIGRATIONS}
+        return sorted(self._applied_migrations() - known)
+
+    def _applied_migrations(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.exec_driver_sql("SELECT name FROM schema_migrations")}
 
     @contextmanager
     def batch(self, now: float | None = None) -> Iterator[Batch]:

@@ -265,6 +265,22 @@ def test_pending_migration_warns(site: Site) -> None:
     ]
 
 
+def test_a_ledger_from_a_newer_ingest_fails(site: Site) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(site.root / "ledger.db")
+    with conn:
+        conn.execute(
+            "INSERT INTO schema_migrations (name, applied_at) VALUES ('9999_from_later', 0)"
+        )
+    conn.close()
+    code, checks = site.checks("--no-diva")
+    assert code == 1
+    assert levels(checks)["FAIL"] == [
+        "ledger schema: written by a newer ingest (migrations 9999_from_later)"
+    ]
+
+
 def test_no_ledger_yet_is_fine(site: Site) -> None:
     (site.root / "ledger.db").unlink()
     code, checks = site.checks("--no-diva")

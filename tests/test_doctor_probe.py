@@ -18,6 +18,7 @@ import pytest
 
 from ingest.client import DivaClient
 from ingest.commands import doctor as doctor_module
+from ingest.commands import probe as probe_module
 from ingest.config import DivaConfig
 
 from .conftest import DivaApi, RunningEmulator
@@ -296,7 +297,7 @@ def fake_probe() -> Iterator[Any]:
             manager_url="http://diva/manager", object_info_path=pinned,
         )  # fmt: skip
         report = doctor_module.Report()
-        facts = doctor_module._probe(report, client, config)
+        facts = probe_module.probe(report, client, config)
         assert all(c.startswith("GET ") or "/users/login" in c for c in fake.calls)
         return [f"{c.level} {c.name}: {c.message}" for c in report.checks], facts
 
