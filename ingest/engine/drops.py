@@ -54,6 +54,7 @@ class Tracked:
     checks: int = 0  # reconciliations that could not settle the question, in a row
     late_conflict: int | None = None  # DIVA aborted its request with 1016 / 1040
     adopted: bool = False  # following a request found by name: check the object at the end
+    renames: int = 0  # failed searches for a free name (on_conflict = suffix), in a row
     conflict: str = ""  # why the name is taken, while on_conflict = suffix looks for another
 
     @classmethod

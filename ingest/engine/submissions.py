@@ -305,6 +305,11 @@ class Tracker:
                 root=root if isinstance(root, str) and root else None,
             ))  # fmt: skip
             return
+        if tr.conflict:
+            # A search for a free name failed and its wait is over: search again.
+            turn.calls.append(dispatch.rename(
+                tr.key, self._ask(tr, "rename"), tr.object_name, tr.collection))  # fmt: skip
+            return
         tr.attempts += 1
         if tr.submitted_at is None:
             tr.submitted_at = self.wall()
@@ -422,15 +427,24 @@ class Tracker:
                       status_name="DIVA_ERR_OBJECT_ALREADY_EXISTS", error=message)  # fmt: skip
 
     def _on_rename(self, turn: Turn, tr: Tracked, result: str | DivaError) -> None:
-        if isinstance(result, DivaError):
-            tr.checks += 1
-            self._transient(turn, tr, result, "looking for a free object name", tr.checks)
+        if isinstance(result, DivaRefused) and not isinstance(result, DivaNotFound):
+            # Every candidate name is taken (or DIVA refuses the question): the same
+            # search fails again, so the drop ends here, its files in place.
+            message = (f"{tr.conflict or 'the object name is taken'}; {result} "
+                       "(on_conflict = suffix: free a name, or rename the drop)")  # fmt: skip
+            self.move(turn, tr, State.REJECTED, message, **_codes(result), error=message)
             return
-        tr.checks = 0
+        if isinstance(result, DivaError):
+            # The search may pass; it is asked again (not the archive under the taken
+            # name), counted apart from reconciliations, which reset their own count.
+            tr.renames += 1
+            self._transient(turn, tr, result, "looking for a free object name", tr.renames)
+            return
+        tr.renames = 0
         assert tr.body is not None
         old = tr.object_name
         tr.set_body({**tr.body, "objectName": result})
-        why = tr.conflict or f"{old!r} exists in DIVA"
+        why, tr.conflict = tr.conflict or f"{old!r} exists in DIVA", ""
         self.move(turn, tr, State.RETRY_WAIT,
                   f"{why}; archiving as {tr.object_name!r} (on_conflict = suffix)",
                   object_name=tr.object_name, next_attempt_at=self.wall())  # fmt: skip
