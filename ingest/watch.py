@@ -32,7 +32,6 @@ __all__ = [
     "Observer",
     "ObserverSetting",
     "Scan",
-    "choose_observer",
     "filesystem_type",
     "ignored_name",
     "resolve_observer",
@@ -181,7 +180,8 @@ def resolve_observer(watch: Path | str, rules: Iterable[ObserverSetting]) -> Obs
 
     Polling wins as soon as one rule asks for it (a rule that says its share must be
     polled is never left blind); native events only when every rule forces them;
-    otherwise the filesystem decides (:func:`choose_observer`'s ``"auto"``).
+    otherwise the filesystem decides: native events on a local one, polling on a network
+    or FUSE share, where inotify sees nothing of changes made on other hosts.
 
     >>> from types import SimpleNamespace as Rule
     >>> resolve_observer("/", [Rule(observer="polling"), Rule(observer="auto")]).kind
@@ -201,18 +201,6 @@ def resolve_observer(watch: Path | str, rules: Iterable[ObserverSetting]) -> Obs
         blind = auto_why if setting == "native" and auto == "polling" else ""
         return Observer("native" if setting == "native" else "polling", why, fstype, blind)
     return Observer(auto, auto_why, fstype)
-
-
-def choose_observer(path: Path | str, setting: str = "auto") -> tuple[str, str]:
-    """``(observer, why)`` for one setting: native events on local filesystems, polling on
-    network ones (:func:`resolve_observer` combines the settings of a folder's rules).
-
-    >>> choose_observer("/", "polling")
-    ('polling', 'forced by the rule (observer = "polling")')
-    """
-    if setting in ("native", "polling"):
-        return setting, f'forced by the rule (observer = "{setting}")'
-    return _by_filesystem(filesystem_type(path))
 
 
 def _by_filesystem(fstype: str) -> tuple[Literal["native", "polling"], str]:

@@ -7,10 +7,12 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from ingest.watch import NativeWatcher, choose_observer, filesystem_type, ignored_name, scan
+from ingest import watch
+from ingest.watch import NativeWatcher, filesystem_type, ignored_name, resolve_observer, scan
 
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
@@ -87,11 +89,29 @@ def test_filesystem_type_reads_the_mount_table(tmp_path: Path) -> None:
     assert filesystem_type("/", str(tmp_path / "no-such-file")) == "unknown"
 
 
-def test_choose_observer(tmp_path: Path) -> None:
-    assert choose_observer(tmp_path, "polling")[0] == "polling"
-    assert choose_observer(tmp_path, "native")[0] == "native"
-    observer, why = choose_observer(tmp_path, "auto")
-    assert observer in ("native", "polling") and why
+def test_resolve_observer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def rules(*settings: str) -> list[SimpleNamespace]:
+        return [SimpleNamespace(observer=s) for s in settings]
+
+    here = resolve_observer(tmp_path, rules("auto"))
+    assert here.kind in ("native", "polling") and here.why
+    assert here.fstype == filesystem_type(tmp_path)
+    monkeypatch.setattr(watch, "filesystem_type", lambda path, mounts="": "nfs4")
+    share = resolve_observer(tmp_path, rules("auto"))
+    assert share == watch.Observer(
+        "polling", "nfs4 is a network or FUSE filesystem: inotify cannot see it", "nfs4"
+    )
+    forced = resolve_observer(tmp_path, rules("native"))
+    assert (forced.kind, forced.why) == ("native", 'forced by the rule (observer = "native")')
+    assert forced.blind == share.why  # what the doctor warns of
+    assert resolve_observer(tmp_path, rules("native", "polling")).kind == "polling"
+    assert resolve_observer(tmp_path, rules("native", "auto")).kind == "polling"
+    monkeypatch.setattr(watch, "filesystem_type", lambda path, mounts="": "ext4")
+    local = resolve_observer(tmp_path, rules("polling", "auto"))
+    assert (local.kind, local.blind) == ("polling", "")
+    assert resolve_observer(tmp_path, rules("auto", "auto")) == watch.Observer(
+        "native", "ext4 is local", "ext4"
+    )
 
 
 def test_native_watcher_reports_creations_moves_and_deep_folders(tmp_path: Path) -> None:
