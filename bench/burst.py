@@ -145,7 +145,7 @@ def run(size: int) -> Result:
         base_dir = emu.nas / "base"
         names = _stage(base_dir, "base", size)
         base_s = baseline(emu, _bodies(dep, base_dir, names))
-        emu.reset()
+        emu.reset_state()  # its folders stay: the base tree is already written
 
         staging = emu.nas / "staging"
         names = _stage(staging, "drop", size)

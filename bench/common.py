@@ -3,12 +3,15 @@
 A benchmark is a module with ``NAME``, ``SIZES`` (``{"full": n, "quick": n}``) and
 ``run(size: int) -> Result``. Everything runs on 127.0.0.1; every temporary folder and
 process a benchmark makes is removed or stopped before it returns.
+
+The emulator, the config and rule files and the poll loop are the test suite's
+(``tests/support/``), so a benchmark runs what the tests check; ``python -m bench`` runs
+from the project root, where ``tests`` is a package.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import platform
@@ -24,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from ingest.emulator.server import EmulatorProcess
+from tests.support.deployment import config_toml, rule_toml
+from tests.support.emulator import RunningEmulator, emulator_args, running_emulator
+from tests.support.wait import wait_for
 
 #: the environment variable the benchmark configs read the DIVA password from
 PASSWORD_ENV = "INGEST_BENCH_DIVA_PASSWORD"  # noqa: S105 - a variable name, not a password
@@ -118,14 +121,7 @@ def workdir(name: str) -> Iterator[Path]:
 
 def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
     """Poll ``condition`` until it returns something truthy; TimeoutError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout:.0f} s")
-        time.sleep(interval)
+    return wait_for(condition, timeout, interval)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -180,40 +176,12 @@ def python_env() -> dict[str, str]:
 # --- the emulator ---------------------------------------------------------------------------
 
 
-@dataclass
-class Emulator:
-    """A running emulator subprocess with one source server ``NAS`` and media ``DISK1``."""
+class Emulator(RunningEmulator):
+    """A running emulator with one source server ``NAS``, media ``DISK1`` and one user."""
 
-    url: str
-    state: Path
-    nas: Path
-    process: EmulatorProcess
-
-    def stats(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/_emulator/stats", timeout=30)
-        response.raise_for_status()
-        doc: dict[str, Any] = response.json()
-        return doc
-
-    def knobs(self, **changes: float) -> None:
-        httpx.put(f"{self.url}/_emulator/faults", json=changes, timeout=30).raise_for_status()
-
-    def reset(self) -> None:
-        httpx.post(f"{self.url}/_emulator/reset", timeout=60).raise_for_status()
-
-    def submitted(self) -> dict[str, float]:
-        """Each request's object name -> the epoch time the emulator recorded it (float).
-
-        Read from the emulator's own database: ``submitted`` is ``time.time()`` taken when
-        the archive call is accepted, at full resolution (the API shows whole seconds).
-        """
-        with contextlib.closing(sqlite3.connect(self.state / "emulator.db", timeout=30)) as db:
-            rows = db.execute("SELECT object_name, submitted FROM requests WHERE type='archive'")
-            return {name: when for name, when in rows}
-
-    def count_requests(self) -> int:
-        with contextlib.closing(sqlite3.connect(self.state / "emulator.db", timeout=30)) as db:
-            return int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
+    @property
+    def nas(self) -> Path:
+        return self.servers["NAS"]
 
 
 @contextlib.contextmanager
@@ -221,13 +189,10 @@ def emulator(root: Path, *args: str) -> Iterator[Emulator]:
     """Start an emulator (instant completion, no throughput limit) under ``root``."""
     nas = root / "nas"
     nas.mkdir(parents=True, exist_ok=True)
-    flags = ["--server", f"NAS={nas}", "--media", "DISK1", "--user", f"{USER}:{USER}:{USER}"]
-    process = EmulatorProcess(root / "emulator", [*flags, *args])
-    process.start()
-    try:
-        yield Emulator(process.url, root / "emulator", nas, process)
-    finally:
-        process.stop()
+    servers = {"NAS": nas}
+    flags = emulator_args(servers, ["DISK1"], {USER: USER})
+    with running_emulator(root / "emulator", servers, [*flags, *args]) as emu:
+        yield Emulator(emu.url, emu.state, emu.servers, emu.process)
 
 
 # --- a deployment: config, rule, watch folder -----------------------------------------------
@@ -300,23 +265,18 @@ def deployment(
         "media": "DISK1", "source_server": "NAS", "file_path_root": "/watch",
         "observer": observer, "delete_on_source": delete_on_source,
     }  # fmt: skip
-    lines = ["[[rule]]"] + [f"{k} = {json.dumps(v)}" for k, v in rule.items()]
-    (rules / "bench.toml").write_text("\n".join(lines) + "\n")
+    (rules / "bench.toml").write_text(rule_toml(rule))
     ledger = root / "ledger" / "ingest.db"
     config = root / "ingest.toml"
-    config.write_text(
-        "[diva]\n"
-        f"url = {json.dumps(url)}\n"
-        f'username = "{USER}"\n'
-        f'password_env = "{PASSWORD_ENV}"\n'
-        f"poll_seconds = {poll_seconds}\n"
-        f"max_in_flight = {max_in_flight}\n"
-        "max_attempts = 3\n"
-        f'[ledger]\nurl = "sqlite:///{ledger}"\n'
-        f"[rules]\npaths = [{json.dumps(str(rules))}]\n"
-        f"[engine]\nrescan_seconds = {rescan_seconds}\nreload_seconds = {reload_seconds}\n"
-        f"watch_poll_seconds = {watch_poll_seconds}\n"
-    )
+    diva = {
+        "url": url, "username": USER, "password_env": PASSWORD_ENV,
+        "poll_seconds": poll_seconds, "max_in_flight": max_in_flight, "max_attempts": 3,
+    }  # fmt: skip
+    engine = {
+        "rescan_seconds": rescan_seconds, "reload_seconds": reload_seconds,
+        "watch_poll_seconds": watch_poll_seconds,
+    }  # fmt: skip
+    config.write_text(config_toml(diva, ledger, rules, engine))
     os.environ.setdefault(PASSWORD_ENV, USER)
     return Deployment(root, watch, config, ledger, rules)
 

@@ -13,8 +13,8 @@ import pytest
 from ingest.commands import doctor as doctor_module
 from ingest.ledger import Ledger
 
-from .conftest import RunningEmulator
-from .test_cli_ledger import Result, invoke
+from .support.emulator import RunningEmulator
+from .support.ledgers import Result, invoke
 from .unprivileged import Unprivileged
 
 RULE = """

@@ -1,7 +1,5 @@
-"""``ingest ledger list|show|export`` over a ledger filled the way the engine fills it.
-
-Also the home of the ledger-building helpers the other operator-CLI tests import.
-"""
+"""``ingest ledger list|show|export`` over a ledger filled the way the engine fills it
+(``tests/support/ledgers.py``, through the ``setup`` fixture)."""
 
 from __future__ import annotations
 
@@ -14,21 +12,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from ingest import queries
-from ingest.cli import main
 from ingest.ledger import Ledger, State
 
-#: The ledger's "now": reset by each :func:`build`, because the CLI measures ``--since 100m``
-#: from the real clock, and a suite runs for many minutes after this module is imported.
-NOW = time.time()
-HOUR = 3600.0
+from .support.ledgers import HOUR, Setup, as_json, ids_of, invoke, write_config
+
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 #: The fields `ingest ledger list --json` promises (issue 4's ledger contract and issue 5).
@@ -57,195 +50,6 @@ CONTRACT = [
 ]
 
 
-@dataclass
-class Setup:
-    """A config, its ledger and the watch folders, with the drops by nickname."""
-
-    root: Path
-    config: Path
-    ledger: Path
-    news: Path
-    dpx: Path
-    ids: dict[str, int]
-
-    def run(self, *args: str, env: dict[str, str] | None = None) -> Result:
-        return invoke(*args, "--config", str(self.config), env=env)
-
-
-@dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-    output: str  # both, interleaved as a terminal shows them
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    """Run ``ingest ARGS`` through :func:`ingest.cli.main` (which turns errors into exits)."""
-    code = 0
-    with CliRunner().isolation(env=env) as (out, err, both):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    text = [s.getvalue().decode("utf-8", "replace") for s in (out, err, both)]
-    return Result(code, *text)
-
-
-def write_config(root: Path, extra: str = "") -> Path:
-    config = root / "ingest.toml"
-    config.write_text(f'[ledger]\nurl = "sqlite:///ledger.db"\n{extra}', encoding="utf-8")
-    return config
-
-
-def _life(
-    ledger: Ledger,
-    start: float,
-    steps: list[tuple[str, str, dict[str, Any]]],
-    **fields: Any,
-) -> int:
-    """Add a drop at ``start``, then take ``steps`` (state, detail, fields) a minute apart."""
-    with ledger.batch(start) as tx:
-        drop_id = tx.add(detail=f"detected by rule {fields['rule']!r}", **fields)
-    state = str(State.DETECTED)
-    for i, (to_state, detail, more) in enumerate(steps, 1):
-        with ledger.batch(start + 60 * i) as tx:
-            if to_state == "update":
-                tx.update(drop_id, **more)
-                continue
-            tx.transition(drop_id, state, to_state, detail, **more)
-            state = to_state
-    return drop_id
-
-
-def _archived(name: str, request_id: int, at: float) -> list[tuple[str, str, dict[str, Any]]]:
-    body = json.dumps({"objectName": name, "collectionName": "NEWS", "media": "TAPE1"})
-    return [
-        ("update", "", {"settled_at": at + 30, "size": 1234}),
-        ("SUBMITTING", f"attempt 1: archiving as {name!r}",
-         {"object_name": name, "collection": "NEWS", "media": "TAPE1", "qos": 256, "body": body,
-          "attempts": 1}),
-        ("SUBMITTED", f"DIVA accepted request {request_id}",
-         {"request_id": request_id, "submitted_at": at + 120}),
-        ("RUNNING", "DIVA is running it", {"diva_state": "RUNNING", "progress": 10}),
-    ]  # fmt: skip
-
-
-def build(root: Path) -> Setup:
-    """A realistic ledger: every state, two rules, failures old and new, a re-dropped path."""
-    global NOW
-    NOW = time.time()
-    news, dpx = root / "news", root / "dpx"
-    for folder in (news, dpx / "REEL_1", dpx / "REEL_3", news / "Spaces and ünïcode"):
-        folder.mkdir(parents=True, exist_ok=True)
-    for name in ("b.mxf", "c.mxf", "s.mxf", "dup.mxf", "Spaces and ünïcode/clip [1].mxf"):
-        (news / name).write_bytes(b"x" * 10)
-    config = write_config(root)
-    ledger = Ledger.open(f"sqlite:///{root / 'ledger.db'}")
-    ids: dict[str, int] = {}
-    n, d = {"rule": "news", "watch": str(news)}, {"rule": "dpx", "watch": str(dpx)}
-    done = [
-        ("COMPLETED", "DIVA completed request 101; DIVA deleted the source",
-         {"diva_state": "COMPLETED", "progress": 100, "status_code": 1000,
-          "status_name": "DIVA_OK", "finished_at": NOW - 47 * HOUR, "source_deleted": True}),
-    ]  # fmt: skip
-    ids["done"] = _life(
-        ledger, NOW - 48 * HOUR, _archived("a", 101, NOW - 48 * HOUR) + done, path="a.mxf", **n
-    )
-    ids["old_failed"] = _life(
-        ledger,
-        NOW - 72 * HOUR,
-        [
-            (
-                "FAILED",
-                "attempts ran out",
-                {"error": "DIVA unreachable", "finished_at": NOW - 70 * HOUR},
-            )
-        ],
-        path="old.mxf",
-        **n,
-    )
-    ids["dup_failed"] = _life(
-        ledger, NOW - 30 * HOUR,
-        [("FAILED", "aborted", {"error": "aborted", "finished_at": NOW - 29 * HOUR})],
-        path="dup.mxf", **n,
-    )  # fmt: skip
-    ids["dup_done"] = _life(
-        ledger, NOW - 20 * HOUR,
-        [("COMPLETED", "done", {"object_name": "dup", "finished_at": NOW - 19 * HOUR,
-                                "source_deleted": False})],
-        path="dup.mxf", **n,
-    )  # fmt: skip
-    ids["failed"] = _life(
-        ledger,
-        NOW - 3 * HOUR,
-        [
-            *_archived("b", 102, NOW - 3 * HOUR),
-            ("FAILED", "DIVA aborted request 102: DIVA_AR_DRIVE",
-             {"diva_state": "ABORTED", "status_code": 1000, "abort_reason": "DIVA_AR_DRIVE",
-              "error": "DIVA aborted request 102", "finished_at": NOW - 2 * HOUR}),
-        ],
-        path="b.mxf",
-        **n,
-    )  # fmt: skip
-    ids["rejected"] = _life(
-        ledger, NOW - 2 * HOUR,
-        [("REJECTED", "DIVA refused: 1017",
-          {"status_code": 1017, "status_name": "DIVA_ERR_UNKNOWN_MEDIA", "media": "NOPE",
-           "error": "DIVA refused the archive: unknown media", "finished_at": NOW - HOUR})],
-        path="c.mxf", **n,
-    )  # fmt: skip
-    ids["skipped"] = _life(
-        ledger, NOW - 2 * HOUR,
-        [("SKIPPED", "object exists, on_conflict = skip", {"finished_at": NOW - HOUR})],
-        path="s.mxf", **n,
-    )  # fmt: skip
-    ids["running"] = _life(
-        ledger, NOW - 90 * 60, _archived("run", 104, NOW - 90 * 60), path="run.mxf", **n
-    )
-    ids["submitted"] = _life(
-        ledger, NOW - 80 * 60,
-        _archived("REEL_1", 105, NOW - 80 * 60)[:3],
-        path="REEL_1", kind="folder", **d,
-    )  # fmt: skip
-    ids["marker"] = _life(
-        ledger, NOW - 70 * 60,
-        [("update", "", {"settled_at": NOW - 60 * 60,
-                         "error": "waiting for the ready marker REEL_2/_COMPLETE"})],
-        path="REEL_2", kind="folder", **d,
-    )  # fmt: skip
-    ids["retry_wait"] = _life(
-        ledger, NOW - 50 * 60,
-        [("RETRY_WAIT", "DIVA unreachable; attempt 2 in 5 min",
-          {"error": "DIVA unreachable", "attempts": 1, "next_attempt_at": NOW + 300})],
-        path="r.mxf", **n,
-    )  # fmt: skip
-    ids["queued"] = _life(
-        ledger, NOW - 40 * 60, [("update", "", {"settled_at": NOW - 39 * 60})], path="q.mxf", **n
-    )
-    ids["unicode"] = _life(ledger, NOW - 30 * 60, [], path="Spaces and ünïcode/clip [1].mxf", **n)
-    ids["settling"] = _life(ledger, NOW - 10 * 60, [], path="new.mxf", **n)
-    with ledger.batch(NOW - 60) as tx:
-        tx.watcher(str(news), "native", "ok", "ext4 is local", last_scan_at=NOW - 60)
-        tx.watcher(str(dpx), "polling", "ok", "forced by the rule", last_scan_at=NOW - 90)
-    ledger.close()
-    return Setup(root, config, root / "ledger.db", news, dpx, ids)
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Setup:
-    return build(tmp_path)
-
-
-def as_json(result: Result) -> Any:
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def ids_of(result: Result) -> list[int]:
-    return [d["id"] for d in as_json(result)]
-
-
 # ---------------------------------------------------------------------------------------
 # list
 
@@ -268,7 +72,7 @@ def test_list_json_follows_the_contract(setup: Setup) -> None:
     assert done["object_name"] == "a"
     assert done["qos"] == 256
     assert done["watch"] == str(setup.news)
-    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW - 47 * HOUR))
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(setup.now - 47 * HOUR))
     assert done["finished_at"].startswith(when)
     assert by_id[setup.ids["dup_done"]]["source_deleted"] is False
     rejected = by_id[setup.ids["rejected"]]
@@ -285,7 +89,9 @@ def test_list_table_is_newest_first_and_fits_80_columns(setup: Setup) -> None:
     assert first_ids == sorted(setup.ids.values(), reverse=True)
     assert "\x1b[" not in result.output  # not a terminal: no colour
     row = next(line for line in lines if line.split()[0] == str(setup.ids["done"]))
-    assert time.strftime("%Y-%m-%d %H:%M", time.localtime(NOW - 48 * HOUR)) in row  # local time
+    assert (
+        time.strftime("%Y-%m-%d %H:%M", time.localtime(setup.now - 48 * HOUR)) in row
+    )  # local time
 
 
 def test_list_table_cuts_long_values_to_fit(tmp_path: Path) -> None:
@@ -333,13 +139,13 @@ def test_list_path_glob_on_absolute_paths(setup: Setup) -> None:
 
 
 def test_list_since_takes_iso_times_in_local_or_utc(setup: Setup) -> None:
-    cut = NOW - 45 * 60
+    cut = setup.now - 45 * 60
     local = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(cut))
     utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cut))
     expected = [setup.ids[n] for n in ("settling", "unicode", "queued")]
     assert ids_of(setup.run("ledger", "list", "--json", "--since", local)) == expected
     assert ids_of(setup.run("ledger", "list", "--json", "--since", utc)) == expected
-    day = time.strftime("%Y-%m-%d", time.localtime(NOW + 86400))
+    day = time.strftime("%Y-%m-%d", time.localtime(setup.now + 86400))
     assert ids_of(setup.run("ledger", "list", "--json", "--since", day)) == []
 
 

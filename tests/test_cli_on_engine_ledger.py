@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from .conftest import Deployment
+from .support.deployment import Deployment
 
 
 def ingest(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,12 +10,7 @@ from typing import Any
 
 import pytest
 
-from .test_cli_ledger import Setup, build
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Setup:
-    return build(tmp_path)
+from .support.ledgers import Setup, invoke, write_config
 
 
 def row(setup: Setup, name: str) -> dict[str, Any]:
@@ -187,8 +182,6 @@ def test_usage_errors(setup: Setup, args: list[str]) -> None:
 
 
 def test_retry_without_a_ledger(tmp_path: Path) -> None:
-    from .test_cli_ledger import invoke, write_config
-
     result = invoke("retry", "1", "--config", str(write_config(tmp_path)))
     assert result.exit_code == 8
     assert result.stderr.startswith("error: no ledger at")

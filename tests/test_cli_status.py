@@ -16,25 +16,19 @@ import pytest
 
 from ingest.ledger import Ledger
 
-# The ledger builders live with the ledger tests (pytest imports test files by path).
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cli_ledger import HOUR, NOW, Setup, as_json, build, invoke, write_config
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Setup:
-    return build(tmp_path)
+from .support.ledgers import HOUR, Setup, as_json, invoke, write_config
 
 
 def healthy(root: Path) -> Path:
     """A ledger where all went well: two archived drops, a watcher that is fine."""
     config = write_config(root)
     ledger = Ledger.open(f"sqlite:///{root / 'ledger.db'}")
-    with ledger.batch(NOW - HOUR) as tx:
+    now = time.time()
+    with ledger.batch(now - HOUR) as tx:
         for name in ("a.mxf", "b.mxf"):
             drop_id = tx.add(rule="news", watch="/mnt/news", path=name)
-            tx.transition(drop_id, "DETECTED", "COMPLETED", "done", finished_at=NOW - HOUR)
-        tx.watcher("/mnt/news", "native", "ok", "ext4 is local", last_scan_at=NOW - 30)
+            tx.transition(drop_id, "DETECTED", "COMPLETED", "done", finished_at=now - HOUR)
+        tx.watcher("/mnt/news", "native", "ok", "ext4 is local", last_scan_at=now - 30)
     ledger.close()
     return config
 
@@ -113,7 +107,7 @@ def test_status_table(setup: Setup) -> None:
 def test_settling_and_queued_reasons(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
-    with ledger.batch(NOW - 600) as tx:
+    with ledger.batch(time.time() - 600) as tx:
         first = tx.add(rule="news", watch="/w", path="a.mxf")
         tx.add(rule="news", watch="/w", path="b.mxf")
     ledger.close()
@@ -147,9 +141,10 @@ def test_a_watcher_down_or_paused_is_unhealthy(tmp_path: Path, health: str) -> N
 def test_old_failures_do_not_count(tmp_path: Path) -> None:
     config = healthy(tmp_path)
     ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
-    with ledger.batch(NOW - 50 * HOUR) as tx:
+    now = time.time()
+    with ledger.batch(now - 50 * HOUR) as tx:
         drop_id = tx.add(rule="news", watch="/mnt/news", path="x.mxf")
-        tx.transition(drop_id, "DETECTED", "FAILED", "aborted", finished_at=NOW - 49 * HOUR)
+        tx.transition(drop_id, "DETECTED", "FAILED", "aborted", finished_at=now - 49 * HOUR)
     ledger.close()
     assert invoke("status", "--config", str(config)).exit_code == 0
 

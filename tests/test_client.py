@@ -33,7 +33,8 @@ from ingest.errors import (
 )
 from ingest.protocol import DELETE_ON_SOURCE, RequestState
 
-from .conftest import RunningEmulator, wait_for
+from .support.emulator import RunningEmulator
+from .support.wait import wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diva-examples"
 

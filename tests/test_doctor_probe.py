@@ -21,10 +21,9 @@ from ingest.commands import doctor as doctor_module
 from ingest.commands import probe as probe_module
 from ingest.config import DivaConfig
 
-from .conftest import DivaApi, RunningEmulator
+from .support.emulator import DivaApi, RunningEmulator, archive_body, put_file, submit
+from .support.ledgers import Result
 from .test_cli_doctor import Site
-from .test_cli_ledger import Result
-from .test_emulator import archive_body, put_file, submit
 
 
 def stats(emulator: RunningEmulator) -> dict[str, Any]:

@@ -5,81 +5,27 @@ All against the session's emulator subprocess on 127.0.0.1, reset before each te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from .conftest import DivaApi, RunningEmulator, wait_for
-
-EXAMPLES = Path(__file__).parent / "fixtures" / "diva-examples"
-Diva = Callable[[str], DivaApi]
-
-
-def example(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads((EXAMPLES / name).read_text())
-    return doc
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
-
-
-def put_file(root: Path, rel: str, size: int = 1000, seed: int = 0) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes((i * 7 + seed) % 251 for i in range(size)))
-    return path
-
-
-def faults(emulator: RunningEmulator, **knobs: float) -> None:
-    with httpx.Client(base_url=emulator.url) as client:
-        client.put("/_emulator/faults", json=knobs).raise_for_status()
-
-
-def archive_body(name: str, components: list[str], **extra: Any) -> dict[str, Any]:
-    return {
-        "objectName": name,
-        "collectionName": "TEST",
-        "components": components,
-        "media": "DISK1",
-        "sourceServer": "NAS",
-        "qos": 0,
-        **extra,
-    }
-
-
-def submit(api: DivaApi, path: str, body: dict[str, Any]) -> int:
-    response = api.post(f"/manager/requests/{path}", body)
-    assert response.status_code == 200, response.text
-    doc = response.json()
-    assert doc["statusCode"] == 1000 and doc["statusDescription"] == "success"
-    return int(doc["requestId"])
-
-
-def refused(response: httpx.Response, code: int, http_status: int) -> None:
-    assert response.status_code == http_status, response.text
-    body = response.json()
-    assert body["statusCode"] == code, body
-    assert body["statusName"].startswith("DIVA_ERR_") and body["statusDescription"]
-
-
-def stored(api: DivaApi, name: str, collection: str = "TEST") -> dict[str, Any] | None:
-    response = api.get(
-        "/manager/objects/info", params={"objectName": name, "collectionName": collection}
-    )
-    if response.status_code == 404:
-        refused(response, 1009, 404)
-        return None
-    assert response.status_code == 200, response.text
-    doc: dict[str, Any] = response.json()
-    return doc
-
+from .support.emulator import (
+    DivaApi,
+    Login,
+    RunningEmulator,
+    archive_body,
+    example,
+    faults,
+    md5,
+    put_file,
+    refused,
+    stored,
+    submit,
+)
+from .support.wait import wait_for
 
 # -- authentication and roles ---------------------------------------------------------------
 
@@ -119,7 +65,7 @@ def test_token_expires(emulator: RunningEmulator) -> None:
         api.close()
 
 
-def test_logout_revokes_the_token(diva: Diva) -> None:
+def test_logout_revokes_the_token(diva: Login) -> None:
     api = diva("admin")
     assert api.post("/dataservice/users/logout").json()["statusCode"] == 1000
     refused(api.get("/manager/groups"), 1020, 403)
@@ -127,7 +73,7 @@ def test_logout_revokes_the_token(diva: Diva) -> None:
     assert other.get("/manager/groups").status_code == 200
 
 
-def test_role_matrix(emulator: RunningEmulator, diva: Diva) -> None:
+def test_role_matrix(emulator: RunningEmulator, diva: Login) -> None:
     put_file(emulator.servers["NAS"], "a.mov")
     user, operator, admin, sysadmin = (diva(n) for n in ("user", "operator", "admin", "sysadmin"))
     assert user.get("/manager/requests").status_code == 200
@@ -166,7 +112,7 @@ def test_role_matrix(emulator: RunningEmulator, diva: Diva) -> None:
 # -- archive -----------------------------------------------------------------------------------
 
 
-def test_archive_stores_bytes_and_keeps_source(emulator: RunningEmulator, diva: Diva) -> None:
+def test_archive_stores_bytes_and_keeps_source(emulator: RunningEmulator, diva: Login) -> None:
     nas = emulator.servers["NAS"]
     src = put_file(nas, "news/clip.mov", 300_000)
     put_file(nas, "news/dpx/f1.dpx", 500, seed=1)
@@ -191,7 +137,7 @@ def test_archive_stores_bytes_and_keeps_source(emulator: RunningEmulator, diva: 
     assert src.exists() and (nas / "news/dpx/sub/f2.dpx").exists()
 
 
-def test_delete_on_source_only_after_success(emulator: RunningEmulator, diva: Diva) -> None:
+def test_delete_on_source_only_after_success(emulator: RunningEmulator, diva: Login) -> None:
     nas = emulator.servers["NAS"]
     src = put_file(nas, "drop/big.mov", 400_000)
     put_file(nas, "drop/seq/f1.dpx", 100)
@@ -226,7 +172,7 @@ def test_delete_on_source_only_after_success(emulator: RunningEmulator, diva: Di
 
 
 def test_missing_component_aborts_and_deletes_nothing(
-    emulator: RunningEmulator, diva: Diva
+    emulator: RunningEmulator, diva: Login
 ) -> None:
     present = put_file(emulator.servers["NAS"], "a.mov")
     api = diva("operator")
@@ -239,7 +185,7 @@ def test_missing_component_aborts_and_deletes_nothing(
     assert not list((emulator.state / "media" / "DISK1").rglob("a.mov"))
 
 
-def test_archive_refusals(emulator: RunningEmulator, diva: Diva) -> None:
+def test_archive_refusals(emulator: RunningEmulator, diva: Login) -> None:
     put_file(emulator.servers["NAS"], "a.mov", 200_000)
     api = diva("operator")
 
@@ -276,7 +222,7 @@ def test_archive_refusals(emulator: RunningEmulator, diva: Diva) -> None:
 # -- requests and objects lists ----------------------------------------------------------------
 
 
-def test_request_list_filters(emulator: RunningEmulator, diva: Diva) -> None:
+def test_request_list_filters(emulator: RunningEmulator, diva: Login) -> None:
     put_file(emulator.servers["NAS"], "a.mov")
     api = diva("operator")
     first = submit(api, "archive", archive_body("a", ["a.mov"]))
@@ -318,7 +264,7 @@ def test_request_list_filters(emulator: RunningEmulator, diva: Diva) -> None:
     refused(api.get("/manager/requests", params={"startDateTime": "yesterday"}), 1008, 400)
 
 
-def test_objects_info_and_list(emulator: RunningEmulator, diva: Diva) -> None:
+def test_objects_info_and_list(emulator: RunningEmulator, diva: Login) -> None:
     put_file(emulator.servers["NAS"], "a.mov")
     api = diva("operator")
     for name, coll in (("a", "TEST"), ("b", "TEST"), ("c", "OTHER")):
@@ -342,7 +288,7 @@ def test_objects_info_and_list(emulator: RunningEmulator, diva: Diva) -> None:
     assert names(size=1, page=2) == ["b"]
 
 
-def test_resources(diva: Diva) -> None:
+def test_resources(diva: Login) -> None:
     api = diva("user")
     arrays = [a["name"] for a in api.get("/manager/arrays").json()["arrays"]]
     assert "DISK1" in arrays and "TAPE1" not in arrays
@@ -355,7 +301,7 @@ def test_resources(diva: Diva) -> None:
 # -- restore, partial restore, cancel, delete -------------------------------------------------
 
 
-def test_restore_and_do_not_overwrite(emulator: RunningEmulator, diva: Diva) -> None:
+def test_restore_and_do_not_overwrite(emulator: RunningEmulator, diva: Login) -> None:
     src = put_file(emulator.servers["NAS"], "in/a.mov", 5000)
     put_file(emulator.servers["NAS"], "in/sub/b.txt", 10)
     api = diva("operator")
@@ -386,7 +332,7 @@ def test_restore_and_do_not_overwrite(emulator: RunningEmulator, diva: Diva) -> 
     assert not [p for p in out.rglob("*") if "diva-restore" in p.name]
 
 
-def test_partial_restore_guide_bodies(emulator: RunningEmulator, diva: Diva) -> None:
+def test_partial_restore_guide_bodies(emulator: RunningEmulator, diva: Login) -> None:
     """The guide's four partial-restore bodies are accepted; bytes and file/folder restore."""
     src_root = emulator.servers["sourcedest"]
     names = ["DNxHD-mxf-wrap-conf.mov", "DNxHD_mxf_wrap_conf.mov", "test.mov", "Profile.gxf"]
@@ -426,7 +372,7 @@ def test_partial_restore_guide_bodies(emulator: RunningEmulator, diva: Diva) -> 
     refused(api.post("/manager/requests/partialRestore", {**body, "format": 1}), 1008, 400)
 
 
-def test_partial_restore_of_a_folder(emulator: RunningEmulator, diva: Diva) -> None:
+def test_partial_restore_of_a_folder(emulator: RunningEmulator, diva: Login) -> None:
     nas = emulator.servers["NAS"]
     put_file(nas, "seq/f1.dpx", 10)
     put_file(nas, "seq/f2.dpx", 20)
@@ -448,7 +394,7 @@ def test_partial_restore_of_a_folder(emulator: RunningEmulator, diva: Diva) -> N
     assert api.wait(submit(api, "partialRestore", body))["stateName"] == "DIVA_ABORTED"
 
 
-def test_cancel(emulator: RunningEmulator, diva: Diva) -> None:
+def test_cancel(emulator: RunningEmulator, diva: Login) -> None:
     src = put_file(emulator.servers["NAS"], "a.mov", 300_000)
     faults(emulator, throughput=50_000)
     api = diva("operator")
@@ -467,7 +413,7 @@ def test_cancel(emulator: RunningEmulator, diva: Diva) -> None:
     assert api.wait(submit(api, "archive", archive_body("a", ["a.mov"])))["stateCode"] == 3
 
 
-def test_delete_removes_every_copy(emulator: RunningEmulator, diva: Diva) -> None:
+def test_delete_removes_every_copy(emulator: RunningEmulator, diva: Login) -> None:
     put_file(emulator.servers["NAS"], "a.mov", 1000)
     api = diva("admin")
     api.wait(submit(api, "archive", archive_body("a", ["a.mov"])))
@@ -486,7 +432,7 @@ def test_delete_removes_every_copy(emulator: RunningEmulator, diva: Diva) -> Non
 # -- fault knobs -----------------------------------------------------------------------------
 
 
-def test_http_error_rate(emulator: RunningEmulator, diva: Diva) -> None:
+def test_http_error_rate(emulator: RunningEmulator, diva: Login) -> None:
     api = diva("admin")
     faults(emulator, http_error_rate=1)
     for _ in range(3):
@@ -504,7 +450,7 @@ def test_http_error_rate(emulator: RunningEmulator, diva: Diva) -> None:
     assert api.get("/manager/arrays").status_code == 200
 
 
-def test_latency(emulator: RunningEmulator, diva: Diva) -> None:
+def test_latency(emulator: RunningEmulator, diva: Login) -> None:
     api = diva("admin")
     faults(emulator, latency=0.4)
     started = time.monotonic()
@@ -516,7 +462,7 @@ def test_latency(emulator: RunningEmulator, diva: Diva) -> None:
     assert time.monotonic() - started < 0.4
 
 
-def test_abort_rate(emulator: RunningEmulator, diva: Diva) -> None:
+def test_abort_rate(emulator: RunningEmulator, diva: Login) -> None:
     src = put_file(emulator.servers["NAS"], "a.mov", 10_000)
     faults(emulator, abort_rate=1)
     api = diva("operator")
@@ -528,7 +474,7 @@ def test_abort_rate(emulator: RunningEmulator, diva: Diva) -> None:
     assert not [p for p in (emulator.state / "media").rglob("*") if p.is_file()]
 
 
-def test_request_seconds_and_stats(emulator: RunningEmulator, diva: Diva) -> None:
+def test_request_seconds_and_stats(emulator: RunningEmulator, diva: Login) -> None:
     put_file(emulator.servers["NAS"], "a.mov", 100)
     faults(emulator, request_seconds=1.0)
     api = diva("operator")
@@ -578,7 +524,7 @@ def test_guide_sample_program(emulator: RunningEmulator) -> None:
         assert 0 < len(actors.json()["actors"]) <= 5
 
 
-def test_guide_archive_bodies(emulator: RunningEmulator, diva: Diva) -> None:
+def test_guide_archive_bodies(emulator: RunningEmulator, diva: Login) -> None:
     put_file(emulator.servers["wfm_ftp_sd_for_diva_test"], "1.txt", 10)
     put_file(emulator.servers["A Valid Source Server Name, ex: ftproot"], "string/string", 10)
     api = diva("operator")

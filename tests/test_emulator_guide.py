@@ -6,7 +6,7 @@ test shows a difference from the lenient profile, it asks for ``emulator`` too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -15,25 +15,25 @@ import pytest
 
 from ingest.emulator.profiles import GUIDE_ROUTES
 
-from .conftest import DivaApi, RunningEmulator, wait_for
-from .test_emulator import archive_body, faults, put_file, refused, submit
-
-Login = Callable[[str], DivaApi]
+from .support.emulator import (
+    Login,
+    RunningEmulator,
+    archive_body,
+    example,
+    faults,
+    logins,
+    put_file,
+    refused,
+    submit,
+)
+from .support.wait import wait_for
 
 
 @pytest.fixture
 def guide(emulator_guide: RunningEmulator) -> Iterator[Login]:
     """``guide("operator")`` logs in as that test user of the (freshly reset) guide emulator."""
-    opened: list[DivaApi] = []
-
-    def login(username: str) -> DivaApi:
-        api = DivaApi(emulator_guide.url, username, username)
-        opened.append(api)
-        return api
-
-    yield login
-    for api in opened:
-        api.close()
+    with logins(emulator_guide.url) as login:
+        yield login
 
 
 def spring(response: httpx.Response, status: int, path: str) -> None:
@@ -256,8 +256,6 @@ def test_request_list_pages_and_ignores_filters(guide: Login) -> None:
 
 def test_guide_bodies_are_accepted(emulator_guide: RunningEmulator, guide: Login) -> None:
     """The guide's own archive and partial-restore samples pass the stricter checks."""
-    from .test_emulator import example
-
     put_file(emulator_guide.servers["wfm_ftp_sd_for_diva_test"], "1.txt", 10)
     names = ["DNxHD_mxf_wrap_conf.mov", "test.mov"]
     for name in names:

@@ -24,8 +24,17 @@ import pytest
 
 from ingest.emulator.server import EmulatorProcess
 
-from .conftest import DivaApi, RunningEmulator, emulator_args, make_servers
-from .test_emulator import archive_body, faults, put_file, refused, submit
+from .support.emulator import (
+    DivaApi,
+    RunningEmulator,
+    archive_body,
+    emulator_args,
+    faults,
+    make_servers,
+    put_file,
+    refused,
+    submit,
+)
 
 DELETE_ON_SOURCE = 0x100
 

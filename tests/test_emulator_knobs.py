@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,21 @@ import pytest
 
 from ingest.emulator.server import EmulatorProcess
 
-from .conftest import DivaApi, RunningEmulator, emulator_args, make_servers, wait_for
-from .test_emulator import archive_body, faults, md5, put_file, refused, submit
-
-Login = Callable[[str], DivaApi]
+from .support.emulator import (
+    DivaApi,
+    Login,
+    RunningEmulator,
+    archive_body,
+    emulator_args,
+    faults,
+    logins,
+    make_servers,
+    md5,
+    put_file,
+    refused,
+    submit,
+)
+from .support.wait import wait_for
 
 WAITING = {8: "DIVA_WAITING_FOR_RESOURCES", 9: "DIVA_WAITING_FOR_OPERATOR"}
 
@@ -39,16 +50,8 @@ def emu(request: pytest.FixtureRequest) -> RunningEmulator:
 
 @pytest.fixture
 def login(emu: RunningEmulator) -> Iterator[Login]:
-    opened: list[DivaApi] = []
-
-    def log_in(username: str) -> DivaApi:
-        api = DivaApi(emu.url, username, username)
-        opened.append(api)
-        return api
-
-    yield log_in
-    for api in opened:
-        api.close()
+    with logins(emu.url) as log_in:
+        yield log_in
 
 
 def guide(emu: RunningEmulator) -> bool:

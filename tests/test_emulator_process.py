@@ -5,24 +5,19 @@ Each test here starts its own emulator (the session one cannot be killed).
 
 from __future__ import annotations
 
-import hashlib
 import ssl
 from pathlib import Path
 
 import httpx
 import pytest
-import trustme
 
 from ingest.emulator.config import EmulatorConfig
 from ingest.emulator.server import EmulatorProcess, EmulatorThread
 from ingest.emulator.store import Store
 from ingest.protocol import RequestState
 
-from .conftest import DivaApi, emulator_args, make_servers, wait_for
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+from .support.emulator import DivaApi, emulator_args, make_servers, md5, throwaway_ca
+from .support.wait import wait_for
 
 
 def test_restart_keeps_state_and_finishes_interrupted_requests(tmp_path: Path) -> None:
@@ -124,12 +119,7 @@ def test_committed_request_is_finished_on_start(tmp_path: Path) -> None:
 
 
 def test_https_with_a_test_ca(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    ca.cert_pem.write_to_path(str(cafile))
+    certfile, keyfile, cafile = throwaway_ca(tmp_path)
     args = ["--certfile", str(certfile), "--keyfile", str(keyfile)]
     with EmulatorProcess(tmp_path / "state", args) as process:
         assert process.url.startswith("https://127.0.0.1:")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -17,16 +16,9 @@ import pytest
 from ingest.client import DivaClient
 from ingest.emulator.server import EmulatorProcess
 
-from .conftest import Deployment, wait_for
-
-
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def stored_md5(dep: Deployment, name: str) -> dict[str, str]:
-    objects = {o["objectName"]: o for o in dep.objects()}
-    return {c["fileName"]: c["checksum"] for c in objects[name]["components"]}
+from .support.deployment import Deployment
+from .support.emulator import md5
+from .support.wait import wait_for
 
 
 def test_a_file_drop_is_archived_then_deleted_by_diva(deployment: Deployment) -> None:
@@ -42,7 +34,7 @@ def test_a_file_drop_is_archived_then_deleted_by_diva(deployment: Deployment) ->
     assert row["object_name"] == "clip" and row["collection"] == "NEWS"
     assert row["qos"] == 0x100 and row["source_deleted"] == 1 and row["request_id"]
     assert json.loads(row["body"])["components"] == ["sub/clip.mxf"]
-    assert stored_md5(dep, "clip") == {"sub/clip.mxf": digest}
+    assert dep.stored()["clip"] == {"sub/clip.mxf": digest}
     assert not source.exists()
     assert (dep.watch / "notes.txt").exists()
     steps = [(h["from_state"], h["to_state"]) for h in dep.history(row["id"])]
@@ -129,7 +121,7 @@ def test_a_folder_drop_waits_for_its_marker(deployment: Deployment) -> None:
     (reel / "_COMPLETE").touch()
     row = dep.wait_state("reel1", "COMPLETED")
     assert row["kind"] == "folder" and row["file_count"] == 30
-    stored = stored_md5(dep, "reel1")
+    stored = dep.stored()["reel1"]
     assert sorted(stored) == [f"reel1/frame{i:05d}.dpx" for i in range(30)]
     assert "reel1/_COMPLETE" not in stored  # the marker is never archived...
     # ...and once DIVA deleted the reel, ingest removes the marker (a stale one would make

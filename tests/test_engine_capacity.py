@@ -11,7 +11,8 @@ import pytest
 
 from ingest import defaults
 
-from .conftest import Deployment, wait_for
+from .support.deployment import Deployment
+from .support.wait import wait_for
 
 
 def test_drops_holding_every_place_are_reconciled_after_diva_forgot_them(

@@ -25,14 +25,9 @@ from ingest.client import DivaClient
 from ingest.config import load_config
 from ingest.engine import Engine
 
-from .conftest import (
-    DIVA_PASSWORD_ENV,
-    Deployment,
-    DivaApi,
-    RunningEmulator,
-    checked_intents,
-    wait_for,
-)
+from .support.deployment import DIVA_PASSWORD_ENV, Deployment, deployed
+from .support.emulator import DivaApi, RunningEmulator
+from .support.wait import wait_for
 
 
 @pytest.fixture
@@ -43,29 +38,16 @@ def guide(
     monkeypatch.setenv(DIVA_PASSWORD_ENV, "operator")
     monkeypatch.setattr(defaults, "ENGINE_RETRY_BACKOFF_SECONDS", 0.2)
     monkeypatch.setattr(defaults, "ENGINE_RETRY_BACKOFF_MAX_SECONDS", 0.5)
-    watch = emulator_guide.servers["NAS"] / "news"
-    watch.mkdir()
-    rules_dir = tmp_path / "rules"
-    rules_dir.mkdir()
-    dep = Deployment(
-        tmp_path, emulator_guide, watch, rules_dir, tmp_path / "ingest.toml", tmp_path / "ledger.db"
-    )
-    dep.write_config()
-    with checked_intents(dep):
-        try:
-            yield dep
-        finally:
-            dep.stop()
+    with deployed(emulator_guide, tmp_path) as dep:
+        yield dep
 
 
 def calls(dep: Deployment, call: str = "POST /manager/requests/archive") -> int:
-    stats = httpx.get(f"{dep.emulator.url}/_emulator/stats", timeout=10).json()
-    return int(stats["calls"].get(call, 0))
+    return int(dep.emulator.stats()["calls"].get(call, 0))
 
 
 def logins(dep: Deployment) -> int:
-    stats = httpx.get(f"{dep.emulator.url}/_emulator/stats", timeout=10).json()
-    return int(stats["logins"])
+    return int(dep.emulator.stats()["logins"])
 
 
 def start_with(dep: Deployment, client: DivaClient) -> Engine:

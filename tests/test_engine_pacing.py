@@ -21,12 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
-import trustme
 
 from ingest import defaults
 from ingest.emulator.server import EmulatorProcess
 
-from .conftest import Deployment, DivaApi, wait_for
+from .support.deployment import Deployment
+from .support.emulator import DivaApi, throwaway_ca
+from .support.wait import wait_for
 
 #: The retry backoff's base for these tests (seconds): long enough that its jitter bounds
 #: are well apart from "no delay", short enough for a quick test.
@@ -235,8 +236,7 @@ def test_sources_diva_leaves_in_place_stay_exactly_as_they_were(deployment: Depl
         assert row["state"] == "COMPLETED", row["error"]
         assert row["qos"] & 0x100, "DIVA was asked to delete the sources"
         assert row["source_deleted"] == 0
-    stored = {o["objectName"]: o for o in dep.objects()}
-    digest = {c["fileName"]: c["checksum"] for c in stored["r1"]["components"]}
+    digest = dep.stored()["r1"]
     assert digest == {
         name.removeprefix("reels/"): hashlib.md5(data).hexdigest()
         for name, data in before.items()
@@ -260,12 +260,7 @@ def test_sources_diva_leaves_in_place_stay_exactly_as_they_were(deployment: Depl
 def https_diva(deployment: Deployment, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """An emulator serving HTTPS with a certificate of a test CA (not in any system
     store), on the deployment's NAS, with the deployment's archive hook; (url, CA file)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    certfile, keyfile, cafile = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    ca.cert_pem.write_to_path(str(cafile))
+    certfile, keyfile, cafile = throwaway_ca(tmp_path)
     assert deployment.intents is not None
     args = ["--certfile", str(certfile), "--keyfile", str(keyfile),
             "--server", f"NAS={deployment.watch.parent}", "--media", "DISK1",

@@ -12,7 +12,8 @@ import signal
 import subprocess
 from collections.abc import Callable
 
-from .conftest import Deployment, wait_for
+from .support.deployment import Deployment
+from .support.wait import wait_for
 
 #: DIVA's request states that end a request.
 FINISHED = {"DIVA_COMPLETED", "DIVA_ABORTED", "DIVA_CANCELLED", "DIVA_PARTIALLY_ABORTED",

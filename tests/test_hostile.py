@@ -36,7 +36,9 @@ import pytest
 from ingest.client import DivaClient
 from ingest.emulator.server import EmulatorProcess
 
-from .conftest import DIVA_PASSWORD_ENV, Deployment, RunningEmulator, wait_for
+from .support.deployment import DIVA_PASSWORD_ENV, Deployment
+from .support.emulator import RunningEmulator
+from .support.wait import wait_for
 from .unprivileged import Unprivileged, cannot_run_here
 
 FINAL = ("COMPLETED", "REJECTED", "SKIPPED", "FAILED")
@@ -46,18 +48,10 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def stored(dep: Deployment) -> dict[str, dict[str, str]]:
-    """object name -> {component: md5} of everything DIVA holds."""
-    return {
-        o["objectName"]: {c["fileName"]: c["checksum"] for c in o["components"]}
-        for o in dep.objects()
-    }
-
-
 def nothing_lost(dep: Deployment, files: dict[str, bytes]) -> None:
     """Each file (relpath -> bytes written) is either still there untouched, or gone with
     exactly those bytes stored in DIVA under its component name."""
-    objects = stored(dep)
+    objects = dep.stored()
     for rel, data in files.items():
         path = dep.watch / rel
         if path.exists() or path.is_symlink():
@@ -133,7 +127,7 @@ def test_odd_file_names(deployment: Deployment, name: str, outcome: str) -> None
         assert row["state"] == "COMPLETED", row
         assert row["object_name"] == outcome
         assert not path.exists()
-        assert stored(dep) == {outcome: {name: md5(data)}}
+        assert dep.stored() == {outcome: {name: md5(data)}}
     nothing_lost(dep, {name: data})
     archived_once(dep)
 
@@ -152,7 +146,7 @@ def test_nfc_and_nfd_twins_in_one_folder(deployment: Deployment) -> None:
     # Distinct names to the filesystem, so distinct objects to DIVA: both archived, each
     # under its own name, with its own bytes.
     assert [r["state"] for r in rows] == ["COMPLETED", "COMPLETED"], rows
-    assert stored(dep) == {
+    assert dep.stored() == {
         rel.removesuffix(".mxf"): {rel: md5(data)} for rel, data in files.items()
     }
     nothing_lost(dep, files)
@@ -169,7 +163,7 @@ def test_zero_byte_file(deployment: Deployment) -> None:
     dep.start()
     row = final_row(dep, "empty.mxf")
     assert row["state"] == "COMPLETED" and row["size"] == 0
-    assert stored(dep)["empty"] == {"empty.mxf": md5(b"")}
+    assert dep.stored()["empty"] == {"empty.mxf": md5(b"")}
 
 
 #: The trickle's settle window: three times the writer's one-second pace, so that a
@@ -198,7 +192,7 @@ def test_a_file_growing_one_byte_per_second(deployment: Deployment) -> None:
     row = dep.wait_state("trickle.mxf", "COMPLETED")
     intents = [h for h in dep.history(row["id"]) if h["to_state"] == "SUBMITTING"]
     assert len(intents) == 1 and intents[0]["at"] >= last + TRICKLE_SETTLE
-    assert stored(dep)["trickle"] == {"trickle.mxf": md5(b"ttttt")}
+    assert dep.stored()["trickle"] == {"trickle.mxf": md5(b"ttttt")}
 
 
 class Queue:
@@ -247,7 +241,7 @@ def test_rewritten_after_settling_before_submission(deployment: Deployment, queu
     (dep.watch / "rewrite.mxf").write_bytes(b"second, longer version")
     queued.release()
     row = dep.wait_state("rewrite.mxf", "COMPLETED", timeout=30)
-    assert stored(dep)["rewrite"] == {"rewrite.mxf": md5(b"second, longer version")}
+    assert dep.stored()["rewrite"] == {"rewrite.mxf": md5(b"second, longer version")}
     assert len(dep.rows("rewrite.mxf")) == 1 and row["size"] == 22
 
 
@@ -259,8 +253,8 @@ def test_renamed_between_settling_and_submission(deployment: Deployment, queued:
     old = dep.wait_state("before.mxf", "SKIPPED", timeout=30)
     assert "vanished" in dep.history(old["id"])[-1]["detail"]
     dep.wait_state("after.mxf", "COMPLETED", timeout=30)
-    assert stored(dep)["after"] == {"after.mxf": md5(b"moving")}
-    assert "before" not in stored(dep)
+    assert dep.stored()["after"] == {"after.mxf": md5(b"moving")}
+    assert "before" not in dep.stored()
 
 
 def test_deleted_between_settling_and_submission(deployment: Deployment, queued: Queue) -> None:
@@ -284,8 +278,8 @@ def test_replaced_by_a_folder_of_the_same_name(deployment: Deployment, queued: Q
     row = dep.wait_state("shape.mxf", "SKIPPED", timeout=30)
     assert dep.history(row["id"])[-1]["detail"]
     dep.wait_state("shape.mxf/inner.mxf", "COMPLETED", timeout=30)
-    assert stored(dep)["inner"] == {"shape.mxf/inner.mxf": md5(b"inside")}
-    assert "shape" not in stored(dep)
+    assert dep.stored()["inner"] == {"shape.mxf/inner.mxf": md5(b"inside")}
+    assert "shape" not in dep.stored()
 
 
 # --- links and special files -------------------------------------------------------
@@ -368,7 +362,7 @@ def test_a_symlink_inside_a_folder_drop_is_left_out(deployment: Deployment, outs
     dep.start()
     row = dep.wait_state("reel1", "COMPLETED")
     assert json.loads(row["body"])["components"] == ["reel1/f1.dpx"]
-    assert stored(dep)["reel1"] == {"reel1/f1.dpx": md5(b"frame")}
+    assert dep.stored()["reel1"] == {"reel1/f1.dpx": md5(b"frame")}
     assert secret.read_bytes() == b"do not archive me"
 
 
@@ -396,7 +390,7 @@ def test_a_hard_link_is_archived_and_its_other_name_keeps_the_data(
     os.link(other, dep.watch / "hard.mxf")
     dep.start()
     dep.wait_state("hard.mxf", "COMPLETED")
-    assert stored(dep)["hard"] == {"hard.mxf": md5(b"shared inode")}
+    assert dep.stored()["hard"] == {"hard.mxf": md5(b"shared inode")}
     assert other.read_bytes() == b"shared inode"  # DIVA removed one name, not the data
 
 
@@ -446,7 +440,7 @@ def test_unreadable_files_and_folders_as_root(deployment: Deployment, what: str)
     try:
         dep.start()
         dep.wait_state("locked/secret.mxf", "COMPLETED")
-        assert stored(dep)["secret"] == {"locked/secret.mxf": md5(b"locked")}
+        assert dep.stored()["secret"] == {"locked/secret.mxf": md5(b"locked")}
     finally:
         folder.chmod(0o755)
     nothing_lost(dep, {"locked/secret.mxf": b"locked"})
@@ -486,7 +480,7 @@ def test_unreadable_files_and_folders_as_an_unprivileged_user(
             # Only DIVA reads a file's bytes, through its own access to the share: ingest
             # needs to see the file, not to read it, so it is archived like any other.
             dep.wait_state("locked/secret.mxf", "COMPLETED")
-            assert stored(dep)["secret"] == {"locked/secret.mxf": md5(b"locked")}
+            assert dep.stored()["secret"] == {"locked/secret.mxf": md5(b"locked")}
         else:
             # A folder it cannot list hides its files: never a drop, never sent, left as
             # it is. Scans after the canary's completion see it the same way.
@@ -530,7 +524,7 @@ def test_suffix_skips_every_taken_name(deployment: Deployment) -> None:
     dep.start()
     row = dep.wait_state("dup.mxf", "COMPLETED")
     assert row["object_name"] == "dup_4"
-    assert stored(dep)["dup_4"] == {"dup.mxf": md5(b"new")}
+    assert dep.stored()["dup_4"] == {"dup.mxf": md5(b"new")}
 
 
 def test_same_name_in_another_collection_is_no_conflict(deployment: Deployment) -> None:
@@ -692,6 +686,6 @@ def test_odd_diva_answers_to_an_archive_call(
     # The odd answer is on record, then DIVA was asked before anything was sent again.
     assert any(h["to_state"] == "RETRY_WAIT" for h in history), history
     assert [r["objectName"] for r in dep.archive_requests()] == ["odd"]
-    assert stored(dep)["odd"] == {"odd.mxf": md5(b"odd answer")}
+    assert dep.stored()["odd"] == {"odd.mxf": md5(b"odd answer")}
     assert any("odd.mxf" in r.getMessage() and "RETRY_WAIT" in r.getMessage()
                for r in caplog.records)  # fmt: skip

@@ -23,8 +23,9 @@ import pytest
 from ingest.emulator.server import EmulatorProcess
 from ingest.templates import check_component, check_name, clean_comment
 
-from .conftest import DIVA_PASSWORD_ENV, Deployment, wait_for
 from .leakcheck import PASSWORD, SECRET_FORMS, TOKEN
+from .support.deployment import DIVA_PASSWORD_ENV, Deployment
+from .support.wait import wait_for
 
 # --- paths and names -----------------------------------------------------------------
 

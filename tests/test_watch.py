@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,15 +13,7 @@ import pytest
 from ingest import watch
 from ingest.watch import NativeWatcher, filesystem_type, ignored_name, resolve_observer, scan
 
-
-def wait_for(condition, timeout: float = 10.0, interval: float = 0.02):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+from .support.wait import wait_for
 
 
 def test_scan_sees_regular_files_only(tmp_path: Path) -> None:

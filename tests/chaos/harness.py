@@ -35,8 +35,10 @@ import httpx
 from ingest.emulator.server import EmulatorProcess
 from ingest.protocol import RequestState
 
-from ..conftest import Deployment, wait_for
+from ..support.deployment import Deployment
+from ..support.emulator import emulator_args
 from ..support.intents import IntentChecker
+from ..support.wait import wait_for
 
 LONG = os.environ.get("INGEST_CHAOS_LONG", "") not in ("", "0")
 
@@ -111,8 +113,8 @@ class Diva:
     ) -> None:  # fmt: skip
         assert intents is not None, "a chaos emulator checks intents: pass dep.intents"
         self.port = free_port()
-        args = ["--port", str(self.port), "--server", f"NAS={nas}", "--media", "DISK1",
-                "--user", "operator:operator:operator", "--user", "admin:admin:admin",
+        users = {"operator": "operator", "admin": "admin"}
+        args = [*emulator_args({"NAS": nas}, ["DISK1"], users), "--port", str(self.port),
                 "--seed", str(seed), "--archive-hook", intents.url]  # fmt: skip
         self.process = EmulatorProcess(state, args, profile=profile)
         self.db = state / "emulator.db"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import Deployment
+from ..support.deployment import Deployment
 from .harness import (
     LONG,
     Counts,

@@ -20,7 +20,8 @@ import pytest
 
 from ingest.protocol import RequestState
 
-from ..conftest import Deployment, wait_for
+from ..support.deployment import Deployment
+from ..support.wait import wait_for
 from .harness import (
     LONG,
     Counts,

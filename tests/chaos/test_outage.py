@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import Deployment, wait_for
+from ..support.deployment import Deployment
+from ..support.wait import wait_for
 from .harness import (
     LONG,
     Counts,

@@ -31,7 +31,8 @@ from typing import Any
 
 import pytest
 
-from ..conftest import Deployment, wait_for
+from ..support.deployment import Deployment
+from ..support.wait import wait_for
 from ..unprivileged import cannot_run_here
 from .harness import (
     Counts,
