@@ -38,7 +38,8 @@ from ingest.errors import (
     DivaUnconfirmed,
 )
 from ingest.protocol import STATUS, CodeKind, RequestState, code_kind
-from tests.test_client_protocol import FakeDiva, make_client
+
+from .support.fake_diva import FakeDiva, make_client
 
 NAME = "clip.mxf"
 COLLECTION = "news"

@@ -23,7 +23,7 @@ from ingest.config import DivaConfig
 
 from .support.emulator import DivaApi, RunningEmulator, archive_body, put_file, submit
 from .support.ledgers import Result
-from .test_cli_doctor import Site
+from .support.sites import Site
 
 
 def stats(emulator: RunningEmulator) -> dict[str, Any]:
