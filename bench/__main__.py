@@ -20,7 +20,9 @@ from typing import Any
 from .common import Result, machine
 
 #: run order: cheapest first
-BENCHMARKS = ("ledger_queries", "polling", "detection", "api_economy", "burst", "reconcile")
+BENCHMARKS = (
+    "ledger_queries", "polling", "detection", "api_economy", "burst", "http_load", "reconcile",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
