@@ -457,7 +457,7 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
     given_paths = values.get("rules", {}).get("paths", defaults.RULES_PATHS)
     rule_paths = tuple(_resolve(base, p) for p in given_paths)
     engine = values.get("engine", {})
-    http = _http(values.get("http", {}), path, line_of, problems)
+    http = _http(values.get("http", {}), path, line_of, problems, warnings)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         count = len(errors)
@@ -487,12 +487,15 @@ def _http(
     path: Path,
     line_of: Callable[[str, str | None], int | None],
     problems: list[Problem],
+    warnings: list[Problem],
 ) -> HttpConfig | None:
     """``[http]``: None unless ``listen`` is set. A non-loopback address without a token is
     an error: the page would show every folder and drop to anyone on the network."""
 
-    def problem(key: str, message: str) -> None:
-        problems.append(Problem(message, path, line_of("http", key), section="http", key=key))
+    def problem(key: str, message: str, severity: Literal["error", "warning"] = "error") -> None:
+        target = problems if severity == "error" else warnings
+        line = line_of("http", key)
+        target.append(Problem(message, path, line, section="http", key=key, severity=severity))
 
     token, token_env = values.get("token"), values.get("token_env")
     if token is not None and token_env is not None:
@@ -515,6 +518,18 @@ def _http(
             f"listen on {defaults.HTTP_LISTEN_EXAMPLE}",
         )
         return None
+    if token is not None:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            mode = 0
+        if mode & 0o077:
+            problem(
+                "token",
+                f"the config file holds the token and others can read it (mode "
+                f"{stat.S_IMODE(mode):04o}): chmod 600 {path}, or use token_env",
+                "warning",
+            )
     return HttpConfig(host, port, token_env=token_env, _token=token)
 
 

@@ -251,15 +251,23 @@ def test_listen_is_checked_when_the_config_loads(tmp_path: Path, listen: str, me
         load_config(config)
 
 
-def test_a_short_token_is_refused_without_being_echoed(tmp_path: Path) -> None:
+def test_the_token_is_checked_and_never_echoed(tmp_path: Path) -> None:
     config = tmp_path / "ingest.toml"
     config.write_text('[http]\nlisten = "[::1]:0"\ntoken = "s3cret-short"\n')
     with pytest.raises(ConfigError) as info:
         load_config(config)
     assert "at least 16 characters" in str(info.value) and "s3cret" not in str(info.value)
     config.write_text(f'[http]\nlisten = "0.0.0.0:9180"\ntoken = "{HTTP_TOKEN}"\n')
-    http = load_config(config).http
-    assert http is not None and not http.loopback and HTTP_TOKEN not in repr(http)
+    config.chmod(0o644)
+    loaded = load_config(config)
+    http = loaded.http
+    assert http is not None and not http.loopback and http.token() == HTTP_TOKEN
+    assert HTTP_TOKEN not in repr(loaded)
+    # A token in a file others can read works, with a warning that says what to do.
+    [warning] = [w for w in loaded.warnings if w.section == "http"]
+    assert "chmod 600" in str(warning) and HTTP_TOKEN not in str(warning)
+    config.chmod(0o600)
+    assert not [w for w in load_config(config).warnings if w.section == "http"]
 
 
 def test_the_token_guards_every_route_and_no_secret_is_ever_served(
