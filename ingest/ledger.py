@@ -41,6 +41,8 @@ __all__ = [
     "Batch",
     "DropRow",
     "Ledger",
+    "RulesStateRow",
+    "RulesVersionRow",
     "State",
     "TransitionRow",
     "WatcherRow",
@@ -100,6 +102,8 @@ class DropRow(SQLModel, table=True):
     #: its request was found by the object's name (after a lost answer), not given by
     #: DIVA's answer to our call: the object is checked to be ours before COMPLETED
     adopted: bool | None = None
+    #: the rules version (``rules_versions.version``) that built its archive request
+    rules_version: str | None = None
 
 
 class TransitionRow(SQLModel, table=True):
@@ -127,6 +131,33 @@ class WatcherRow(SQLModel, table=True):
     detail: str = Field(default="", sa_column_kwargs={"server_default": ""})
     last_scan_at: float | None = None
     updated_at: float = 0.0
+
+
+class RulesVersionRow(SQLModel, table=True):
+    """A rule set the daemon loaded, once per content (``ingest rules history``)."""
+
+    __tablename__ = "rules_versions"
+
+    version: str = Field(primary_key=True)  # SHA-256 of the normalized rule set, hex
+    loaded_at: float  # when it was first put in force, epoch seconds
+    last_loaded_at: float  # when it was last put in force (a restart, an edit undone)
+    rule_count: int
+    files: str  # JSON: [{"path", "mtime"}] as last loaded
+    rules: str  # JSON: the normalized rules, in match order
+
+
+class RulesStateRow(SQLModel, table=True):
+    """The daemon's word on its rules (one row): the version in force, and the problems
+    of rule files on disk it refused (for ``ingest status`` and ``rules check``)."""
+
+    __tablename__ = "rules_state"
+
+    id: int | None = Field(default=None, primary_key=True)  # always 1
+    version: str  # the rules version in force
+    loaded_at: float
+    refused_since: float | None = None  # since when the files on disk are refused
+    problems: str | None = None  # JSON: the refused files' problems (file, line, key...)
+    updated_at: float
 
 
 class MigrationRow(SQLModel, table=True):
@@ -181,6 +212,27 @@ CREATE TABLE watchers (
 """
 
 
+_RULES_VERSIONS = """
+ALTER TABLE drops ADD COLUMN rules_version TEXT;
+CREATE TABLE rules_versions (
+    version TEXT PRIMARY KEY,
+    loaded_at REAL NOT NULL,
+    last_loaded_at REAL NOT NULL,
+    rule_count INTEGER NOT NULL,
+    files TEXT NOT NULL,
+    rules TEXT NOT NULL
+);
+CREATE TABLE rules_state (
+    id INTEGER PRIMARY KEY,
+    version TEXT NOT NULL,
+    loaded_at REAL NOT NULL,
+    refused_since REAL,
+    problems TEXT,
+    updated_at REAL NOT NULL
+)
+"""
+
+
 def _run_script(script: str) -> Callable[[Connection], None]:
     def apply(conn: Connection) -> None:
         for statement in script.split(";"):
@@ -202,6 +254,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ),
     ("0003_drops_waiting_since", _run_script("ALTER TABLE drops ADD COLUMN waiting_since REAL")),
     ("0004_drops_adopted", _run_script("ALTER TABLE drops ADD COLUMN adopted BOOLEAN")),
+    ("0005_rules_versions", _run_script(_RULES_VERSIONS)),
 ]
 
 _DROPS = DropRow.__table__  # type: ignore[attr-defined]
@@ -309,6 +362,37 @@ class Batch:
             "last_scan_at = COALESCE(excluded.last_scan_at, watchers.last_scan_at), "
             "updated_at = excluded.updated_at",
             {"last_scan_at": None, **row},
+        )
+
+    def rules_loaded(
+        self, version: str, loaded_at: float, rule_count: int, files: str, rules: str
+    ) -> bool:
+        """Record a rule set put in force: a new version row, or the same content's row
+        brought up to date (no second row); True when the version is new."""
+        changed = self._raw.execute(
+            "UPDATE rules_versions SET last_loaded_at = ?, files = ? WHERE version = ?",
+            (loaded_at, files, version),
+        ).rowcount
+        if changed:
+            return False
+        self._raw.execute(
+            "INSERT INTO rules_versions (version, loaded_at, last_loaded_at, rule_count, "
+            "files, rules) VALUES (?, ?, ?, ?, ?, ?)",
+            (version, loaded_at, loaded_at, rule_count, files, rules),
+        )
+        return True
+
+    def rules_state(
+        self, version: str, loaded_at: float, refused_since: float | None, problems: str | None
+    ) -> None:
+        """Publish the rules in force and any refused edit (the one ``rules_state`` row)."""
+        self._raw.execute(
+            "INSERT INTO rules_state (id, version, loaded_at, refused_since, problems, "
+            "updated_at) VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+            "version = excluded.version, loaded_at = excluded.loaded_at, "
+            "refused_since = excluded.refused_since, problems = excluded.problems, "
+            "updated_at = excluded.updated_at",
+            (version, loaded_at, refused_since, problems, self.now),
         )
 
 

@@ -15,6 +15,7 @@ nor wait for it.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -43,6 +44,10 @@ __all__ = [
     "history",
     "ledger_path",
     "open_ledger",
+    "resolve_rules_versions",
+    "rules_state",
+    "rules_version_record",
+    "rules_versions",
     "select_drops",
     "state_rule_counts",
 ]
@@ -84,6 +89,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "next_attempt_at",
     "updated_at",
     "waiting_since",
+    "rules_version",
 )
 _TIME_FIELDS = frozenset(f for f in RECORD_FIELDS if f.endswith("_at"))
 _COLUMNS = ", ".join(RECORD_FIELDS)
@@ -197,6 +203,8 @@ class DropFilter:
     until: float | None = None  # detected_at < until
     path_glob: str | None = None
     object_name: str | None = None
+    #: full rules versions (see :func:`resolve_rules_versions` for a prefix)
+    rules_versions: tuple[str, ...] = ()
 
 
 def glob_to_sql(pattern: str) -> str:
@@ -231,6 +239,9 @@ def _conditions(f: DropFilter, *, with_states: bool) -> tuple[list[str], list[An
     if f.object_name is not None:
         where.append("object_name = ?")
         params.append(f.object_name)
+    if f.rules_versions:
+        where.append(f"rules_version IN ({', '.join('?' * len(f.rules_versions))})")
+        params += f.rules_versions
     return where, params
 
 
@@ -446,6 +457,64 @@ def watchers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
         "SELECT watch, observer, health, detail, last_scan_at, updated_at FROM watchers "
         "ORDER BY watch"
     ).fetchall()
+
+
+# ---------------------------------------------------------------------------------------
+# rules versions (written by the daemon: ingest.engine.rulestate)
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    # A ledger the daemon has not migrated yet (an older ingest wrote it) has none.
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return found is not None
+
+
+def rules_versions(conn: sqlite3.Connection, limit: int | None = None) -> list[sqlite3.Row]:
+    """The rules versions the daemon loaded, the one last put in force first."""
+    if not _has_table(conn, "rules_versions"):
+        return []
+    sql = "SELECT * FROM rules_versions ORDER BY last_loaded_at DESC, loaded_at DESC"
+    if limit is not None:
+        return conn.execute(sql + " LIMIT ?", (limit,)).fetchall()
+    return conn.execute(sql).fetchall()
+
+
+def resolve_rules_versions(conn: sqlite3.Connection, prefix: str) -> list[sqlite3.Row]:
+    """The rules versions whose hash starts with ``prefix`` (a few hex digits do)."""
+    text = prefix.strip().lower()
+    if not text or any(c not in "0123456789abcdef" for c in text):
+        raise UsageError(f"{prefix!r} is not a rules version: give its hex digits")
+    if not _has_table(conn, "rules_versions"):
+        return []
+    return conn.execute(
+        "SELECT * FROM rules_versions WHERE version GLOB ? ORDER BY last_loaded_at DESC",
+        (text + "*",),
+    ).fetchall()
+
+
+def rules_state(conn: sqlite3.Connection) -> sqlite3.Row | None:
+    """The daemon's word on its rules: the version in force and any refused edit."""
+    if not _has_table(conn, "rules_state"):
+        return None
+    row: sqlite3.Row | None = conn.execute("SELECT * FROM rules_state WHERE id = 1").fetchone()
+    return row
+
+
+def rules_version_record(row: sqlite3.Row, *, with_rules: bool = True) -> dict[str, Any]:
+    """A rules version as the JSON contract has it (ISO 8601 UTC times)."""
+    files = json.loads(row["files"])
+    record: dict[str, Any] = {
+        "version": row["version"],
+        "loaded_at": iso_utc(row["loaded_at"]),
+        "last_loaded_at": iso_utc(row["last_loaded_at"]),
+        "rule_count": row["rule_count"],
+        "files": [{"path": f["path"], "mtime": iso_utc(f["mtime"])} for f in files],
+    }
+    if with_rules:
+        record["rules"] = json.loads(row["rules"])
+    return record
 
 
 def validate_states(values: Sequence[str]) -> tuple[str, ...]:

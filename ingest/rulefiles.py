@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from .rules import (
     _norm,
     _pattern_problem,
 )
+from .ruleversions import Refusal, RulesVersion, diff_rules
 from .templates import (
     FILE_FIELDS,
     FOLDER_FIELDS,
@@ -457,6 +459,10 @@ class RuleBook:
         self._rules = load_rules(self.paths, self.base_dir)
         self._stamp = stamp
         self._refused: tuple[Any, ...] | None = None
+        #: the rules in force as the ledger records them (content hash, files, values)
+        self.version = RulesVersion.of(self._rules, time.time())
+        #: set while the files on disk are refused (invalid), cleared by a good reload
+        self.refusal: Refusal | None = None
 
     def __repr__(self) -> str:
         return f"RuleBook({[str(p) for p in self.paths]!r}, {self._rules!r})"
@@ -498,30 +504,37 @@ class RuleBook:
         force stay in force.
         """
         stamp = self._fingerprint()
-        if stamp == self._stamp or stamp == self._refused:
+        if stamp == self._stamp:
+            # The files are back as they were when loaded (a refused edit undone).
+            self._refused = self.refusal = None
+            return False
+        if stamp == self._refused:
             return False
         result = check_rules(self.paths, self.base_dir)
         if result.ruleset is None:
             self._refused = stamp
+            since = self.refusal.since if self.refusal is not None else time.time()
+            self.refusal = Refusal(tuple(p.as_dict() for p in result.errors), since)
             log.error(
-                "rule files changed but are invalid; keeping the %d rules in force:\n  %s",
+                "rule files changed but are invalid; keeping the %d rules in force "
+                "(version %s):\n  %s",
                 len(self._rules),
+                self.version.short,
                 "\n  ".join(str(p) for p in result.errors),
             )
             return False
-        old = {r.name: r for r in self._rules}
-        new = {r.name: r for r in result.ruleset}
-        added = sorted(new.keys() - old.keys())
-        removed = sorted(old.keys() - new.keys())
-        changed = sorted(n for n in new.keys() & old.keys() if new[n] != old[n])
+        version = RulesVersion.of(result.ruleset, time.time())
+        diff = diff_rules(self.version.rules, version.rules)
+        previous = self.version
         self._rules, self._stamp, self._refused = result.ruleset, stamp, None
+        self.version, self.refusal = version, None
         log.info(
-            "rules reloaded: %d rules from %d files (added %s; removed %s; changed %s)",
-            len(new),
+            "rules reloaded: %d rules from %d files, version %s (was %s): %s",
+            len(result.ruleset),
             len(result.files),
-            ", ".join(added) or "none",
-            ", ".join(removed) or "none",
-            ", ".join(changed) or "none",
+            version.short,
+            previous.short,
+            diff,
         )
         for warning in result.warnings:
             log.warning("%s", warning)

@@ -28,13 +28,18 @@ from ingest.ledger import (
     DropRow,
     Ledger,
     MigrationRow,
+    RulesStateRow,
+    RulesVersionRow,
     State,
     TransitionRow,
     WatcherRow,
 )
 
 #: every table the ledger's migrations create, as the code declares it
-MODEL_TABLES = [m.__table__ for m in (DropRow, TransitionRow, WatcherRow, MigrationRow)]  # type: ignore[union-attr]
+MODEL_TABLES = [
+    m.__table__  # type: ignore[union-attr]
+    for m in (DropRow, TransitionRow, WatcherRow, MigrationRow, RulesVersionRow, RulesStateRow)
+]
 
 
 def family(sql_type: TypeEngine[Any]) -> str:
@@ -121,7 +126,7 @@ def test_the_oldest_ledger_migrated_is_the_model(
         (row,) = ledger.rows()
         # The columns added since read back as the model's defaults.
         assert (row["path"], row["size"], row["mtime_ns"]) == ("a.mxf", 3, 7)
-        assert (row["waiting_since"], row["adopted"]) == (None, None)
+        assert (row["waiting_since"], row["adopted"], row["rules_version"]) == (None, None, None)
     finally:
         ledger.close()
 
@@ -133,7 +138,14 @@ def test_the_model_declares_what_the_queries_rely_on(model: set[Fact]) -> None:
     assert ("drops", "column", 17, "attempts", "Integer", False, "0") in model
     assert ("transitions", "foreign key", ("drop_id",), "drops", ("id",)) in model
     tables = {fact[0] for fact in model if fact[1] == "table"}
-    assert tables == {"drops", "transitions", "watchers", "schema_migrations"}
+    assert tables == {
+        "drops",
+        "transitions",
+        "watchers",
+        "schema_migrations",
+        "rules_versions",
+        "rules_state",
+    }
 
 
 def test_the_read_side_states_are_the_ledger_states() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 import time
@@ -48,9 +49,11 @@ def status(config_path: Path | None, fmt: str) -> None:
     mount problem). Reads the ledger without blocking the daemon.
 
     Exit 0 when healthy; 1 when a drop failed in the last 24 hours, a watcher is
-    down or paused, or DIVA has kept a request waiting (queued, for resources, for an
-    operator) longer than [diva] stuck_after_seconds (default 4 h), so it can serve as a
-    monitoring check. A stuck request is shown, never resubmitted.
+    down or paused, the rule files on disk are invalid (the daemon refused them and
+    keeps the rules in force: each problem is named by file, line and key), or DIVA
+    has kept a request waiting (queued, for resources, for an operator) longer than
+    [diva] stuck_after_seconds (default 4 h), so it can serve as a monitoring check.
+    A stuck request is shown, never resubmitted.
 
     \b
     Example:
@@ -83,6 +86,7 @@ def collect(
         waiting = queries.oldest_waiting(conn)
         failed_count, failed = queries.recent_failures(conn, now - FAILURE_WINDOW_SECONDS, SHOWN)
         watcher_rows = queries.watchers(conn)
+        rules_row = queries.rules_state(conn)
     states = dict.fromkeys(queries.STATES, 0)
     rules: dict[str, dict[str, int]] = {}
     for state, rule, count in pairs:
@@ -105,6 +109,13 @@ def collect(
     for w in watchers:
         if w["health"] != "ok":
             problems.append(f"watcher {w['watch']} is {w['health']}: {w['detail']}")
+    rules_doc = _rules_doc(rules_row)
+    if rules_doc is not None and rules_doc["refused_since"] is not None:
+        problems.append(
+            f"the rule files on disk are invalid since {rules_doc['refused_since']}: the "
+            f"daemon keeps rules version {rules_doc['version'][:12]}; "
+            + "; ".join(p["text"] for p in rules_doc["problems"])
+        )
     if stuck_count:
         problems.append(
             f"{stuck_count} request(s) kept waiting by DIVA for more than {ago_span(stuck_after)}"
@@ -132,6 +143,7 @@ def collect(
             "requests": [queries.drop_record(r) for r in stuck],
         },
         "watchers": watchers,
+        "rules_in_force": rules_doc,
     }
     # The rows themselves, with epoch times, for the table's local times.
     raw = {
@@ -142,6 +154,23 @@ def collect(
         "stuck": stuck,
     }
     return doc, raw
+
+
+def _rules_doc(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    """The daemon's word on its rules: the version in force, and any refused edit."""
+    if row is None:
+        return None
+    problems = json.loads(row["problems"]) if row["problems"] else []
+    return {
+        "version": row["version"],
+        "loaded_at": iso_utc(row["loaded_at"]),
+        "refused_since": iso_utc(row["refused_since"]),
+        "problems": [
+            {k: p.get(k) for k in ("file", "line", "rule", "key", "message", "text")}
+            for p in problems
+        ],
+        "updated_at": iso_utc(row["updated_at"]),
+    }
 
 
 def _print(doc: dict[str, Any], raw: dict[str, Any]) -> None:
@@ -287,6 +316,20 @@ def _print(doc: dict[str, Any], raw: dict[str, Any]) -> None:
             echo("  " + line)
     else:
         echo("watchers: none recorded (has `ingest run` started?)")
+
+    rules = doc["rules_in_force"]
+    if rules is not None:
+        echo("")
+        echo(f"rules: version {rules['version'][:12]} in force since {rules['loaded_at']}")
+        if rules["refused_since"] is not None:
+            echo(
+                "  "
+                + style("!", colour, "FAIL")
+                + f" the rule files on disk are invalid since {rules['refused_since']}; "
+                "the daemon keeps the rules above:"
+            )
+            for problem in rules["problems"]:
+                echo(f"    {problem['text']}")
 
 
 def _why(row: sqlite3.Row) -> str:

@@ -39,6 +39,7 @@ from .drops import Tracked
 from .folders import Folders, Hint
 from .intake import Intake
 from .monitor import Monitor
+from .rulestate import RulesRecord
 from .submissions import Tracker
 
 __all__ = ["Engine"]
@@ -91,6 +92,7 @@ class Engine:
             on_final=lambda turn, tr: self.intake.finished(turn, tr),
         )
         self.intake = Intake(self.book, self.folders, self.tracker)
+        self.rules_record = RulesRecord(self.book, remind_seconds=self.reload_seconds * 60)
         self._held: Message | None = None  # taken by _wait, for the next turn's drain
         self._next_reload = 0.0
         self._last_answer = time.monotonic()
@@ -255,6 +257,7 @@ class Engine:
         now = time.monotonic()
         self.intake.reset()
         self.tracker.reset()
+        self.rules_record.reset()
         counts: dict[str, int] = {}
         for row in self.ledger.rows(*ACTIVE_STATES):
             tr = Tracked.from_row(row)
@@ -308,6 +311,7 @@ class Engine:
                 self.intake.rules_changed()
                 self._apply_rules(self.book.rules)
             self._adopt_external(turn.tx, now)
+        self.rules_record.publish(turn.tx, now)
         for folder in self.folders.values():
             self.folders.revive(folder, now)
             if now >= folder.next_scan:

@@ -264,7 +264,7 @@ class Intake:
             tr.id, settled_at=time.time(), size=tr.size, mtime_ns=tr.mtime_ns,
             file_count=tr.file_count, object_name=tr.object_name, collection=tr.collection,
             media=rule.media, qos=rule.wire_qos, priority=rule.priority, error=None,
-            body=tr.body_json,
+            body=tr.body_json, rules_version=self.book.version.version,
         )  # fmt: skip
         self.tracker.queue(tr)
 
