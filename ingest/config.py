@@ -9,9 +9,8 @@ The DIVA password is never stored: :meth:`DivaConfig.password` reads it from the
 environment or the password file each time it is asked for, so it cannot leak through a
 repr, a log line or an exception.
 
->>> # doctest: +SKIP
->>> config = load_config(find_config(None))
->>> config.diva.manager_url
+>>> config = load_config(find_config(None))  # doctest: +SKIP
+>>> config.diva.manager_url  # doctest: +SKIP
 'https://diva.example:8765/manager'
 """
 

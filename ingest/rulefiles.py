@@ -4,9 +4,8 @@ Every problem in the rule files is reported at once, each naming file, line, rul
 (:func:`check_rules`); :func:`load_rules` raises :class:`~ingest.errors.RulesError` with
 them; :class:`RuleBook` keeps the last valid rules in force while admins edit.
 
->>> # doctest: +SKIP
->>> book = RuleBook(["rules"], base_dir=Path("/etc/ingest"))
->>> book.maybe_reload()   # every few seconds: cheap when nothing changed
+>>> book = RuleBook(["rules"], base_dir=Path("/etc/ingest"))  # doctest: +SKIP
+>>> book.maybe_reload()  # every few seconds: cheap when nothing changed  # doctest: +SKIP
 False
 """
 
@@ -446,9 +445,8 @@ def load_rules(paths: Iterable[Path | str], base_dir: Path | None = None) -> Rul
 class RuleBook:
     """The rules in force, reloaded when rule files change; an invalid edit is refused.
 
-    >>> # doctest: +SKIP
-    >>> book = RuleBook(config.rules.paths, base_dir=config.base_dir)
-    >>> book.maybe_reload()   # every few seconds: cheap when nothing changed
+    >>> book = RuleBook(config.rules.paths, base_dir=config.base_dir)  # doctest: +SKIP
+    >>> book.maybe_reload()  # every few seconds: cheap when nothing changed  # doctest: +SKIP
     False
     """
 

@@ -7,10 +7,9 @@ file name, order in the file) and the first rule that matches a path wins
 DIVA's archive call. Loading and checking rule files, and hot reload, are in
 :mod:`ingest.rulefiles`.
 
->>> # doctest: +SKIP
->>> rules = load_rules(["rules"], base_dir=Path("/etc/ingest"))
->>> m = rules.match(Path("/mnt/nas/news/clip.mxf"))
->>> body = build_archive_body(m.rule, m.rule.drop_for(m))
+>>> rules = load_rules(["rules"], base_dir=Path("/etc/ingest"))  # doctest: +SKIP
+>>> m = rules.match(Path("/mnt/nas/news/clip.mxf"))  # doctest: +SKIP
+>>> body = build_archive_body(m.rule, m.rule.drop_for(m))  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -8,9 +8,8 @@ that built its archive request, so an audit can say which rules archived which d
 
 Stdlib and :mod:`ingest.rules` only: no ledger, no SQLAlchemy.
 
->>> # doctest: +SKIP
->>> v = RulesVersion.of(ruleset, loaded_at=time.time())
->>> v.short
+>>> v = RulesVersion.of(ruleset, loaded_at=time.time())  # doctest: +SKIP
+>>> v.short  # doctest: +SKIP
 '3f9a0c1b2d4e'
 """
 

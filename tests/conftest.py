@@ -23,6 +23,10 @@ from .support.ledgers import Setup, build
 #: unprivileged runs checks as a user that file modes stop (the suite runs as root).
 pytest_plugins = ("tests.leakcheck", "tests.unprivileged")
 
+#: not a module of the suite: Python runs it at a test daemon's start-up (and
+#: --doctest-modules would import it under the name of the interpreter's own sitecustomize)
+collect_ignore_glob = ["support/daemon_site/*"]
+
 
 @pytest.fixture(scope="session")
 def emulator_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEmulator]:

@@ -3,7 +3,9 @@
 The engine decides (:mod:`.submissions`); this module only makes the calls. Each is a
 :class:`Job`, run on a small thread pool (so a slow or absent DIVA never stalls watching)
 once the engine's turn that decided it has committed, and answered by a typed
-:class:`Outcome` put on the engine's queue. Nothing here touches the ledger or a file.
+:class:`Outcome` put on the engine's queue. The calls touch neither the ledger nor a
+file: :class:`Turn` only carries the engine's open ledger transaction, and the calls and
+file removals decided in it, from the engine to the Tracker and back.
 
 Reconciling is how "nothing is archived twice" survives a crash: before a drop whose
 earlier archive call may have reached DIVA is submitted again, :func:`reconcile` asks DIVA
