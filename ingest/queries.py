@@ -46,6 +46,7 @@ __all__ = [
     "open_ledger",
     "resolve_rules_versions",
     "rules_state",
+    "rules_version_prefix",
     "rules_version_record",
     "rules_versions",
     "select_drops",
@@ -203,7 +204,7 @@ class DropFilter:
     until: float | None = None  # detected_at < until
     path_glob: str | None = None
     object_name: str | None = None
-    #: full rules versions (see :func:`resolve_rules_versions` for a prefix)
+    #: rules versions, or their first hex digits (see :func:`rules_version_prefix`)
     rules_versions: tuple[str, ...] = ()
 
 
@@ -240,8 +241,8 @@ def _conditions(f: DropFilter, *, with_states: bool) -> tuple[list[str], list[An
         where.append("object_name = ?")
         params.append(f.object_name)
     if f.rules_versions:
-        where.append(f"rules_version IN ({', '.join('?' * len(f.rules_versions))})")
-        params += f.rules_versions
+        where.append("(" + " OR ".join(["rules_version GLOB ?"] * len(f.rules_versions)) + ")")
+        params += [rules_version_prefix(v) + "*" for v in f.rules_versions]
     return where, params
 
 
@@ -481,11 +482,21 @@ def rules_versions(conn: sqlite3.Connection, limit: int | None = None) -> list[s
     return conn.execute(sql).fetchall()
 
 
+def rules_version_prefix(text: str) -> str:
+    """A rules version or its first digits, checked (lower-case hex) for a GLOB prefix.
+
+    >>> rules_version_prefix(" 3F9A ")
+    '3f9a'
+    """
+    prefix = text.strip().lower()
+    if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+        raise UsageError(f"{text!r} is not a rules version: give its hex digits")
+    return prefix
+
+
 def resolve_rules_versions(conn: sqlite3.Connection, prefix: str) -> list[sqlite3.Row]:
     """The rules versions whose hash starts with ``prefix`` (a few hex digits do)."""
-    text = prefix.strip().lower()
-    if not text or any(c not in "0123456789abcdef" for c in text):
-        raise UsageError(f"{prefix!r} is not a rules version: give its hex digits")
+    text = rules_version_prefix(prefix)
     if not _has_table(conn, "rules_versions"):
         return []
     return conn.execute(

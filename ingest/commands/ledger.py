@@ -70,6 +70,9 @@ def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
             until=parse_when(until, now) if until else None,
             path_glob=kwargs.pop("path_glob"),
             object_name=kwargs.pop("object_name"),
+            rules_versions=tuple(
+                queries.rules_version_prefix(v) for v in kwargs.pop("rules_versions")
+            ),
         )
         return func(*args, **kwargs)
 
@@ -97,6 +100,14 @@ def _filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "(* ? [abc] [!abc]; * crosses /). A GLOB starting with / matches the absolute path.",
         ),
         click.option("--object", "object_name", metavar="NAME", help="Only the object NAME."),
+        click.option(
+            "--rules-version",
+            "rules_versions",
+            multiple=True,
+            metavar="VERSION",
+            help="Only drops whose archive request was built by rules VERSION (its first "
+            "hex digits are enough; repeatable; see `ingest rules history`).",
+        ),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)

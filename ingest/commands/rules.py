@@ -1,4 +1,5 @@
-"""``ingest rules check`` and ``ingest rules explain``: validate rule files, dry-run a path."""
+"""``ingest rules check|explain|history|show``: validate rule files, dry-run a path, and
+the rules versions the daemon ran (read from the ledger)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import click
 
-from ..config import find_config, load_config
-from ..errors import RulesError
-from ..rulefiles import check_rules, load_rules
+from .. import queries
+from ..config import ServiceConfig, find_config, load_config
+from ..errors import LedgerError, NotFoundError, RulesError, UsageError
+from ..report import dumps, iso_utc, local_time
+from ..rulefiles import CheckResult, check_rules, load_rules
 from ..rules import Explanation, RuleSet
+from ..ruleversions import SHORT, normalize, version_of
 
 __all__ = ["rules"]
 
@@ -51,6 +55,8 @@ def rules() -> None:
     Example:
       ingest rules check --config /etc/ingest/ingest.toml
       ingest rules explain /mnt/nas/news/clip.mxf
+      ingest rules history
+      ingest rules show 3f9a0c1b
     """
 
 
@@ -70,7 +76,10 @@ def check(
     PATHS are rule files or folders of *.toml files (default: the rules named by the
     service config). Relative watch folders are resolved against the service config's
     folder (the current folder when there is no config). Every problem is listed at
-    once, as file:line: rule: key: message. Exit 0 when valid (warnings allowed), 3 when not.
+    once, as file:line: rule: key: message. When the service config names a ledger the
+    daemon has written, also says whether these rules are the ones the running daemon
+    uses, and if not, which version it runs. Exit 0 when valid (warnings allowed), 3
+    when not.
 
     \b
     Example:
@@ -79,6 +88,7 @@ def check(
     """
     targets, base_dir = _targets(config_path, rules_dirs, paths)
     result = check_rules(targets, base_dir)
+    daemon = _against_daemon(load_config(find_config(config_path), warn=False), result)
     if as_json:
         doc = {
             "ok": result.ok,
@@ -86,6 +96,8 @@ def check(
             "rules": result.rule_count,
             "errors": [p.as_dict() for p in result.errors],
             "warnings": [p.as_dict() for p in result.warnings],
+            "version": daemon["disk_version"] if daemon else _disk_version(result),
+            "daemon": daemon,
         }
         click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
         if not result.ok:
@@ -95,6 +107,8 @@ def check(
         return
     for warning in result.warnings:
         click.echo(f"warning: {warning}")
+    if daemon is not None:
+        click.echo(daemon["summary"])
     if not result.ok:
         raise RulesError([str(p) for p in result.errors])
     count = len(result.warnings)
@@ -103,6 +117,53 @@ def check(
         f"{len(result.files)} file{'s' if len(result.files) != 1 else ''}"
         + (f", {count} warning{'s' if count != 1 else ''}" if count else "")
     )
+
+
+def _disk_version(result: CheckResult) -> str | None:
+    return None if result.ruleset is None else version_of(normalize(result.ruleset))
+
+
+def _against_daemon(config: ServiceConfig, result: CheckResult) -> dict[str, object] | None:
+    """Whether the rules checked are the ones the running daemon uses, as its ledger
+    says; None when no config names a ledger the daemon has written."""
+    path = config.ledger.path
+    if config.path is None or path is None or not path.exists():
+        return None
+    try:
+        with queries.open_ledger(path) as conn, queries.errors(path):
+            row = queries.rules_state(conn)
+    except LedgerError:
+        return None
+    disk = _disk_version(result)
+    if row is None:
+        summary = f"the daemon has not recorded the rules it runs in {path} yet"
+        return {"ledger": str(path), "disk_version": disk, "version": None, "same": None,
+                "refused_since": None, "summary": summary}  # fmt: skip
+    running, loaded = row["version"], local_time(row["loaded_at"], seconds=True)
+    same = disk == running
+    if same:
+        summary = f"the daemon runs these rules (version {running[:SHORT]}, loaded {loaded})"
+    elif disk is None:
+        summary = (
+            f"the daemon does not run these rules: it keeps version {running[:SHORT]} "
+            f"(loaded {loaded}) until the files are valid"
+        )
+    else:
+        summary = (
+            f"the daemon does not run these rules (version {disk[:SHORT]}): it runs version "
+            f"{running[:SHORT]} (loaded {loaded}); a valid edit takes effect within "
+            "[engine] reload_seconds while it runs (see `ingest rules show "
+            f"{running[:SHORT]}`)"
+        )
+    return {
+        "ledger": str(path),
+        "disk_version": disk,
+        "version": running,
+        "loaded_at": iso_utc(row["loaded_at"]),
+        "same": same,
+        "refused_since": iso_utc(row["refused_since"]),
+        "summary": summary,
+    }
 
 
 @rules.command()
@@ -168,3 +229,102 @@ def _print_explanation(ex: Explanation, ruleset: RuleSet) -> None:
         return
     click.echo("archive request that would be sent (POST /requests/archive; nothing is submitted):")
     click.echo(json.dumps(ex.body, indent=2, ensure_ascii=False))
+
+
+@rules.command()
+@_config_option
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, metavar="N", help="At most N versions."
+)
+@_json_option
+def history(config_path: Path | None, limit: int | None, as_json: bool) -> None:
+    """List the rules versions the daemon has run, the one last put in force first.
+
+    A version is the hash of the rules' content (every rule's values, in match order):
+    the daemon records one each time it loads rules (at start, on every accepted edit),
+    once per content. `*` marks the version the daemon runs. Drops record the version
+    that built their archive request (`ingest ledger list --rules-version VERSION`).
+
+    \b
+    Example:
+      ingest rules history
+      ingest rules history --json --limit 5
+    """
+    path = queries.ledger_path(config_path)
+    with queries.open_ledger(path) as conn, queries.errors(path), queries.snapshot(conn):
+        rows = queries.rules_versions(conn, limit)
+        state = queries.rules_state(conn)
+    running = state["version"] if state is not None else None
+    if as_json:
+        records = [
+            {
+                **queries.rules_version_record(r, with_rules=False),
+                "in_force": r["version"] == running,
+            }
+            for r in rows
+        ]
+        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no rules versions recorded yet (has `ingest run` started?)")
+        return
+    for r in rows:
+        mark = "*" if r["version"] == running else " "
+        files = len(json.loads(r["files"]))
+        click.echo(
+            f"{mark} {r['version'][:SHORT]}  loaded {local_time(r['loaded_at'], seconds=True)}"
+            f"  last {local_time(r['last_loaded_at'], seconds=True)}  "
+            f"{r['rule_count']} rule{'s' if r['rule_count'] != 1 else ''} in {files} "
+            f"file{'s' if files != 1 else ''}"
+        )
+
+
+@rules.command()
+@click.argument("version")
+@_config_option
+@_json_option
+def show(version: str, config_path: Path | None, as_json: bool) -> None:
+    """Print one rules version: when it was loaded, its files, and every rule's values.
+
+    VERSION is a version as `ingest rules history` or `ingest ledger show` print it
+    (its first hex digits are enough). The rules print as [[rule]] tables with every
+    value, defaults included: what built the archive requests of the drops that
+    record this version. Exit 9 when no version matches.
+
+    \b
+    Example:
+      ingest rules show 3f9a0c1b
+      ingest rules show 3f9a0c1b --json | jq '.rules[0].collection'
+    """
+    path = queries.ledger_path(config_path)
+    with queries.open_ledger(path) as conn, queries.errors(path), queries.snapshot(conn):
+        rows = queries.resolve_rules_versions(conn, version)
+        state = queries.rules_state(conn)
+    if not rows:
+        raise NotFoundError(
+            f"no rules version {version!r} in the ledger {path}: see `ingest rules history`"
+        )
+    if len(rows) > 1:
+        names = ", ".join(r["version"][:SHORT] for r in rows)
+        raise UsageError(
+            f"{version!r} names {len(rows)} rules versions ({names}): give more digits"
+        )
+    row = rows[0]
+    record = queries.rules_version_record(row)
+    record["in_force"] = state is not None and state["version"] == row["version"]
+    if as_json:
+        click.echo(dumps(record, indent=2))
+        return
+    click.echo(f"# rules version {row['version']}" + (" (in force)" if record["in_force"] else ""))
+    click.echo(
+        f"# first loaded {local_time(row['loaded_at'], seconds=True)} ({record['loaded_at']})"
+    )
+    last = local_time(row["last_loaded_at"], seconds=True)
+    click.echo(f"# last loaded  {last} ({record['last_loaded_at']})")
+    for f in record["files"]:
+        click.echo(f"# file {f['path']} (modified {f['mtime']})")
+    for rule in record["rules"]:
+        click.echo("")
+        click.echo("[[rule]]")
+        for key, value in rule.items():
+            click.echo(f"{key} = {json.dumps(value, ensure_ascii=False)}")
