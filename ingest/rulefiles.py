@@ -450,9 +450,20 @@ class RuleBook:
     False
     """
 
-    def __init__(self, paths: Iterable[Path | str], base_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        paths: Iterable[Path | str],
+        base_dir: Path | None = None,
+        *,
+        vanish_grace: float = 0.0,
+    ) -> None:
         self.paths = tuple(Path(p) for p in paths)
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        #: how long (seconds) a rule file in force may be missing before that counts as
+        #: an edit: an editor's save (rename away, write anew) or a delete and re-create
+        #: must not drop its rules, nor their watch folders, for a moment
+        self.vanish_grace = vanish_grace
+        self._vanished_at: float | None = None
         stamp = self._fingerprint()
         self._rules = load_rules(self.paths, self.base_dir)
         self._stamp = stamp
@@ -495,6 +506,16 @@ class RuleBook:
                 stamp.append((str(path), None))
         return tuple(stamp)
 
+    def _vanishing(self) -> bool:
+        """Whether a rule file in force has just gone missing (within ``vanish_grace``)."""
+        if self.vanish_grace <= 0 or all(os.path.lexists(f) for f in self._rules.files):
+            self._vanished_at = None
+            return False
+        now = time.monotonic()
+        if self._vanished_at is None:
+            self._vanished_at = now
+        return now - self._vanished_at < self.vanish_grace
+
     def maybe_reload(self) -> bool:
         """Reload when a rule file was added, edited or removed; True when new rules took effect.
 
@@ -506,7 +527,7 @@ class RuleBook:
             # The files are back as they were when loaded (a refused edit undone).
             self._refused = self.refusal = None
             return False
-        if stamp == self._refused:
+        if stamp == self._refused or self._vanishing():
             return False
         result = check_rules(self.paths, self.base_dir)
         if result.ruleset is None:

@@ -20,6 +20,7 @@ from ingest.rulefiles import RuleBook, load_rules
 from ingest.ruleversions import diff_rules, normalize, version_of
 
 from .support.ledgers import invoke
+from .support.wait import wait_for
 
 
 def rule_text(name: str = "r", *, comment: str = "", **keys: Any) -> str:
@@ -148,6 +149,26 @@ def test_undoing_a_refused_edit_clears_it(site: Path) -> None:
     book.maybe_reload()
     assert book.refusal is None
     assert book.version.version == good.version
+
+
+def test_a_rule_file_briefly_gone_keeps_its_rules(site: Path) -> None:
+    """An editor's save (rename away, write anew) or a delete and re-create: the rules in
+    force, and so their watch folders, do not go for a moment; a file that stays gone
+    for the grace does take its rules with it."""
+    path = site / "rules" / "a.toml"
+    book = RuleBook([site / "rules"], site, vanish_grace=0.5)
+    good = book.version
+    text = path.read_text()
+    path.unlink()
+    assert book.maybe_reload() is False
+    assert book.rules.get("a") is not None and book.refusal is None
+    path.write_text(text)
+    book.maybe_reload()
+    assert book.version.version == good.version
+    path.unlink()
+    assert book.maybe_reload() is False
+    wait_for(book.maybe_reload, timeout=10)
+    assert book.rules.get("a") is None and len(book.rules) == 0
 
 
 # -- what the daemon publishes ---------------------------------------------------------

@@ -73,7 +73,10 @@ class Engine:
         self.config = config
         diva = config.require_diva()
         self.reload_seconds = config.engine.reload_seconds
-        self.book = RuleBook(config.rules.paths, config.base_dir)
+        # A rule file must stay gone for a whole reload period before its rules go.
+        self.book = RuleBook(
+            config.rules.paths, config.base_dir, vanish_grace=self.reload_seconds * 1.5
+        )
         self.ledger = Ledger.open(config.ledger.url)
         self.client = client if client is not None else DivaClient.from_config(diva)
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
