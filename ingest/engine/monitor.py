@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..client import DivaClient
     from ..ledger import Batch
     from .folders import Folder
-    from .submissions import Schedule
+    from .schedule import Schedule
 
 __all__ = ["DivaView", "FolderView", "Monitor", "Snapshot"]
 
