@@ -21,16 +21,24 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Index, create_engine, event, insert, select, text
-from sqlmodel import Field, SQLModel
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 
 from .errors import LedgerError
+from .schema import (
+    MIGRATIONS,
+    DropRow,
+    MigrationRow,
+    RulesStateRow,
+    RulesVersionRow,
+    TransitionRow,
+    WatcherRow,
+)
 from .states import ACTIVE_STATES, FINAL_STATES, State
 
 __all__ = [
@@ -41,6 +49,7 @@ __all__ = [
     "Batch",
     "DropRow",
     "Ledger",
+    "MigrationRow",
     "RulesStateRow",
     "RulesVersionRow",
     "State",
@@ -49,213 +58,6 @@ __all__ = [
     "sqlite_path",
 ]
 
-
-class DropRow(SQLModel, table=True):
-    """One drop: a file (file mode) or a top-level folder (folder mode)."""
-
-    __tablename__ = "drops"
-    # The migrations below build these; tests/test_ledger_schema.py holds the two equal.
-    __table_args__ = (
-        Index("ix_drops_state_id", "state", "id"),
-        Index("ix_drops_state_rule", "state", "rule"),
-        Index("ix_drops_watch_path", "watch", "path"),
-        Index("ix_drops_rule_id", "rule", "id"),
-        Index("ix_drops_object", "object_name", "collection"),
-        Index("ix_drops_detected", "detected_at"),
-        Index("ix_drops_finished", "finished_at"),
-        Index("ix_drops_state_finished", "state", "finished_at"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    rule: str
-    watch: str  # the watch folder, absolute
-    path: str  # relative to ``watch``, '/'-separated
-    kind: str = Field(default="file", sa_column_kwargs={"server_default": "file"})  # | folder
-    state: str = State.DETECTED
-    object_name: str | None = None
-    collection: str | None = None
-    media: str | None = None
-    qos: int | None = None
-    priority: int | None = None
-    diva_state: str | None = None
-    progress: int | None = None
-    request_id: int | None = None
-    status_code: int | None = None
-    status_name: str | None = None
-    abort_reason: str | None = None
-    attempts: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
-    source_deleted: bool | None = None
-    size: int | None = None  # bytes (a folder: all its members)
-    mtime_ns: int | None = None  # newest mtime of the drop, ns since the epoch
-    file_count: int | None = None
-    body: str | None = None  # the archive request body, JSON
-    error: str | None = None
-    detected_at: float = 0.0  # epoch seconds, UTC
-    settled_at: float | None = None
-    submitted_at: float | None = None
-    finished_at: float | None = None
-    next_attempt_at: float | None = None
-    updated_at: float = 0.0
-    #: since when DIVA has kept the request waiting (pending, for resources, for an
-    #: operator): ``ingest status`` calls it stuck after ``[diva] stuck_after_seconds``
-    waiting_since: float | None = None
-    #: its request was found by the object's name (after a lost answer), not given by
-    #: DIVA's answer to our call: the object is checked to be ours before COMPLETED
-    adopted: bool | None = None
-    #: the rules version (``rules_versions.version``) that built its archive request
-    rules_version: str | None = None
-
-
-class TransitionRow(SQLModel, table=True):
-    """One step in a drop's history."""
-
-    __tablename__ = "transitions"
-    __table_args__ = (Index("ix_transitions_drop", "drop_id", "id"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    drop_id: int = Field(foreign_key="drops.id")
-    at: float
-    from_state: str | None = None
-    to_state: str
-    detail: str = Field(default="", sa_column_kwargs={"server_default": ""})
-
-
-class WatcherRow(SQLModel, table=True):
-    """The health of one watch folder, as the engine last saw it (for ``ingest status``)."""
-
-    __tablename__ = "watchers"
-
-    watch: str = Field(primary_key=True)
-    observer: str  # native | polling
-    health: str  # ok | paused | down
-    detail: str = Field(default="", sa_column_kwargs={"server_default": ""})
-    last_scan_at: float | None = None
-    updated_at: float = 0.0
-
-
-class RulesVersionRow(SQLModel, table=True):
-    """A rule set the daemon loaded, once per content (``ingest rules history``)."""
-
-    __tablename__ = "rules_versions"
-
-    version: str = Field(primary_key=True)  # SHA-256 of the normalized rule set, hex
-    loaded_at: float  # when it was first put in force, epoch seconds
-    last_loaded_at: float  # when it was last put in force (a restart, an edit undone)
-    rule_count: int
-    files: str  # JSON: [{"path", "mtime"}] as last loaded
-    rules: str  # JSON: the normalized rules, in match order
-
-
-class RulesStateRow(SQLModel, table=True):
-    """The daemon's word on its rules (one row): the version in force, and the problems
-    of rule files on disk it refused (for ``ingest status`` and ``rules check``)."""
-
-    __tablename__ = "rules_state"
-
-    id: int | None = Field(default=None, primary_key=True)  # always 1
-    version: str  # the rules version in force
-    loaded_at: float
-    refused_since: float | None = None  # since when the files on disk are refused
-    problems: str | None = None  # JSON: the refused files' problems (file, line, key...)
-    updated_at: float
-
-
-class MigrationRow(SQLModel, table=True):
-    __tablename__ = "schema_migrations"
-
-    name: str = Field(primary_key=True)
-    applied_at: float
-
-
-_INITIAL = """
-CREATE TABLE drops (
-    id INTEGER PRIMARY KEY,
-    rule TEXT NOT NULL,
-    watch TEXT NOT NULL,
-    path TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'file',
-    state TEXT NOT NULL,
-    object_name TEXT, collection TEXT, media TEXT, qos INTEGER, priority INTEGER,
-    diva_state TEXT, progress INTEGER, request_id INTEGER,
-    status_code INTEGER, status_name TEXT, abort_reason TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    source_deleted BOOLEAN,
-    size INTEGER, mtime_ns INTEGER, file_count INTEGER,
-    body TEXT, error TEXT,
-    detected_at REAL NOT NULL, settled_at REAL, submitted_at REAL, finished_at REAL,
-    next_attempt_at REAL, updated_at REAL NOT NULL
-);
-CREATE INDEX ix_drops_state_id ON drops (state, id);
-CREATE INDEX ix_drops_state_rule ON drops (state, rule);
-CREATE INDEX ix_drops_watch_path ON drops (watch, path);
-CREATE INDEX ix_drops_rule_id ON drops (rule, id);
-CREATE INDEX ix_drops_object ON drops (object_name, collection);
-CREATE INDEX ix_drops_detected ON drops (detected_at);
-CREATE INDEX ix_drops_finished ON drops (finished_at);
-CREATE TABLE transitions (
-    id INTEGER PRIMARY KEY,
-    drop_id INTEGER NOT NULL REFERENCES drops (id),
-    at REAL NOT NULL,
-    from_state TEXT,
-    to_state TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX ix_transitions_drop ON transitions (drop_id, id);
-CREATE TABLE watchers (
-    watch TEXT PRIMARY KEY,
-    observer TEXT NOT NULL,
-    health TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    last_scan_at REAL,
-    updated_at REAL NOT NULL
-);
-"""
-
-
-_RULES_VERSIONS = """
-ALTER TABLE drops ADD COLUMN rules_version TEXT;
-CREATE TABLE rules_versions (
-    version TEXT PRIMARY KEY,
-    loaded_at REAL NOT NULL,
-    last_loaded_at REAL NOT NULL,
-    rule_count INTEGER NOT NULL,
-    files TEXT NOT NULL,
-    rules TEXT NOT NULL
-);
-CREATE TABLE rules_state (
-    id INTEGER PRIMARY KEY,
-    version TEXT NOT NULL,
-    loaded_at REAL NOT NULL,
-    refused_since REAL,
-    problems TEXT,
-    updated_at REAL NOT NULL
-)
-"""
-
-
-def _run_script(script: str) -> Callable[[Connection], None]:
-    def apply(conn: Connection) -> None:
-        for statement in script.split(";"):
-            if statement.strip():
-                conn.exec_driver_sql(statement)
-
-    return apply
-
-
-#: Named schema migrations, applied in order, each in its own transaction. A change here
-#: is also made to the SQLModel classes above: tests/test_ledger_schema.py compares them.
-MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
-    ("0001_initial", _run_script(_INITIAL)),
-    # ``ingest status`` counts the failures of the last 24 h: with this index that costs
-    # the number of failures, not the number of drops finished in the window.
-    (
-        "0002_drops_state_finished",
-        _run_script("CREATE INDEX ix_drops_state_finished ON drops (state, finished_at)"),
-    ),
-    ("0003_drops_waiting_since", _run_script("ALTER TABLE drops ADD COLUMN waiting_since REAL")),
-    ("0004_drops_adopted", _run_script("ALTER TABLE drops ADD COLUMN adopted BOOLEAN")),
-    ("0005_rules_versions", _run_script(_RULES_VERSIONS)),
-]
 
 _DROPS = DropRow.__table__  # type: ignore[attr-defined]
 _TRANSITIONS = TransitionRow.__table__  # type: ignore[attr-defined]
