@@ -109,6 +109,8 @@ def test_metrics_status_and_drops_match_the_ledger_after_a_run(deployment: Deplo
         for i in range(3):
             dep.wait_state(f"clip{i}.mxf", "COMPLETED")
         dep.wait_state("bad .mxf", "REJECTED")
+        # The snapshot is published just after the turn that committed the last answer.
+        wait_for(lambda: http.get("/healthz").json()["engine"]["in_flight"] == 0)
 
         health = http.get("/healthz")
         assert health.status_code == 200, health.text
