@@ -92,6 +92,7 @@ SUBMISSIONS = "ingest/engine/submissions.py"
 INTAKE = "ingest/engine/intake.py"
 FOLDERS = "ingest/engine/folders.py"
 CLIENT = "ingest/client.py"
+AUTH = "ingest/auth.py"
 
 T_ENGINE = "tests/test_engine.py::"
 T_PACING = "tests/test_engine_pacing.py::"
@@ -166,7 +167,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "queue-full-fails-at-once",
         "Queue full (1032) retried with backoff",
-        CLIENT,
+        "ingest/wire.py",
         [
             T_PACING + "test_queue_full_is_retried_with_backoff_until_every_drop_completes",
             "tests/test_client.py::test_queue_full_is_busy_and_transient",
@@ -211,7 +212,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "verify-forced-on",
         "`[diva] verify` and a custom CA are honoured by the engine",
-        DISPATCH,
+        CLIENT,
         [
             T_PACING + "test_the_engine_trusts_the_configured_ca_and_nothing_else",
             "tests/test_security.py::test_a_custom_ca_bundle_is_used_by_the_engine",
@@ -335,7 +336,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "password-logged",
         "The password and tokens never leak (not in logs)",
-        CLIENT,
+        AUTH,
         ["tests/test_security.py::test_the_password_and_tokens_never_leak"],
         Edit(
             '        log.debug("logged in to DIVA as %s", self._username)\n',
@@ -467,7 +468,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "role-refusal-logs-in-again",
         "One login: a 1035 refusal for the role does not log in again",
-        CLIENT,
+        AUTH,
         [
             T_CLIENT_FS + "test_a_role_refusal_on_a_fresh_token_is_not_a_new_login",
             T_FAILSAFE + "test_a_role_refusal_is_rejected_without_logging_in_again",
