@@ -4,8 +4,8 @@ Three sources, one registry (the engine's own, :attr:`Monitor.registry`):
 
 - what only the engine can time, recorded as it happens: ``ingest_diva_calls_total``,
   ``ingest_diva_call_seconds``, ``ingest_ledger_commit_seconds`` (:mod:`ingest.engine.monitor`);
-- what the ledger records, followed at each scrape from the last transition seen (the
-  transitions' primary key: the cost is the transitions since the last scrape):
+- what the ledger records, followed at each scrape from the last transition seen
+  (:class:`~ingest.follow.Follower`: the cost is the transitions since the last scrape):
   ``ingest_transitions_total`` and ``ingest_settle_to_submit_seconds``;
 - what is true now, read at each scrape: ``ingest_drops`` (the ledger's counts),
   ``ingest_folder_up``, ``ingest_ready_queue``, ``ingest_in_flight`` (the snapshot).
@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from .. import queries
 from ..engine.monitor import Monitor
+from ..follow import Follower
 
 __all__ = ["LedgerMetrics"]
 
@@ -33,8 +34,6 @@ __all__ = ["LedgerMetrics"]
 SETTLE_TO_SUBMIT_BUCKETS = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0,
 )  # fmt: skip
-#: transitions read per query while catching up (a first scrape after a burst)
-CATCH_UP_ROWS = 20_000
 
 
 class LedgerMetrics:
@@ -55,11 +54,8 @@ class LedgerMetrics:
         )  # fmt: skip
         registry.register(_Now(monitor, ledger))
         self._lock = threading.Lock()
-        with queries.open_ledger(ledger) as conn, queries.errors(ledger):
-            # "Since start": transitions before this one (earlier runs) are not counted.
-            self._seen: int = conn.execute(
-                "SELECT coalesce(max(id), 0) FROM transitions"
-            ).fetchone()[0]
+        # "Since start": the transitions of earlier runs are not counted.
+        self._follower = Follower(ledger)
 
     def render(self) -> bytes:
         """The whole exposition, with the ledger's new transitions counted first."""
@@ -68,20 +64,10 @@ class LedgerMetrics:
             return generate_latest(self.monitor.registry)
 
     def _catch_up(self) -> None:
-        with queries.open_ledger(self.ledger) as conn, queries.errors(self.ledger):
-            while True:
-                rows = conn.execute(
-                    "SELECT t.id, d.rule, t.to_state, t.at, d.settled_at FROM transitions t "
-                    "JOIN drops d ON d.id = t.drop_id WHERE t.id > ? ORDER BY t.id LIMIT ?",
-                    (self._seen, CATCH_UP_ROWS),
-                ).fetchall()
-                for tid, rule, state, at, settled_at in rows:
-                    self.transitions.labels(rule, state).inc()
-                    if state == "SUBMITTED" and settled_at is not None:
-                        self.settle_to_submit.observe(max(0.0, at - settled_at))
-                    self._seen = tid
-                if len(rows) < CATCH_UP_ROWS:
-                    return
+        for step in self._follower.new():
+            self.transitions.labels(step.rule, step.to_state).inc()
+            if step.to_state == "SUBMITTED" and step.settled_at is not None:
+                self.settle_to_submit.observe(max(0.0, step.at - step.settled_at))
 
 
 class _Now(Collector):
