@@ -323,3 +323,26 @@ def test_the_token_guards_every_route_and_no_secret_is_ever_served(
         assert not any(form in body for form in SECRET_FORMS), f"the password is in {where}"
         assert not TOKEN.search(body), f"a DIVA token is in {where}"
         assert HTTP_TOKEN not in body, f"the [http] token is in {where}"
+
+
+def test_the_follower_reads_each_transition_once_from_where_it_started(tmp_path: Path) -> None:
+    from ingest.follow import Follower
+    from ingest.ledger import Ledger
+
+    ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
+    with ledger.batch() as tx:
+        old = tx.add(rule="news", watch="/w", path="old.mxf")
+    follower = Follower(tmp_path / "ledger.db")  # earlier runs' history is not "new"
+    assert list(follower.new()) == []
+    with ledger.batch() as tx:
+        tx.transition(old, "DETECTED", "SUBMITTING", "intent", settled_at=tx.now - 2)
+        new = tx.add(rule="dpx", watch="/w", path="reel")
+    steps = list(follower.new())
+    assert [(s.rule, s.path, s.from_state, s.to_state) for s in steps] == [
+        ("news", "old.mxf", "DETECTED", "SUBMITTING"),
+        ("dpx", "reel", None, "DETECTED"),
+    ]
+    assert steps[0].at - (steps[0].settled_at or 0) == pytest.approx(2) and steps[1].drop_id == new
+    assert list(follower.new()) == []
+    assert len(list(Follower(tmp_path / "ledger.db", from_start=True).new())) == 3
+    ledger.close()
