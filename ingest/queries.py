@@ -38,6 +38,7 @@ __all__ = [
     "RECORD_FIELDS",
     "STATES",
     "DropFilter",
+    "drop_known",
     "drop_record",
     "find_by_path",
     "get_drop",
@@ -333,6 +334,14 @@ def find_by_path(conn: sqlite3.Connection, text: str) -> list[sqlite3.Row]:
         ).fetchall()
     rows.sort(key=lambda r: r["id"], reverse=True)
     return rows
+
+
+def drop_known(conn: sqlite3.Connection, watch: str, path: str) -> bool:
+    """Whether the ledger has recorded a drop at ``path`` under ``watch`` (one seek)."""
+    found = conn.execute(
+        "SELECT 1 FROM drops WHERE watch = ? AND path = ? LIMIT 1", (watch, path)
+    ).fetchone()
+    return found is not None
 
 
 def history(conn: sqlite3.Connection, drop_id: int) -> list[sqlite3.Row]:

@@ -354,3 +354,29 @@ def test_status_names_the_refused_files_problems_and_exits_1(site: Path) -> None
         assert doc["rules_in_force"]["version"] == book.version.version
     finally:
         ledger.close()
+
+
+def test_rules_check_lists_the_files_present_an_edit_would_newly_archive(
+    published: tuple[Path, list[str]],
+) -> None:
+    config, _ = published
+    site = config.parent
+    for name in ("0.mxf", "1.mxf", "old.mxf", "new.mov", "also.mov", "0.mov", "x.txt"):
+        (site / "w" / name).write_bytes(b"x")
+    # The ledger knows 0.mov already (say, from an earlier rule): not new.
+    ledger = Ledger.open(f"sqlite:///{site / 'ledger.db'}")
+    with ledger.batch() as tx:
+        tx.add(rule="a", watch=str(site / "w"), path="0.mov")
+    ledger.close()
+    (site / "rules" / "a.toml").write_text(rule_text("a", collection="D", match=["*.mxf", "*.mov"]))
+    result = invoke("rules", "check", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert "this edit would archive 2 files now present" in result.stdout
+    assert f"{site / 'w' / 'also.mov'} (rule 'a')" in result.stdout
+    doc = json.loads(invoke("rules", "check", "--config", str(config), "--json").stdout)
+    found = [(m["rule"], m["path"]) for m in doc["daemon"]["new_matches"]]
+    assert found == [("a", "also.mov"), ("a", "new.mov")]
+    # Narrowing the rules archives nothing new.
+    (site / "rules" / "a.toml").write_text(rule_text("a", collection="D", match=["0*.mxf"]))
+    narrowed = invoke("rules", "check", "--config", str(config), "--json")
+    assert json.loads(narrowed.stdout)["daemon"]["new_matches"] == []

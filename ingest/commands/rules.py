@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from .. import queries
 from ..config import ServiceConfig, find_config, load_config
 from ..errors import LedgerError, NotFoundError, RulesError, UsageError
 from ..report import dumps, iso_utc, local_time
+from ..rollout import NewMatch, new_matches, ruleset_from
 from ..rulefiles import CheckResult, check_rules, load_rules
 from ..rules import Explanation, RuleSet
 from ..ruleversions import SHORT, normalize, version_of
@@ -78,8 +80,9 @@ def check(
     folder (the current folder when there is no config). Every problem is listed at
     once, as file:line: rule: key: message. When the service config names a ledger the
     daemon has written, also says whether these rules are the ones the running daemon
-    uses, and if not, which version it runs. Exit 0 when valid (warnings allowed), 3
-    when not.
+    uses, and if not, which version it runs and the files already present in the watch
+    folders that the edit would newly archive ("this edit would archive N files now
+    present"). Exit 0 when valid (warnings allowed), 3 when not.
 
     \b
     Example:
@@ -129,12 +132,15 @@ def _against_daemon(config: ServiceConfig, result: CheckResult) -> dict[str, obj
     path = config.ledger.path
     if config.path is None or path is None or not path.exists():
         return None
+    disk = _disk_version(result)
     try:
         with queries.open_ledger(path) as conn, queries.errors(path):
             row = queries.rules_state(conn)
+            fresh: list[NewMatch] = []
+            if row is not None and result.ruleset is not None and disk != row["version"]:
+                fresh = _new_matches(conn, row["version"], result.ruleset)
     except LedgerError:
         return None
-    disk = _disk_version(result)
     if row is None:
         summary = f"the daemon has not recorded the rules it runs in {path} yet"
         return {"ledger": str(path), "disk_version": disk, "version": None, "same": None,
@@ -155,6 +161,14 @@ def _against_daemon(config: ServiceConfig, result: CheckResult) -> dict[str, obj
             "[engine] reload_seconds while it runs (see `ingest rules show "
             f"{running[:SHORT]}`)"
         )
+    if fresh:
+        shown = [f"  {m.watch}/{m.path} (rule {m.rule!r})" for m in fresh[:_SHOWN_MATCHES]]
+        if len(fresh) > _SHOWN_MATCHES:
+            shown.append(f"  ... and {len(fresh) - _SHOWN_MATCHES} more (--json lists all)")
+        summary += (
+            f"\nthis edit would archive {len(fresh)} file{'s' if len(fresh) != 1 else ''} "
+            "now present, which the rules in force do not take:\n" + "\n".join(shown)
+        )
     return {
         "ledger": str(path),
         "disk_version": disk,
@@ -162,8 +176,23 @@ def _against_daemon(config: ServiceConfig, result: CheckResult) -> dict[str, obj
         "loaded_at": iso_utc(row["loaded_at"]),
         "same": same,
         "refused_since": iso_utc(row["refused_since"]),
+        "new_matches": [m.as_dict() for m in fresh],
         "summary": summary,
     }
+
+
+#: drops ``rules check`` names that an edit would newly archive (``--json`` gives all)
+_SHOWN_MATCHES = 10
+
+
+def _new_matches(conn: sqlite3.Connection, running: str, disk: RuleSet) -> list[NewMatch]:
+    """What the rules on disk would newly archive of what sits in the watch folders now,
+    against the daemon's rules in force (the ledger's record of them)."""
+    rows = queries.resolve_rules_versions(conn, running)
+    if len(rows) != 1:
+        return []
+    in_force = ruleset_from(json.loads(rows[0]["rules"]))
+    return new_matches(in_force, disk, lambda watch, path: queries.drop_known(conn, watch, path))
 
 
 @rules.command()
