@@ -152,6 +152,7 @@ def collect(
         "flying": flying,
         "watchers": watcher_rows,
         "stuck": stuck,
+        "rules": rules_row,
     }
     return doc, raw
 
@@ -317,16 +318,18 @@ def _print(doc: dict[str, Any], raw: dict[str, Any]) -> None:
     else:
         echo("watchers: none recorded (has `ingest run` started?)")
 
-    rules = doc["rules_in_force"]
+    rules, row = doc["rules_in_force"], raw["rules"]
     if rules is not None:
         echo("")
-        echo(f"rules: version {rules['version'][:12]} in force since {rules['loaded_at']}")
-        if rules["refused_since"] is not None:
+        loaded = local_time(row["loaded_at"], seconds=True)
+        echo(f"rules: version {rules['version'][:12]} in force since {loaded}")
+        if row["refused_since"] is not None:
+            since = local_time(row["refused_since"], seconds=True)
             echo(
                 "  "
                 + style("!", colour, "FAIL")
-                + f" the rule files on disk are invalid since {rules['refused_since']}; "
-                "the daemon keeps the rules above:"
+                + f" the rule files on disk are invalid since {since} "
+                f"({ago(row['refused_since'])}); the daemon keeps the rules above:"
             )
             for problem in rules["problems"]:
                 echo(f"    {problem['text']}")
