@@ -18,6 +18,7 @@ from ingest.engine.rulestate import RulesRecord
 from ingest.ledger import Ledger
 from ingest.rulefiles import RuleBook, load_rules
 from ingest.ruleversions import diff_rules, normalize, version_of
+from ingest.web import views
 
 from .support.ledgers import invoke
 from .support.wait import wait_for
@@ -352,6 +353,9 @@ def test_status_names_the_refused_files_problems_and_exits_1(site: Path) -> None
         (problem,) = doc["rules_in_force"]["problems"]
         assert (problem["file"], problem["line"], problem["key"]) == (str(path), 8, "qos")
         assert doc["rules_in_force"]["version"] == book.version.version
+        # /healthz says it too (without failing the probe: the daemon is alive).
+        assert views.rules_in_force(site / "ledger.db") == doc["rules_in_force"]
+        assert views.rules_in_force(site / "missing.db") is None
     finally:
         ledger.close()
 

@@ -28,7 +28,7 @@ from ..report import (
     use_colour,
 )
 
-__all__ = ["collect", "status"]
+__all__ = ["collect", "rules_doc", "status"]
 
 #: How far back ``status`` looks for failures, seconds.
 FAILURE_WINDOW_SECONDS = 24 * 3600
@@ -109,12 +109,12 @@ def collect(
     for w in watchers:
         if w["health"] != "ok":
             problems.append(f"watcher {w['watch']} is {w['health']}: {w['detail']}")
-    rules_doc = _rules_doc(rules_row)
-    if rules_doc is not None and rules_doc["refused_since"] is not None:
+    in_force = rules_doc(rules_row)
+    if in_force is not None and in_force["refused_since"] is not None:
         problems.append(
-            f"the rule files on disk are invalid since {rules_doc['refused_since']}: the "
-            f"daemon keeps rules version {rules_doc['version'][:12]}; "
-            + "; ".join(p["text"] for p in rules_doc["problems"])
+            f"the rule files on disk are invalid since {in_force['refused_since']}: the "
+            f"daemon keeps rules version {in_force['version'][:12]}; "
+            + "; ".join(p["text"] for p in in_force["problems"])
         )
     if stuck_count:
         problems.append(
@@ -143,7 +143,7 @@ def collect(
             "requests": [queries.drop_record(r) for r in stuck],
         },
         "watchers": watchers,
-        "rules_in_force": rules_doc,
+        "rules_in_force": in_force,
     }
     # The rows themselves, with epoch times, for the table's local times.
     raw = {
@@ -157,7 +157,7 @@ def collect(
     return doc, raw
 
 
-def _rules_doc(row: sqlite3.Row | None) -> dict[str, Any] | None:
+def rules_doc(row: sqlite3.Row | None) -> dict[str, Any] | None:
     """The daemon's word on its rules: the version in force, and any refused edit."""
     if row is None:
         return None

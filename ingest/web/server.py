@@ -295,6 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         now = time.time()
         if path == "/healthz":
             code, doc = views.health(app.monitor.snapshot, now)
+            doc["rules"] = views.rules_in_force(app.ledger)
             self._json(code, doc)
         elif path == "/metrics":
             self._send(200, app.metrics.render(), _PROMETHEUS)

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults, queries
-from ..commands.status import collect
+from ..commands.status import collect, rules_doc
 from ..engine.monitor import Snapshot
+from ..errors import LedgerError
 from ..report import iso_utc
 
-__all__ = ["drops", "health", "hourly_completed", "page_data", "status"]
+__all__ = ["drops", "health", "hourly_completed", "page_data", "rules_in_force", "status"]
 
 HOUR = 3600
 
@@ -65,6 +66,19 @@ def health(snap: Snapshot, now: float) -> tuple[int, dict[str, Any]]:
         "paused": [{"watch": f.watch, "health": f.health, "reason": f.detail} for f in snap.paused],
     }
     return (200 if not reasons else 503), doc
+
+
+def rules_in_force(ledger: Path) -> dict[str, Any] | None:
+    """``/healthz``'s ``rules``: the daemon's rules version and any refused edit (as
+    ``ingest status --json``'s ``rules_in_force``); None when the ledger cannot say.
+
+    A refused edit does not make the probe fail: the daemon is alive, on its last good
+    rules."""
+    try:
+        with queries.open_ledger(ledger) as conn, queries.errors(ledger):
+            return rules_doc(queries.rules_state(conn))
+    except LedgerError:
+        return None
 
 
 def status(ledger: Path, stuck_after: float, now: float) -> dict[str, Any]:
