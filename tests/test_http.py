@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -346,3 +347,32 @@ def test_the_follower_reads_each_transition_once_from_where_it_started(tmp_path:
     assert list(follower.new()) == []
     assert len(list(Follower(tmp_path / "ledger.db", from_start=True).new())) == 3
     ledger.close()
+
+
+def test_healthz_says_when_diva_is_unreachable_and_stays_200(deployment: Deployment) -> None:
+    dep = deployment
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dep.write_config(url=f"http://127.0.0.1:{port}")
+    dep.rule()
+    enable_http(dep)
+    (dep.watch / "waits.mxf").write_bytes(b"w")
+    with daemon(dep) as url, httpx.Client(base_url=url, timeout=30) as http:
+
+        def unreachable() -> dict[str, Any] | None:
+            answer = http.get("/healthz")
+            doc: dict[str, Any] = answer.json()
+            return doc if answer.status_code == 200 and doc["diva"]["reachable"] is False else None
+
+        doc = wait_for(unreachable, timeout=60, interval=0.2)
+        # The daemon is alive and records what happens: not a reason to restart it.
+        assert doc["ok"] and doc["reasons"] == [] and doc["diva"]["detail"]
+        got = samples(http.get("/metrics").text)
+        assert got["ingest_diva_up"][()] == 0
+        calls = {dict(k)["outcome"]: v for k, v in got["ingest_diva_calls_total"].items()}
+        assert calls.get("unreachable", 0) >= 1 and calls.get("ok", 0) == 0
+        assert "UNREACHABLE" in http.get("/").text
+    # Nothing was lost: the drop waits, with its file in place.
+    assert dep.rows("waits.mxf")[-1]["state"] in ("DETECTED", "RETRY_WAIT", "SUBMITTING")
+    assert (dep.watch / "waits.mxf").exists()
