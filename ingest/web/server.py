@@ -175,6 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "ingest"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    #: an idle or trickling connection is dropped after this long, seconds (its thread with it)
+    timeout = 30
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -258,9 +260,12 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path != "/login" or not self._host_ok():
             self._json(405, {"error": "read-only: only GET (and POST /login)"}, {"Allow": "GET"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_FORM_BYTES:
-            self._json(413, {"error": "form too large"})
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= _MAX_FORM_BYTES:
+            self._json(413, {"error": f"the form must be 0..{_MAX_FORM_BYTES} bytes"})
             return
         form = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
         cookie = self.server.app.cookie_for((form.get("token") or [""])[0])
