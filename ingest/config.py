@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from . import defaults
 from .errors import ConfigError
+from .ledgerurl import check_url, is_postgresql
 from .tomlcheck import Field, Problem, TableLines, check_table, did_you_mean, parse_toml
 
 __all__ = [
@@ -98,15 +99,42 @@ class DivaConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    """``[ledger]``: the SQLite ledger (``url`` with its path made absolute)."""
+    """``[ledger]``: an SQLite file (``url`` with its path made absolute) or a PostgreSQL
+    server (see :mod:`ingest.ledgerurl`), whose password comes from the env or a file."""
 
     url: str = defaults.LEDGER_URL
+    password_env: str | None = None
+    password_file: Path | None = None
 
     @property
     def path(self) -> Path | None:
-        """The ledger file, or None for an in-memory ledger."""
+        """The ledger file, or None for an in-memory or a PostgreSQL ledger."""
+        if is_postgresql(self.url):
+            return None
         rest = self.url.removeprefix("sqlite:///")
         return None if rest == ":memory:" else Path(rest)
+
+    def password(self) -> str | None:
+        """The PostgreSQL password, read now (None: none configured, e.g. a trusted peer);
+        :class:`ConfigError` names the variable or file, never the password."""
+        if self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    f"[ledger] password_env: the environment variable {self.password_env} "
+                    "is not set"
+                )
+            return value
+        if self.password_file is None:
+            return None
+        problem = _password_file_problem(self.password_file, must_exist=True)
+        try:
+            text = None if problem else self.password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = f"cannot read {self.password_file}: {type(exc).__name__}"
+        if text is None:
+            raise ConfigError(f"[ledger] password_file: {problem}")
+        return text.rstrip("\r\n")
 
 
 @dataclass(frozen=True)
@@ -267,9 +295,7 @@ def _session(value: float) -> str | None:
 
 
 def _ledger_url(value: str) -> str | None:
-    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
-        return None
-    return f"must be sqlite:///PATH (e.g. {defaults.LEDGER_URL!r}), got {value!r}"
+    return check_url(value, defaults.LEDGER_URL)
 
 
 def _is_loopback(host: str) -> bool:
@@ -352,7 +378,14 @@ SECTIONS: dict[str, dict[str, Field]] = {
             ),
         ]
     },
-    "ledger": {"url": Field("url", "str", defaults.LEDGER_URL, check=_ledger_url)},
+    "ledger": {
+        f.name: f
+        for f in [
+            Field("url", "str", defaults.LEDGER_URL, check=_ledger_url),
+            Field("password_env", "str", None, check=_non_empty),
+            Field("password_file", "str", None, check=_non_empty),
+        ]
+    },
     "rules": {"paths": Field("paths", "str_list", defaults.RULES_PATHS)},
     "engine": {
         f.name: f
@@ -449,10 +482,7 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
             values[name] = check_table({}, SECTIONS[name], lambda key, message: None)
     warnings: list[Problem] = []
     diva = _diva(values.get("diva", {}), "diva" in doc, base, path, line_of, problems, warnings)
-    ledger_url = values.get("ledger", {}).get("url", defaults.LEDGER_URL)
-    rest = ledger_url.removeprefix("sqlite:///")
-    if rest != ":memory:":
-        ledger_url = "sqlite:///" + str(_resolve(base, rest))
+    ledger = _ledger(values.get("ledger", {}), base, path, line_of, problems)
     given_paths = values.get("rules", {}).get("paths", defaults.RULES_PATHS)
     rule_paths = tuple(_resolve(base, p) for p in given_paths)
     engine = values.get("engine", {})
@@ -469,7 +499,7 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
         path=path,
         base_dir=base,
         diva=diva,
-        ledger=LedgerConfig(ledger_url),
+        ledger=ledger,
         rules=RulesConfig(rule_paths),
         engine=EngineConfig(
             rescan_seconds=engine.get("rescan_seconds", defaults.ENGINE_RESCAN_SECONDS),
@@ -530,6 +560,36 @@ def _http(
                 "warning",
             )
     return HttpConfig(host, port, token_env=token_env, _token=token)
+
+
+def _ledger(
+    values: Mapping[str, Any],
+    base: Path,
+    path: Path,
+    line_of: Callable[[str, str | None], int | None],
+    problems: list[Problem],
+) -> LedgerConfig:
+    url = values.get("url", defaults.LEDGER_URL)
+    env, file = values.get("password_env"), values.get("password_file")
+    if not is_postgresql(url):
+        rest = url.removeprefix("sqlite:///")
+        if rest != ":memory:":
+            url = "sqlite:///" + str(_resolve(base, rest))
+        if env is not None or file is not None:
+            key = "password_env" if env is not None else "password_file"
+            why = "is for a PostgreSQL ledger: an SQLite ledger has no password"
+            problems.append(Problem(why, path, line_of("ledger", key), section="ledger", key=key))
+        return LedgerConfig(url)
+    password_file = None if file is None else _resolve(base, file)
+    message: str | None = None
+    if env is not None and file is not None:
+        message = "give password_env or password_file, not both"
+    elif password_file is not None:
+        message = _password_file_problem(password_file, must_exist=False)
+    if message:
+        line = line_of("ledger", "password_file")
+        problems.append(Problem(message, path, line, section="ledger", key="password_file"))
+    return LedgerConfig(url, env, password_file)
 
 
 def _diva(

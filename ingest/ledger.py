@@ -1,11 +1,13 @@
-"""The ledger: one SQLite row per drop and a history of its transitions.
+"""The ledger: one row per drop and a history of its transitions, in SQLite (one
+machine, the default) or PostgreSQL (a server several hosts can share).
 
 The engine writes it, one transaction per turn; ``ingest retry`` writes too, through
 :meth:`Ledger.requeue` only (it puts failed drops back in RETRY_WAIT, for the engine to
 pick up), and the other commands read while they write (WAL mode). The schema is the
-SQLModel tables below, built by named migrations that run in a transaction each and are
-recorded in ``schema_migrations``. Writes go through :meth:`Ledger.batch`, one
-transaction per batch, so a burst of events costs one commit, not one per event.
+SQLModel tables of :mod:`ingest.schema`, built by named migrations that run in a
+transaction each and are recorded in ``schema_migrations``. Writes go through
+:meth:`Ledger.batch`, one transaction per batch, so a burst of events costs one commit,
+not one per event.
 
 ::
 
@@ -21,23 +23,26 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 
-from .errors import LedgerError
+from .errors import ConfigError, LedgerError
+from .ledgerurl import is_postgresql, postgres_target
 from .schema import (
     MIGRATIONS,
+    SCHEMA_MIGRATIONS_DDL,
     DropRow,
     MigrationRow,
     RulesStateRow,
     RulesVersionRow,
     TransitionRow,
     WatcherRow,
+    portable_ddl,
 )
 from .states import ACTIVE_STATES, FINAL_STATES, State
 
@@ -86,15 +91,29 @@ class Batch:
 
     conn: Connection
     now: float
+    #: whether this transaction wrote (a list, so that the frozen batch can note it)
+    _wrote: list[bool] = field(default_factory=list, repr=False)
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """``sql`` (``?`` placeholders) on the transaction's own DBAPI connection.
+
+        Plain SQL: SQLAlchemy's statement building cost more than the writes themselves
+        when a burst moves thousands of drops per turn (see the burst benchmark).
+        """
+        raw = self.conn.connection.driver_connection
+        if isinstance(raw, sqlite3.Connection):
+            return raw.execute(sql, params)
+        return raw.execute(postgresql_sql(sql), params)  # type: ignore[union-attr]
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if not self._wrote:
+            self._wrote.append(True)
+        return self._execute(sql, params)
 
     @property
-    def _raw(self) -> sqlite3.Connection:
-        # Plain SQL on the transaction's own DBAPI connection: SQLAlchemy's statement
-        # building cost more than the writes themselves when a burst moves thousands of
-        # drops per turn (see the burst benchmark).
-        raw = self.conn.connection.driver_connection
-        assert isinstance(raw, sqlite3.Connection)
-        return raw
+    def wrote(self) -> bool:
+        """Whether anything was written in this transaction so far."""
+        return bool(self._wrote)
 
     def add(self, *, detail: str = "detected", **fields: Any) -> int:
         """Insert a drop (state DETECTED unless given) and its first transition; returns its id."""
@@ -103,11 +122,11 @@ class Batch:
         fields.setdefault("detected_at", self.now)
         fields["updated_at"] = self.now
         keys = tuple(fields)
-        cursor = self._raw.execute(_insert_sql(keys), tuple(fields[k] for k in keys))
-        drop_id = cursor.lastrowid
+        cursor = self._write(_insert_sql(keys), tuple(fields[k] for k in keys))
+        drop_id = cursor.fetchone()[0]
         if not isinstance(drop_id, int):
             raise LedgerError("the ledger did not give the new drop an id")
-        self._raw.execute(_TRANSITION_SQL, (drop_id, self.now, None, fields["state"], detail))
+        self._write(_TRANSITION_SQL, (drop_id, self.now, None, fields["state"], detail))
         return drop_id
 
     def transition(
@@ -116,14 +135,14 @@ class Batch:
         """Move a drop to ``to_state``, update ``fields``, and record the step."""
         fields["state"] = to_state
         self.update(drop_id, **fields)
-        self._raw.execute(_TRANSITION_SQL, (drop_id, self.now, from_state, to_state, detail))
+        self._write(_TRANSITION_SQL, (drop_id, self.now, from_state, to_state, detail))
 
     def update(self, drop_id: int, **fields: Any) -> None:
         """Change fields without a transition (progress, DIVA's state while running)."""
         _check_fields(fields)
         fields["updated_at"] = self.now
         keys = tuple(fields)
-        self._raw.execute(_update_sql(keys), (*(fields[k] for k in keys), drop_id))
+        self._write(_update_sql(keys), (*(fields[k] for k in keys), drop_id))
 
     def requeue(self, drop_id: int, from_state: str, detail: str) -> bool:
         """Put a final drop back in RETRY_WAIT, due now with a fresh count of attempts,
@@ -132,38 +151,35 @@ class Batch:
         if from_state not in REQUEUEABLE_STATES:
             raise LedgerError(f"drop {drop_id}: {from_state} drops are not requeued")
         # Conditional on the state it was seen in: the engine may have moved it since.
-        changed = self._raw.execute(
+        changed = self._write(
             "UPDATE drops SET state = ?, next_attempt_at = ?, attempts = 0, error = NULL, "
             "updated_at = ? WHERE id = ? AND state = ?",
             (State.RETRY_WAIT, self.now, self.now, drop_id, from_state),
         ).rowcount
         if not changed:
             return False
-        self._raw.execute(
-            _TRANSITION_SQL, (drop_id, self.now, from_state, State.RETRY_WAIT, detail)
-        )
+        self._write(_TRANSITION_SQL, (drop_id, self.now, from_state, State.RETRY_WAIT, detail))
         return True
 
     def rows(self, state: str) -> list[dict[str, Any]]:
         """The drops in ``state`` as this transaction sees them (its own writes included)."""
-        cursor = self._raw.execute("SELECT * FROM drops WHERE state = ? ORDER BY id", (state,))
+        cursor = self._execute("SELECT * FROM drops WHERE state = ? ORDER BY id", (state,))
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def watcher(self, watch: str, observer: str, health: str, detail: str = "", **kw: Any) -> None:
         """Record a watch folder's health (upsert)."""
-        row: dict[str, Any] = {"watch": watch, "observer": observer, "health": health}
-        row["detail"] = detail
-        row["updated_at"] = self.now
-        row.update(kw)
-        self.conn.exec_driver_sql(
+        last_scan_at = kw.pop("last_scan_at", None)
+        if kw:
+            raise LedgerError(f"unknown watcher fields: {', '.join(sorted(kw))}")
+        self._write(
             "INSERT INTO watchers (watch, observer, health, detail, last_scan_at, updated_at) "
-            "VALUES (:watch, :observer, :health, :detail, :last_scan_at, :updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (watch) DO UPDATE SET observer = excluded.observer, "
             "health = excluded.health, detail = excluded.detail, "
             "last_scan_at = COALESCE(excluded.last_scan_at, watchers.last_scan_at), "
             "updated_at = excluded.updated_at",
-            {"last_scan_at": None, **row},
+            (watch, observer, health, detail, last_scan_at, self.now),
         )
 
     def rules_loaded(
@@ -171,13 +187,13 @@ class Batch:
     ) -> bool:
         """Record a rule set put in force: a new version row, or the same content's row
         brought up to date (no second row); True when the version is new."""
-        changed = self._raw.execute(
+        changed = self._write(
             "UPDATE rules_versions SET last_loaded_at = ?, files = ? WHERE version = ?",
             (loaded_at, files, version),
         ).rowcount
         if changed:
             return False
-        self._raw.execute(
+        self._write(
             "INSERT INTO rules_versions (version, loaded_at, last_loaded_at, rule_count, "
             "files, rules) VALUES (?, ?, ?, ?, ?, ?)",
             (version, loaded_at, loaded_at, rule_count, files, rules),
@@ -188,7 +204,7 @@ class Batch:
         self, version: str, loaded_at: float, refused_since: float | None, problems: str | None
     ) -> None:
         """Publish the rules in force and any refused edit (the one ``rules_state`` row)."""
-        self._raw.execute(
+        self._write(
             "INSERT INTO rules_state (id, version, loaded_at, refused_since, problems, "
             "updated_at) VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
             "version = excluded.version, loaded_at = excluded.loaded_at, "
@@ -210,7 +226,19 @@ REQUEUEABLE_STATES = frozenset({State.FAILED, State.REJECTED, State.SKIPPED})
 @functools.lru_cache(maxsize=256)
 def _insert_sql(keys: tuple[str, ...]) -> str:
     # Only column names checked against the schema (_check_fields) ever reach here.
-    return f"INSERT INTO drops ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})"  # noqa: S608
+    marks = ", ".join("?" * len(keys))
+    return f"INSERT INTO drops ({', '.join(keys)}) VALUES ({marks}) RETURNING id"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=512)
+def postgresql_sql(sql: str) -> str:
+    """``sql`` with SQLite's ``?`` placeholders as psycopg's ``%s`` (the one place the two
+    parameter styles meet: every statement here is written once, with ``?``).
+
+    >>> postgresql_sql("SELECT '100%' WHERE a = ? AND b = ?")
+    "SELECT '100%%' WHERE a = %s AND b = %s"
+    """
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 @functools.lru_cache(maxsize=256)
@@ -225,33 +253,47 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
 
 
 class Ledger:
-    """The SQLite ledger: open it with :meth:`open`, write with :meth:`batch`."""
+    """The ledger, SQLite or PostgreSQL: open it with :meth:`open`, write with :meth:`batch`."""
 
-    def __init__(self, engine: Engine, path: Path | None) -> None:
+    def __init__(self, engine: Engine, path: Path | None, where: str | None = None) -> None:
         self.engine = engine
         self.path = path
+        #: how messages name it: the file, or the server without its password
+        self.where = where or (str(path) if path else "the in-memory ledger")
 
     def __repr__(self) -> str:
-        return f"Ledger({str(self.path) if self.path else ':memory:'!r})"
+        return f"Ledger({str(self.path) if self.path else self.where!r})"
+
+    @property
+    def postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Ledger:
-        """Open (creating if needed, readable only by its owner) and migrate the ledger."""
-        path = sqlite_path(url)
-        if path is not None:
-            _create_private(path)
-        engine = create_engine(url if path is None else f"sqlite:///{path}")
-        event.listen(engine, "connect", _on_connect)
-        ledger = cls(engine, path)
+    def open(cls, url: str, *, migrate: bool = True, password: str | None = None) -> Ledger:
+        """Open (creating if needed, readable only by its owner) and migrate the ledger.
+
+        A PostgreSQL ledger (``postgresql://USER@HOST:PORT/DB``, ``password`` apart) that
+        cannot be reached raises :class:`ConfigError` naming host and port: at start that
+        is a wrong setting far more often than an outage.
+        """
+        if is_postgresql(url):
+            ledger = _open_postgresql(url, password)
+        else:
+            path = sqlite_path(url)
+            if path is not None:
+                _create_private(path)
+            engine = create_engine(url if path is None else f"sqlite:///{path}")
+            event.listen(engine, "connect", _on_connect)
+            ledger = cls(engine, path)
         try:
             if migrate:
                 ledger.migrate()
             else:
-                with engine.connect() as conn:
+                with ledger.engine.connect() as conn:
                     conn.exec_driver_sql("SELECT 1")
         except Exception as exc:
-            engine.dispose()
-            raise _ledger_error(exc, path) from exc
+            ledger.engine.dispose()
+            raise _ledger_error(exc, ledger.where, ledger.path) from exc
         return ledger
 
     def close(self) -> None:
@@ -261,12 +303,11 @@ class Ledger:
         """Apply the migrations not yet applied; returns their names."""
         applied: list[str] = []
         with self.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
-            )
+            self._serialize_migrations(conn)
+            conn.exec_driver_sql(portable_ddl(SCHEMA_MIGRATIONS_DDL, conn.dialect.name))
         for name, apply in MIGRATIONS:
             with self.engine.begin() as conn:
+                self._serialize_migrations(conn)
                 done = conn.execute(select(_MIGRATIONS.c.name).where(_MIGRATIONS.c.name == name))
                 if done.first() is not None:
                     continue
@@ -274,6 +315,12 @@ class Ledger:
                 conn.execute(insert(_MIGRATIONS).values(name=name, applied_at=time.time()))
                 applied.append(name)
         return applied
+
+    def _serialize_migrations(self, conn: Connection) -> None:
+        # Nodes starting together on one PostgreSQL take turns; SQLite's write lock
+        # already does this.
+        if self.postgresql:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
 
     def pending_migrations(self) -> list[str]:
         """Migrations this version knows that the ledger has not had (for ``doctor``)."""
@@ -300,7 +347,7 @@ class Ledger:
             raise
         except Exception as exc:
             if _is_db_error(exc):
-                raise _ledger_error(exc, self.path) from exc
+                raise _ledger_error(exc, self.where, self.path) from exc
             raise
 
     def requeue(self, drops: Mapping[int, str], detail: str) -> set[int]:
@@ -323,7 +370,7 @@ class Ledger:
                 yield conn
         except Exception as exc:
             if _is_db_error(exc):
-                raise _ledger_error(exc, self.path) from exc
+                raise _ledger_error(exc, self.where, self.path) from exc
             raise
 
     def get(self, drop_id: int) -> dict[str, Any] | None:
@@ -351,14 +398,15 @@ class Ledger:
         final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATES))
         with self._reading() as conn:
             raw = conn.connection.driver_connection
-            assert isinstance(raw, sqlite3.Connection)
             # The plain DBAPI cursor: SQLAlchemy's per-row processing doubles the cost of
             # a start-up over a few hundred thousand known paths.
-            rows = raw.execute(
+            sql = (
                 f"SELECT path, state IN ({final}), size, mtime_ns FROM drops "  # noqa: S608
-                "WHERE watch = ? ORDER BY id",
-                (watch,),
+                "WHERE watch = ? ORDER BY id"
             )
+            if not isinstance(raw, sqlite3.Connection):
+                sql = postgresql_sql(sql)
+            rows = raw.execute(sql, (watch,))  # type: ignore[union-attr]
             return {path: (size, mtime) if done else None for path, done, size, mtime in rows}
 
     def history(self, drop_id: int) -> list[dict[str, Any]]:
@@ -405,15 +453,52 @@ def _create_private(path: Path) -> None:
         raise LedgerError(f"cannot create the ledger {path}: {exc.strerror}") from exc
 
 
+#: the advisory lock (any constant of ours) that makes migrations on PostgreSQL take turns
+_MIGRATION_LOCK = 0x1A6E57
+
+
+def _open_postgresql(url: str, password: str | None) -> Ledger:
+    """An engine on the PostgreSQL at ``url`` through psycopg 3, checked by connecting."""
+    target = postgres_target(url)
+    # The password goes to the driver alone, never into a URL that could be logged.
+    engine = create_engine(
+        "postgresql+psycopg://",
+        connect_args=target.connect_kwargs(password),
+        pool_size=2,
+        max_overflow=4,
+    )
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception as exc:
+        engine.dispose()
+        reason = _reason(exc, password)
+        raise ConfigError(
+            f"[ledger] url: cannot reach PostgreSQL at {target.host}:{target.port} "
+            f"(database {target.dbname}, user {target.user}): {reason}"
+        ) from None
+    return Ledger(engine, None, str(target))
+
+
+def _reason(exc: BaseException, password: str | None) -> str:
+    reason = str(getattr(exc, "orig", exc)) or type(exc).__name__
+    reason = " ".join(reason.split())  # libpq's messages span lines
+    if password:  # no driver we know echoes it; this holds if one ever does
+        reason = reason.replace(password, "***")
+    return reason
+
+
 def _is_db_error(exc: BaseException) -> bool:
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    return isinstance(exc, OperationalError | DBAPIError | sqlite3.Error)
+    if isinstance(exc, OperationalError | DBAPIError | sqlite3.Error):
+        return True
+    # psycopg's own errors, when raised on its raw connection (Batch._execute)
+    return type(exc).__module__.startswith("psycopg")
 
 
-def _ledger_error(exc: BaseException, path: Path | None) -> LedgerError:
-    reason = str(getattr(exc, "orig", exc)) or type(exc).__name__
-    where = str(path) if path else "the in-memory ledger"
+def _ledger_error(exc: BaseException, where: str, path: Path | None) -> LedgerError:
+    reason = _reason(exc, None)
     hint = ""
     if "readonly" in reason or "read-only" in reason:
         hint = ": the ledger or its folder is read-only for this user"

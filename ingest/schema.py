@@ -7,21 +7,25 @@ date by); tests/test_ledger_schema.py holds the two equal on every backend.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Index, text
+from sqlalchemy import BigInteger, Connection, Float, Index, Integer, text
 from sqlmodel import Field, SQLModel
 
 from .states import State
 
 __all__ = [
     "MIGRATIONS",
+    "SCHEMA_MIGRATIONS_DDL",
+    "TABLES",
     "DropRow",
     "MigrationRow",
     "RulesStateRow",
     "RulesVersionRow",
     "TransitionRow",
     "WatcherRow",
+    "portable_ddl",
 ]
 
 
@@ -142,6 +146,23 @@ class MigrationRow(SQLModel, table=True):
     applied_at: float
 
 
+#: every table the migrations build
+TABLES = [
+    m.__table__  # type: ignore[union-attr]
+    for m in (DropRow, TransitionRow, WatcherRow, MigrationRow, RulesVersionRow, RulesStateRow)
+]
+
+# What the migrations make of the annotations (see _POSTGRESQL_TYPES): every float is an
+# epoch timestamp, double precision on every backend, and every integer 64 bits, except on
+# SQLite, where only INTEGER makes a key column the rowid (and all its integers are 64-bit).
+for _table in TABLES:
+    for _column in _table.columns:
+        if isinstance(_column.type, Float):
+            _column.type = Float(53)
+        elif isinstance(_column.type, Integer):
+            _column.type = BigInteger().with_variant(Integer(), "sqlite")
+
+
 _INITIAL = """
 CREATE TABLE drops (
     id INTEGER PRIMARY KEY,
@@ -208,13 +229,45 @@ CREATE TABLE rules_state (
 """
 
 
+#: The migrations' DDL is written once, in SQLite's words; on PostgreSQL these become
+#: their equivalents. An epoch timestamp needs double precision (PostgreSQL's ``real``
+#: is single: two-minute steps), an ns mtime or a byte count 64 bits, and a key column
+#: its own sequence (only SQLite numbers ``INTEGER PRIMARY KEY`` by itself).
+_POSTGRESQL_TYPES = [
+    (re.compile(r"\bINTEGER PRIMARY KEY\b"), "BIGSERIAL PRIMARY KEY"),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+]
+
+
+def portable_ddl(statement: str, dialect: str) -> str:
+    """One DDL statement, written for SQLite, as ``dialect`` (a SQLAlchemy dialect name).
+
+    >>> portable_ddl("CREATE TABLE t (id INTEGER PRIMARY KEY, at REAL, n INTEGER)", "postgresql")
+    'CREATE TABLE t (id BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION, n BIGINT)'
+    """
+    if dialect == "sqlite":
+        return statement
+    if dialect != "postgresql":
+        raise ValueError(f"no DDL for the {dialect} dialect")
+    for pattern, replacement in _POSTGRESQL_TYPES:
+        statement = pattern.sub(replacement, statement)
+    return statement
+
+
 def _run_script(script: str) -> Callable[[Connection], None]:
     def apply(conn: Connection) -> None:
         for statement in script.split(";"):
             if statement.strip():
-                conn.exec_driver_sql(statement)
+                conn.exec_driver_sql(portable_ddl(statement, conn.dialect.name))
 
     return apply
+
+
+#: The table of applied migrations, made before any migration runs.
+SCHEMA_MIGRATIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+)
 
 
 #: Named schema migrations, applied in order, each in its own transaction. A change here

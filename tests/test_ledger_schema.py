@@ -5,18 +5,22 @@ the oldest schema.
 
 Both sides are read back through SQLAlchemy's inspector, the model side from
 ``create_all`` on an empty database of the same backend: the comparison sees what each
-backend makes of the DDL, so it holds for a second backend by adding its URL, with no
-parsing of SQLite's own catalog.
+backend makes of the DDL, with no parsing of a catalog. They run on SQLite and on a
+throwaway PostgreSQL (tests/support/postgres.py), where the migrations' DDL is translated
+(ingest.schema.portable_ddl): the facts include a float's precision, which the type family
+alone does not tell (PostgreSQL's ``real`` is single precision).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, inspect
 from sqlalchemy.types import TypeEngine
 
 from ingest import ledger as ledger_module
@@ -34,6 +38,9 @@ from ingest.ledger import (
     TransitionRow,
     WatcherRow,
 )
+from tests.support.postgres import PASSWORD_ENV, PostgresServer, postgres  # noqa: F401
+
+BACKENDS = ["sqlite", "postgresql"]
 
 #: every table the ledger's migrations create, as the code declares it
 MODEL_TABLES = [
@@ -65,7 +72,13 @@ def schema(engine: Engine) -> set[Fact]:
         for position, col in enumerate(inspector.get_columns(table)):
             # SQLite reports `id INTEGER PRIMARY KEY` nullable; no key column is.
             nullable = None if col["name"] in pk else col["nullable"]
-            fact = (position, col["name"], family(col["type"]), nullable, col.get("default"))
+            # PostgreSQL spells out a default's cast ('file'::text, or ::character varying
+            # for the model's VARCHAR): the same default either way.
+            default = col.get("default")
+            if default is not None:
+                default = re.sub(r"::[a-z ]+$", "", default)
+            precision = getattr(col["type"], "precision", None)
+            fact = (position, col["name"], family(col["type"]), precision, nullable, default)
             facts.add((table, "column", *fact))
         for ix in inspector.get_indexes(table):
             facts.add((table, "index", ix["name"], tuple(ix["column_names"]), bool(ix["unique"])))
@@ -75,29 +88,52 @@ def schema(engine: Engine) -> set[Fact]:
     return facts
 
 
+def open_ledger(url: str, *, migrate: bool = True) -> Ledger:
+    return Ledger.open(url, migrate=migrate, password=os.environ.get(PASSWORD_ENV))
+
+
 def model_schema(url: str) -> set[Fact]:
     """The schema the SQLModel classes describe, built on an empty database at ``url``."""
-    engine = create_engine(url)
+    ledger = open_ledger(url, migrate=False)
     try:
         # Only the ledger's tables: SQLModel's metadata is shared by the whole process.
-        DropRow.metadata.create_all(engine, tables=MODEL_TABLES)
-        return schema(engine)
+        DropRow.metadata.create_all(ledger.engine, tables=MODEL_TABLES)
+        return schema(ledger.engine)
     finally:
-        engine.dispose()
+        ledger.close()
 
 
 def ledger_schema(ledger: Ledger) -> set[Fact]:
     return schema(ledger.engine)
 
 
+@pytest.fixture(params=BACKENDS)
+def new_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """Makes the URL of a new, empty database on the backend under test."""
+    if request.param == "sqlite":
+        names = iter(range(1000))
+        yield lambda: f"sqlite:///{tmp_path / f'{next(names)}.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    monkeypatch.setenv(PASSWORD_ENV, "pg-test-secret-7f3a")
+    yield server.create_database
+
+
 @pytest.fixture
-def model(tmp_path: Path) -> set[Fact]:
+def model(new_url: Any) -> set[Fact]:
+    return model_schema(new_url())
+
+
+@pytest.fixture
+def sqlite_model(tmp_path: Path) -> set[Fact]:
     return model_schema(f"sqlite:///{tmp_path / 'model.db'}")
 
 
 @pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = Ledger.open(f"sqlite:///{tmp_path / 'fresh.db'}")
+def fresh(new_url: Any) -> Iterator[Ledger]:
+    ledger = open_ledger(new_url())
     yield ledger
     ledger.close()
 
@@ -107,18 +143,35 @@ def test_a_fresh_ledger_is_the_model(fresh: Ledger, model: set[Fact]) -> None:
     assert ledger_schema(fresh) == model
 
 
+def test_timestamps_and_sizes_keep_every_digit(fresh: Ledger) -> None:
+    """Epoch seconds to the microsecond and 64-bit ns mtimes: what PostgreSQL's single
+    precision ``real`` (two-minute steps) or 32-bit ``integer`` would round or refuse."""
+    at = 1_764_370_000.123456
+    mtime_ns = 1_764_370_000_123_456_789
+    with fresh.batch(now=at) as tx:
+        drop_id = tx.add(rule="r", watch="/w", path="a", size=2**40 + 1, mtime_ns=mtime_ns)
+        tx.transition(drop_id, None, State.SUBMITTING, "intent", submitted_at=at + 0.5)
+    row = fresh.get(drop_id)
+    assert row is not None
+    assert row["detected_at"] == pytest.approx(at, abs=1e-6)
+    assert row["submitted_at"] - row["detected_at"] == pytest.approx(0.5, abs=1e-6)
+    assert (row["size"], row["mtime_ns"]) == (2**40 + 1, mtime_ns)
+    assert fresh.history(drop_id)[-1]["at"] == pytest.approx(at, abs=1e-6)
+    assert fresh.settled_by_path("/w") == {"a": None}
+
+
 def test_the_oldest_ledger_migrated_is_the_model(
-    tmp_path: Path, model: set[Fact], monkeypatch: pytest.MonkeyPatch
+    new_url: Any, model: set[Fact], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = new_url()
     # A ledger as the first release made it: the initial schema, with a drop in it.
     with monkeypatch.context() as patch:
         patch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS[:1])
-        old = Ledger.open(url)
+        old = open_ledger(url)
         with old.batch(now=1.0) as tx:
             tx.add(rule="news", watch="/w", path="a.mxf", size=3, mtime_ns=7)
         old.close()
-    ledger = Ledger.open(url, migrate=False)
+    ledger = open_ledger(url, migrate=False)
     try:
         assert ledger.pending_migrations() == [name for name, _ in MIGRATIONS[1:]]
         assert ledger.migrate() == [name for name, _ in MIGRATIONS[1:]]
@@ -132,10 +185,13 @@ def test_the_oldest_ledger_migrated_is_the_model(
 
 
 def test_the_model_declares_what_the_queries_rely_on(model: set[Fact]) -> None:
-    """A guard on the comparison itself: it does see indexes, keys and defaults."""
+    """A guard on the comparison itself: it does see indexes, keys, defaults and a float's
+    precision (double: 53 bits where the backend tells)."""
     assert ("drops", "index", "ix_drops_state_finished", ("state", "finished_at"), False) in model
-    assert ("drops", "column", 4, "kind", "String", False, "'file'") in model
-    assert ("drops", "column", 17, "attempts", "Integer", False, "0") in model
+    assert ("drops", "column", 4, "kind", "String", None, False, "'file'") in model
+    assert ("drops", "column", 17, "attempts", "Integer", None, False, "0") in model
+    floats = {fact[5] for fact in model if fact[1] == "column" and fact[4] == "Float"}
+    assert floats in ({None}, {53})  # SQLite: every REAL is 8 bytes; PostgreSQL: double
     assert ("transitions", "foreign key", ("drop_id",), "drops", ("id",)) in model
     tables = {fact[0] for fact in model if fact[1] == "table"}
     assert tables == {

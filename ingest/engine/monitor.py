@@ -14,7 +14,6 @@ the process-wide one, so several engines in one process (the tests) do not colli
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -172,9 +171,7 @@ class Monitor:
     def commit_starts(tx: Batch) -> tuple[float, bool]:
         """The mark :meth:`committed` takes: now, and whether the transaction wrote (a turn
         that wrote nothing commits nothing, and proves nothing about the ledger)."""
-        raw = tx.conn.connection.driver_connection
-        wrote = isinstance(raw, sqlite3.Connection) and raw.in_transaction
-        return time.perf_counter(), wrote
+        return time.perf_counter(), tx.wrote
 
     def committed(self, mark: tuple[float, bool]) -> None:
         """A turn's transaction committed; ``mark`` is :meth:`commit_starts`'s."""
