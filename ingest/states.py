@@ -3,7 +3,7 @@
 Plain :mod:`enum` and nothing else: :mod:`ingest.queries` (the operator commands) must
 not pay for SQLAlchemy at start-up, and :mod:`ingest.ledger` stores these values.
 
->>> State.RETRY_WAIT in ACTIVE_STATES, [s.value for s in FAILED_STATES]
+>>> State.RETRY_WAIT in ACTIVE_STATES, sorted(s.value for s in FAILED_STATES)
 (True, ['FAILED', 'REJECTED'])
 """
 
