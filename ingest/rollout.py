@@ -4,9 +4,8 @@ newly archive (a widened glob, a new rule on a full folder), for ``ingest rules 
 Compares two rule sets over what is on disk now: a drop counts when the new rules take
 it and the old ones did not, and the ledger has never recorded it. Reads only.
 
->>> # doctest: +SKIP
->>> old = ruleset_from(json.loads(row["rules"]))     # the daemon's version in force
->>> new_matches(old, load_rules(paths, base), known=lambda watch, path: False)
+>>> old = ruleset_from(json.loads(row["rules"]))  # the daemon's version  # doctest: +SKIP
+>>> new_matches(old, load_rules(paths, base), known=lambda watch, path: False)  # doctest: +SKIP
 [NewMatch(rule='news', watch='/mnt/news', path='old_clip.mxf', kind='file')]
 """
 
