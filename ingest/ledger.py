@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 
 from .errors import ConfigError, LedgerError
-from .ledgerurl import is_postgresql, postgres_target
+from .ledgerurl import is_postgresql, postgres_target, postgresql_sql
 from .schema import (
     MIGRATIONS,
     SCHEMA_MIGRATIONS_DDL,
@@ -228,17 +228,6 @@ def _insert_sql(keys: tuple[str, ...]) -> str:
     # Only column names checked against the schema (_check_fields) ever reach here.
     marks = ", ".join("?" * len(keys))
     return f"INSERT INTO drops ({', '.join(keys)}) VALUES ({marks}) RETURNING id"  # noqa: S608
-
-
-@functools.lru_cache(maxsize=512)
-def postgresql_sql(sql: str) -> str:
-    """``sql`` with SQLite's ``?`` placeholders as psycopg's ``%s`` (the one place the two
-    parameter styles meet: every statement here is written once, with ``?``).
-
-    >>> postgresql_sql("SELECT '100%' WHERE a = ? AND b = ?")
-    "SELECT '100%%' WHERE a = %s AND b = %s"
-    """
-    return sql.replace("%", "%%").replace("?", "%s")
 
 
 @functools.lru_cache(maxsize=256)

@@ -14,10 +14,18 @@ True
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from dataclasses import dataclass
 
-__all__ = ["PostgresTarget", "check_url", "is_postgresql", "postgres_target", "redact"]
+__all__ = [
+    "PostgresTarget",
+    "check_url",
+    "is_postgresql",
+    "postgres_target",
+    "postgresql_sql",
+    "redact",
+]
 
 _POSTGRESQL_SCHEMES = ("postgresql://",)
 
@@ -109,3 +117,15 @@ def check_url(value: str, example: str) -> str | None:
         f"must be sqlite:///PATH (e.g. {example!r}) or postgresql://USER@HOST:PORT/DB, "
         f"got {redact(value)!r}"
     )
+
+
+@functools.lru_cache(maxsize=512)
+def postgresql_sql(sql: str) -> str:
+    """``sql`` with SQLite's ``?`` placeholders as psycopg's ``%s`` (the one place the two
+    parameter styles meet: every statement is written once, with ``?``, and none has a
+    ``?`` of its own in a literal).
+
+    >>> postgresql_sql("SELECT '100%' WHERE a = ? AND b = ?")
+    "SELECT '100%%' WHERE a = %s AND b = %s"
+    """
+    return sql.replace("%", "%%").replace("?", "%s")

@@ -2,9 +2,10 @@
 
 Plain :mod:`sqlite3`, read-only (``mode=ro``), never SQLAlchemy: ``ingest status`` must
 start and answer in a fraction of a second on a million-row ledger. Every query is
-shaped for an index of the schema (see ``ingest.ledger``); unbounded queries return
+shaped for an index of the schema (see ``ingest.schema``); unbounded queries return
 cursors, not lists. The ledger is in WAL mode, so these reads never block the daemon,
-nor wait for it.
+nor wait for it. A PostgreSQL ledger is read through psycopg (:mod:`ingest.pgread`), with
+the same query texts: where the two backends' SQL differs, :func:`_pg` says which.
 
 ::
 
@@ -23,14 +24,21 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import states
 from .config import ServiceConfig, find_config, load_config
 from .errors import LedgerError, UsageError
+from .ledgerurl import is_postgresql, postgres_target
 from .report import iso_utc
 from .states import State
 from .tomlcheck import did_you_mean
+
+if TYPE_CHECKING:
+    from .pgread import PostgresLedger
+
+    #: where the ledger is: an SQLite file, or a PostgreSQL server
+    LedgerAt = Path | PostgresLedger
 
 __all__ = [
     "ACTIVE_STATES",
@@ -104,17 +112,32 @@ _SELECT = f"SELECT {_COLUMNS} FROM drops"  # noqa: S608
 BUSY_TIMEOUT_MS = 5000
 
 
-def ledger_path(config_path: Path | None) -> Path:
-    """The ledger file named by the service config (``--config``, env, ``./ingest.toml``)."""
+def ledger_path(config_path: Path | None) -> LedgerAt:
+    """The ledger named by the service config (``--config``, env, ``./ingest.toml``)."""
     return config_ledger_path(load_config(find_config(config_path), warn=False))
 
 
-def config_ledger_path(config: ServiceConfig) -> Path:
-    """The ledger file of a loaded service config."""
+def config_ledger_path(config: ServiceConfig) -> LedgerAt:
+    """The ledger of a loaded service config: its file, or its PostgreSQL server."""
+    if is_postgresql(config.ledger.url):
+        from .pgread import PostgresLedger
+
+        return PostgresLedger(postgres_target(config.ledger.url), config.ledger.password())
     path = config.ledger.path
     if path is None:
         raise UsageError("the ledger is in memory ([ledger] url): no other process can read it")
     return path
+
+
+def ledger_url(ledger: LedgerAt) -> str:
+    """The ``[ledger] url`` of ``ledger`` (without a password), for :meth:`Ledger.open`."""
+    return ledger.url if not isinstance(ledger, Path) else f"sqlite:///{ledger}"
+
+
+def _pg(conn: sqlite3.Connection) -> bool:
+    # A PostgreSQL connection passes for an sqlite3 one (pgread.PgConnection): the few
+    # queries whose SQL differs ask this.
+    return getattr(conn, "dialect", None) == "postgresql"
 
 
 def _uri(path: Path) -> str:
@@ -124,8 +147,23 @@ def _uri(path: Path) -> str:
 
 
 @contextmanager
-def open_ledger(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the ledger at ``path``; errors become :class:`LedgerError`."""
+def open_ledger(path: LedgerAt) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the ledger at ``path``; errors become :class:`LedgerError`.
+
+    On PostgreSQL, a :class:`ingest.pgread.PgConnection`: it runs these queries' SQL and
+    reads like an sqlite3 connection, which is what the callers are typed against.
+    """
+    if not isinstance(path, Path):
+        from . import pgread
+
+        pg = pgread.connect(path)
+        try:
+            with pgread.errors(path):
+                pg.execute("SELECT id FROM drops LIMIT 0")
+            yield cast(sqlite3.Connection, pg)
+        finally:
+            pg.close()
+        return
     if not path.exists():
         raise LedgerError(
             f"no ledger at {path}: `ingest run` creates it; check [ledger] url in the config"
@@ -148,8 +186,14 @@ def open_ledger(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 @contextmanager
-def errors(path: Path) -> Iterator[None]:
+def errors(path: LedgerAt) -> Iterator[None]:
     """Turn :mod:`sqlite3` errors into one :class:`LedgerError` line naming the ledger."""
+    if not isinstance(path, Path):
+        from . import pgread
+
+        with pgread.errors(path):
+            yield
+        return
     try:
         yield
     except sqlite3.Error as exc:
@@ -166,6 +210,13 @@ def errors(path: Path) -> Iterator[None]:
 @contextmanager
 def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One read transaction: the queries inside see the same ledger. Keep it short."""
+    if _pg(conn):
+        conn.begin_snapshot()  # type: ignore[attr-defined]
+        try:
+            yield conn
+        finally:
+            conn.end_snapshot()  # type: ignore[attr-defined]
+        return
     conn.execute("BEGIN")
     try:
         yield conn
@@ -218,7 +269,18 @@ def glob_to_sql(pattern: str) -> str:
     return pattern.replace("[!", "[^")
 
 
-def _conditions(f: DropFilter, *, with_states: bool) -> tuple[list[str], list[Any]]:
+def _glob(pg: bool, target: str, pattern: str) -> tuple[str, str]:
+    """``target`` matching the glob ``pattern``: SQL and its parameter, per backend."""
+    if pg:
+        from .pgread import glob_to_regex
+
+        return f"{target} ~ ?", glob_to_regex(pattern)
+    return f"{target} GLOB ?", glob_to_sql(pattern)
+
+
+def _conditions(
+    f: DropFilter, *, with_states: bool, pg: bool = False
+) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
     if with_states and f.states:
@@ -236,14 +298,18 @@ def _conditions(f: DropFilter, *, with_states: bool) -> tuple[list[str], list[An
     if f.path_glob:
         # A pattern starting with / is matched against the absolute path.
         target = "(watch || '/' || path)" if f.path_glob.startswith("/") else "path"
-        where.append(f"{target} GLOB ?")
-        params.append(glob_to_sql(f.path_glob))
+        sql, param = _glob(pg, target, f.path_glob)
+        where.append(sql)
+        params.append(param)
     if f.object_name is not None:
         where.append("object_name = ?")
         params.append(f.object_name)
     if f.rules_versions:
-        where.append("(" + " OR ".join(["rules_version GLOB ?"] * len(f.rules_versions)) + ")")
-        params += [rules_version_prefix(v) + "*" for v in f.rules_versions]
+        globs = [
+            _glob(pg, "rules_version", rules_version_prefix(v) + "*") for v in f.rules_versions
+        ]
+        where.append("(" + " OR ".join(sql for sql, _ in globs) + ")")
+        params += [param for _, param in globs]
     return where, params
 
 
@@ -257,15 +323,17 @@ def select_drops(
     ``--state FAILED --state REJECTED --limit 50`` never sorts a whole state. Several
     states without a limit: a scan of the table by id, filtered, which streams.
     """
-    where, params = _conditions(f, with_states=False)
+    pg = _pg(conn)
+    where, params = _conditions(f, with_states=False, pg=pg)
     states = f.states
     if len(states) > 1 and limit is not None:
         parts = []
         all_params: list[Any] = []
-        for state in states:
+        for n, state in enumerate(states):
             clause = " AND ".join(["state = ?", *where])
+            alias = f" AS s{n}" if pg else ""  # PostgreSQL 15 names every subquery
             parts.append(
-                f"SELECT * FROM ({_SELECT} WHERE {clause} ORDER BY id DESC LIMIT ?)"  # noqa: S608
+                f"SELECT * FROM ({_SELECT} WHERE {clause} ORDER BY id DESC LIMIT ?){alias}"  # noqa: S608
             )
             all_params += [state, *params, limit]
         sql = " UNION ALL ".join(parts) + " ORDER BY id DESC LIMIT ?"
@@ -274,8 +342,10 @@ def select_drops(
         where.insert(0, "state = ?")
         params.insert(0, states[0])
     elif states:
-        # The unary + keeps SQLite off the state index, whose order is not by id.
-        where.insert(0, f"+state IN ({', '.join('?' * len(states))})")
+        # The unary + keeps SQLite off the state index, whose order is not by id
+        # (PostgreSQL has no + for text, and its planner weighs the sort itself).
+        plus = "" if pg else "+"
+        where.insert(0, f"{plus}state IN ({', '.join('?' * len(states))})")
         params[:0] = states
     sql = _SELECT
     if where:
@@ -475,6 +545,8 @@ def watchers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     # A ledger the daemon has not migrated yet (an older ingest wrote it) has none.
+    if _pg(conn):
+        return conn.execute("SELECT to_regclass(?)", (name,)).fetchone()[0] is not None
     found = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
     ).fetchone()
@@ -508,9 +580,10 @@ def resolve_rules_versions(conn: sqlite3.Connection, prefix: str) -> list[sqlite
     text = rules_version_prefix(prefix)
     if not _has_table(conn, "rules_versions"):
         return []
+    match, param = _glob(_pg(conn), "version", text + "*")
     return conn.execute(
-        "SELECT * FROM rules_versions WHERE version GLOB ? ORDER BY last_loaded_at DESC",
-        (text + "*",),
+        f"SELECT * FROM rules_versions WHERE {match} ORDER BY last_loaded_at DESC",  # noqa: S608
+        (param,),
     ).fetchall()
 
 

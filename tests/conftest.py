@@ -18,6 +18,7 @@ import pytest
 from .support.deployment import DIVA_PASSWORD_ENV, Deployment, deployed
 from .support.emulator import Login, RunningEmulator, logins, suite_emulator
 from .support.ledgers import Setup, build
+from .support.postgres import pg_url, postgres  # noqa: F401 - fixtures
 
 #: leakcheck fails any test whose captured output or log holds a test secret;
 #: unprivileged runs checks as a user that file modes stop (the suite runs as root).

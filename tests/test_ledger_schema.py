@@ -38,7 +38,7 @@ from ingest.ledger import (
     TransitionRow,
     WatcherRow,
 )
-from tests.support.postgres import PASSWORD_ENV, PostgresServer, postgres  # noqa: F401
+from tests.support.postgres import PASSWORD_ENV, PostgresServer
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -20,6 +20,7 @@ from ..errors import (
     DivaError,
     DivaUnavailable,
 )
+from ..ledgerurl import is_postgresql, postgres_target
 from ..report import config_option, dumps, output_format, style, use_colour
 
 if TYPE_CHECKING:
@@ -177,6 +178,9 @@ def _check_rules(report: Report, config: ServiceConfig) -> RuleSet | None:
 
 def _check_ledger(report: Report, config: ServiceConfig) -> None:
     path = config.ledger.path
+    if is_postgresql(config.ledger.url):
+        _check_schema(report, config, postgres_target(config.ledger.url))
+        return
     if path is None:
         report.add(
             "ledger",
@@ -217,22 +221,32 @@ def _check_ledger(report: Report, config: ServiceConfig) -> None:
             "check the owner and mode of the ledger and its folder, and free disk space",
         )
         return
+    _check_schema(report, config, path)
+
+
+def _check_schema(report: Report, config: ServiceConfig, path: object) -> None:
+    """The ledger's migrations against this version's (and, on PostgreSQL, that this
+    user may write it: a row-exclusive lock on the drops, taken and let go)."""
     from ..ledger import Ledger
 
     try:
-        ledger = Ledger.open(config.ledger.url, migrate=False)
+        ledger = Ledger.open(config.ledger.url, migrate=False, password=config.ledger.password())
         try:
             pending = ledger.pending_migrations()
             unknown = ledger.unknown_migrations()
+            if ledger.postgresql and not pending:
+                with ledger.engine.connect() as conn:
+                    conn.exec_driver_sql("LOCK TABLE drops IN ROW EXCLUSIVE MODE NOWAIT")
+                    conn.rollback()
         finally:
             ledger.close()
     except Exception as exc:  # a doctor reports what it finds; it does not crash on it
-        reason = str(getattr(exc, "orig", exc))
+        reason = " ".join(str(getattr(exc, "orig", exc)).split())
         report.add(
             "ledger",
             "FAIL",
             f"{path}: {reason}",
-            "is it an ingest ledger? `ingest run` creates and migrates it",
+            "is it an ingest ledger this user may write? `ingest run` creates and migrates it",
         )
         return
     if unknown:

@@ -98,7 +98,7 @@ def retry(
 
 
 def _plan(
-    path: Path, ids: tuple[int, ...], rules: tuple[str, ...], all_failed: bool
+    path: queries.LedgerAt, ids: tuple[int, ...], rules: tuple[str, ...], all_failed: bool
 ) -> list[Outcome]:
     """Decide per drop from a read-only look; nothing is locked while files are checked."""
     outcomes: list[Outcome] = []
@@ -170,7 +170,7 @@ def _files_gone(row: sqlite3.Row) -> str | None:
     return f"the file {where} is gone"
 
 
-def _apply(path: Path, outcomes: list[Outcome]) -> None:
+def _apply(path: queries.LedgerAt, outcomes: list[Outcome]) -> None:
     """Requeue the planned drops in one write transaction, each only if still as seen."""
     todo = {o.drop_id: o for o in outcomes if o.outcome == "requeued" and o.row is not None}
     if not todo:
@@ -179,7 +179,8 @@ def _apply(path: Path, outcomes: list[Outcome]) -> None:
     # second), which the read-only look above and a dry run do without.
     from ..ledger import Ledger
 
-    ledger = Ledger.open(f"sqlite:///{path}", migrate=False)
+    password = None if isinstance(path, Path) else path.password
+    ledger = Ledger.open(queries.ledger_url(path), migrate=False, password=password)
     try:
         seen = {i: o.row["state"] for i, o in todo.items() if o.row is not None}
         done = ledger.requeue(seen, DETAIL)

@@ -76,7 +76,7 @@ def status(config_path: Path | None, fmt: str) -> None:
 
 
 def collect(
-    conn: sqlite3.Connection, path: Path, now: float, stuck_after: float
+    conn: sqlite3.Connection, path: Path | queries.LedgerAt, now: float, stuck_after: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The status document (``--json``'s, and the status page's) and its raw rows."""
     with queries.snapshot(conn):

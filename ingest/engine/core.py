@@ -77,7 +77,7 @@ class Engine:
         self.book = RuleBook(
             config.rules.paths, config.base_dir, vanish_grace=self.reload_seconds * 1.5
         )
-        self.ledger = Ledger.open(config.ledger.url)
+        self.ledger = Ledger.open(config.ledger.url, password=config.ledger.password())
         self.client = client if client is not None else DivaClient.from_config(diva)
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -137,7 +137,7 @@ class Engine:
         log.info(
             "ingest engine starting: %d rules, ledger %s, DIVA %s (poll every %.0f s, "
             "at most %d in flight)",
-            len(rules), self.ledger.path or ":memory:", self.client.manager_url,
+            len(rules), self.ledger.where, self.client.manager_url,
             diva.poll_seconds, diva.max_in_flight,
         )  # fmt: skip
         self._apply_rules(rules, load_settled=False)  # _recover loads them, once

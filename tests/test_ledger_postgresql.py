@@ -1,0 +1,186 @@
+"""ingest on a PostgreSQL ledger: ``ingest run`` archives drops end to end against the
+emulator, the operator commands read and retry on it, and its password shows nowhere.
+
+The server is a throwaway PostgreSQL (tests/support/postgres.py), one database per test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from tests.support.deployment import DIVA_PASSWORD_ENV, Deployment
+from tests.support.postgres import PASSWORD, PASSWORD_ENV, PostgresServer
+from tests.support.wait import wait_for
+
+
+def use_postgresql(dep: Deployment, url: str, **ledger: str) -> None:
+    """Point the deployment's config at the PostgreSQL ledger ``url``."""
+    text = dep.config_path.read_text()
+    keys = {"password_env": PASSWORD_ENV, **ledger}
+    table = f"[ledger]\nurl = {json.dumps(url)}\n" + "".join(
+        f"{k} = {json.dumps(v)}\n" for k, v in keys.items()
+    )
+    text, n = re.subn(r"\[ledger\]\nurl = [^\n]*\n", table, text)
+    assert n == 1
+    dep.config_path.write_text(text)
+
+
+def rows(url: str) -> dict[str, dict[str, Any]]:
+    """path -> its newest drop, read straight from PostgreSQL."""
+    target = url.removeprefix("postgresql://")
+    user, _, rest = target.partition("@")
+    hostport, _, dbname = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    with psycopg.connect(
+        host=host, port=int(port), user=user, dbname=dbname, password=PASSWORD,
+        row_factory=dict_row,
+    ) as conn:  # fmt: skip
+        try:
+            found = conn.execute("SELECT * FROM drops ORDER BY id").fetchall()
+        except psycopg.errors.UndefinedTable:  # the daemon has not migrated it yet
+            return {}
+    return {r["path"]: r for r in found}
+
+
+def ingest(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, PASSWORD_ENV: PASSWORD, DIVA_PASSWORD_ENV: "operator"}
+    return subprocess.run(
+        [sys.executable, "-m", "ingest", *args, "--config", str(dep.config_path)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+
+
+def test_ingest_run_archives_on_postgresql_and_the_commands_read_it(
+    deployment: Deployment, pg_url: str
+) -> None:
+    dep = deployment
+    use_postgresql(dep, pg_url)
+    dep.rule()
+    dep.rule("broken", watch=str(dep.watch), match=["*.bad"], media="NO_SUCH_MEDIA")
+    (dep.watch / "good.mxf").write_bytes(b"good")
+    (dep.watch / "sub").mkdir()
+    (dep.watch / "sub" / "also.mxf").write_bytes(b"also")
+    (dep.watch / "wrong.bad").write_bytes(b"bad")
+    daemon = dep.daemon()
+    try:
+        done = {"good.mxf": "COMPLETED", "sub/also.mxf": "COMPLETED", "wrong.bad": "REJECTED"}
+        wait_for(
+            lambda: {p: r["state"] for p, r in rows(pg_url).items()} == done or None, timeout=60
+        )
+        assert sorted(dep.stored()) == ["also", "good"]
+        assert not dep.ledger_path.exists()  # no SQLite ledger on the side
+
+        status = ingest(dep, "status", "--json")
+        assert status.returncode == 1, status.stderr  # a rejection in the last 24 h
+        doc = json.loads(status.stdout)
+        assert doc["ledger"] == pg_url
+        assert "COMPLETED" in json.dumps(doc) and str(dep.watch) in json.dumps(doc)
+
+        listed = ingest(dep, "ledger", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        by_path = {r["path"]: r for r in json.loads(listed.stdout)}
+        assert {p: r["state"] for p, r in by_path.items()} == done
+        good = by_path["good.mxf"]
+        assert good["source_deleted"] is True and good["finished_at"].endswith("Z")
+        assert by_path["wrong.bad"]["status_code"] == 1017
+
+        # Several states with a limit (the UNION of per-state scans) and a path glob.
+        some = ingest(dep, "ledger", "list", "--state", "completed", "--state", "rejected",
+                      "--limit", "5", "--path", "sub/*.mx[!x]", "--nl")  # fmt: skip
+        assert some.returncode == 0, some.stderr
+        assert [json.loads(line)["path"] for line in some.stdout.splitlines()] == ["sub/also.mxf"]
+
+        shown = ingest(dep, "ledger", "show", "sub/also.mxf", "--json")
+        assert shown.returncode == 0, shown.stderr
+        history = json.loads(shown.stdout)["history"]
+        assert [h["to_state"] for h in history][:2] == ["DETECTED", "SUBMITTING"]
+        assert history[-1]["to_state"] == "COMPLETED"
+
+        exported = ingest(dep, "ledger", "export", "--csv")
+        assert exported.returncode == 0, exported.stderr
+        assert exported.stdout.count("\n") == 4  # a header and three drops
+
+        rejected = by_path["wrong.bad"]["id"]
+        retried = ingest(dep, "retry", str(rejected), "--json")
+        assert retried.returncode == 0, retried.stderr
+        assert json.loads(retried.stdout)["drops"][0]["outcome"] == "requeued"
+        shown = ingest(dep, "ledger", "show", str(rejected), "--json")
+        steps = [h["to_state"] for h in json.loads(shown.stdout)["history"]]
+        assert "RETRY_WAIT" in steps
+
+        doctor = ingest(dep, "doctor", "--json")
+        checks = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert checks["ledger"]["level"] == "OK", checks["ledger"]
+        assert checks["ledger"]["message"] == f"{pg_url} writable, schema current"
+        outputs = [status, listed, some, shown, exported, retried, doctor]
+        assert not any(PASSWORD in p.stdout + p.stderr for p in outputs)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    log = (dep.root / "daemon.log").read_text()
+    assert pg_url.rpartition("/")[2] in log and PASSWORD not in log
+
+
+def test_an_unreachable_postgresql_at_start_is_a_config_error(
+    deployment: Deployment, postgres: PostgresServer
+) -> None:
+    dep = deployment
+    dead = socket_nobody_listens_on()
+    use_postgresql(dep, f"postgresql://ingest@127.0.0.1:{dead}/ingest")
+    dep.rule()
+    for args in (["run"], ["status"], ["ledger", "list"]):
+        done = ingest(dep, *args)
+        assert done.returncode == 3, (args, done.stderr)  # ConfigError's code
+        assert f"127.0.0.1:{dead}" in done.stderr, done.stderr
+        assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_a_wrong_password_is_refused_without_showing_it(
+    deployment: Deployment, pg_url: str, tmp_path: Path
+) -> None:
+    dep = deployment
+    secret = tmp_path / "pg-password"
+    secret.write_text("not-the-password-91c2\n")
+    secret.chmod(0o600)
+    use_postgresql(dep, pg_url)
+    text = dep.config_path.read_text().replace(
+        f'password_env = "{PASSWORD_ENV}"', f"password_file = {json.dumps(str(secret))}"
+    )
+    dep.config_path.write_text(text)
+    dep.rule()
+    for args in (["run"], ["status"]):
+        done = ingest(dep, *args)
+        assert done.returncode == 3, done.stderr
+        assert "password authentication failed" in done.stderr
+        assert "not-the-password-91c2" not in done.stdout + done.stderr
+
+
+def test_a_password_in_the_url_is_refused_and_not_repeated(deployment: Deployment) -> None:
+    dep = deployment
+    use_postgresql(dep, f"postgresql://ingest:{PASSWORD}@127.0.0.1:5/ingest")
+    done = ingest(dep, "status")
+    assert done.returncode == 3
+    assert "must not hold the password" in done.stderr and "ingest:***@" in done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+
+
+def socket_nobody_listens_on() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # closed again: connecting is refused
