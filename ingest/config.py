@@ -142,6 +142,8 @@ class RulesConfig:
     """``[rules]``: rule files or folders, absolute."""
 
     paths: tuple[Path, ...] = ()
+    #: hold the drops already present that an edit newly matches until ``ingest rules accept``
+    confirm_new_matches: bool = defaults.RULES_CONFIRM_NEW_MATCHES
 
 
 @dataclass(frozen=True)
@@ -386,7 +388,12 @@ SECTIONS: dict[str, dict[str, Field]] = {
             Field("password_file", "str", None, check=_non_empty),
         ]
     },
-    "rules": {"paths": Field("paths", "str_list", defaults.RULES_PATHS)},
+    "rules": {
+        "paths": Field("paths", "str_list", defaults.RULES_PATHS),
+        "confirm_new_matches": Field(
+            "confirm_new_matches", "bool", defaults.RULES_CONFIRM_NEW_MATCHES
+        ),
+    },
     "engine": {
         f.name: f
         for f in [
@@ -500,7 +507,10 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
         base_dir=base,
         diva=diva,
         ledger=ledger,
-        rules=RulesConfig(rule_paths),
+        rules=RulesConfig(
+            rule_paths,
+            values.get("rules", {}).get("confirm_new_matches", defaults.RULES_CONFIRM_NEW_MATCHES),
+        ),
         engine=EngineConfig(
             rescan_seconds=engine.get("rescan_seconds", defaults.ENGINE_RESCAN_SECONDS),
             reload_seconds=engine.get("reload_seconds", defaults.ENGINE_RELOAD_SECONDS),

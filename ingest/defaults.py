@@ -54,6 +54,8 @@ LEDGER_URL = "sqlite:///ingest.db"
 # --- [rules] ----------------------------------------------------------------------------
 #: rule files or folders of ``*.toml``; relative paths: to the config file's folder
 RULES_PATHS: tuple[str, ...] = ("rules",)
+#: hold the files already present that a rule edit newly matches until ``ingest rules accept``
+RULES_CONFIRM_NEW_MATCHES = False
 
 # --- [engine] ---------------------------------------------------------------------------
 #: full rescan of every watch folder, catching lost events, seconds

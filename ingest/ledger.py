@@ -20,6 +20,7 @@ not one per event.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sqlite3
 import time
@@ -213,6 +214,36 @@ class Batch:
             (version, loaded_at, refused_since, problems, self.now),
         )
 
+    def rules_held(self, held: str | None, since: float | None) -> None:
+        """Publish the drops held for ``ingest rules accept`` (JSON), or that none is."""
+        self._write(
+            "UPDATE rules_state SET held = ?, held_since = ?, updated_at = ? WHERE id = 1",
+            (held, since, self.now),
+        )
+
+    def rules_state_row(self) -> dict[str, Any] | None:
+        """The ``rules_state`` row as this transaction sees it (None before the first)."""
+        cursor = self._execute("SELECT * FROM rules_state WHERE id = 1")
+        names = [d[0] for d in cursor.description]
+        row = cursor.fetchone()
+        return None if row is None else dict(zip(names, row, strict=True))
+
+    def rules_accept(self) -> int | None:
+        """Mark the held drops accepted (see :meth:`Ledger.accept_rules`)."""
+        row = self.rules_state_row()
+        if row is None:
+            return None
+        held = len(json.loads(row["held"])) if row["held"] else 0
+        if held:
+            self._write("UPDATE rules_state SET accepted_at = ? WHERE id = 1", (self.now,))
+        return held
+
+    def rules_of(self, version: str) -> str | None:
+        """The normalized rules (JSON) of a recorded rules version."""
+        row = self._execute("SELECT rules FROM rules_versions WHERE version = ?", (version,))
+        found = row.fetchone()
+        return None if found is None else str(found[0])
+
 
 _TRANSITION_SQL = (
     "INSERT INTO transitions (drop_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)"
@@ -349,6 +380,14 @@ class Ledger:
         """
         with self.batch() as tx:
             return {i for i, state in drops.items() if tx.requeue(i, state, detail)}
+
+    def accept_rules(self) -> int | None:
+        """``ingest rules accept``: ask the daemon to release the drops it holds for an
+        operator's word (``[rules] confirm_new_matches``); returns how many it holds, None
+        when the daemon has not recorded its rules yet. The engine releases them on its
+        next turn and clears the mark."""
+        with self.batch() as tx:
+            return tx.rules_accept()
 
     # -- reads -----------------------------------------------------------------------
 

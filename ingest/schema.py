@@ -137,6 +137,11 @@ class RulesStateRow(SQLModel, table=True):
     refused_since: float | None = None  # since when the files on disk are refused
     problems: str | None = None  # JSON: the refused files' problems (file, line, key...)
     updated_at: float
+    #: JSON: the drops already present that an edit newly matched, held until ``ingest
+    #: rules accept`` (``[rules] confirm_new_matches``): [{"rule", "watch", "path", "kind"}]
+    held: str | None = None
+    held_since: float | None = None
+    accepted_at: float | None = None  # ``ingest rules accept``: release what is held
 
 
 class MigrationRow(SQLModel, table=True):
@@ -283,4 +288,12 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("0003_drops_waiting_since", _run_script("ALTER TABLE drops ADD COLUMN waiting_since REAL")),
     ("0004_drops_adopted", _run_script("ALTER TABLE drops ADD COLUMN adopted BOOLEAN")),
     ("0005_rules_versions", _run_script(_RULES_VERSIONS)),
+    (
+        "0006_rules_held",
+        _run_script(
+            "ALTER TABLE rules_state ADD COLUMN held TEXT;"
+            "ALTER TABLE rules_state ADD COLUMN held_since REAL;"
+            "ALTER TABLE rules_state ADD COLUMN accepted_at REAL"
+        ),
+    ),
 ]

@@ -222,3 +222,58 @@ def test_a_rename_save_and_a_delete_and_recreate_never_drop_the_rules(
     history = json.loads(ingest(dep, "rules", "history", "--json").stdout)
     assert sorted(h["version"] for h in history) == sorted({good, vim, code})
     assert all(r["state"] == "COMPLETED" for r in dep.rows())
+
+
+def confirm_new_matches(dep: Deployment) -> None:
+    text = dep.config_path.read_text()
+    dep.config_path.write_text(text.replace("[rules]\n", "[rules]\nconfirm_new_matches = true\n"))
+
+
+def test_a_widened_glob_archives_the_files_present_at_once_by_default(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    path = dep.rule()
+    (dep.watch / "present.mov").write_bytes(b"p")
+    dep.start()
+    archive(dep, "a.mxf")
+    assert dep.rows("present.mov") == []
+    path.write_text(news_text(dep, match=["**/*.mxf", "**/*.mov"]))
+    wait_in_force(dep, disk_version(dep))
+    assert dep.wait_state("present.mov", "COMPLETED", timeout=60)["rule"] == "news"
+
+
+def test_confirm_new_matches_holds_the_files_present_until_rules_accept(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    confirm_new_matches(dep)
+    path = dep.rule()
+    (dep.watch / "present.mov").write_bytes(b"p")
+    dep.start()
+    archive(dep, "a.mxf")
+
+    # Before saving: rules check on the edited copy lists what it would archive.
+    draft = dep.root / "draft"
+    draft.mkdir()
+    (draft / "news.toml").write_text(news_text(dep, match=["**/*.mxf", "**/*.mov"]))
+    check = ingest(dep, "rules", "check", str(draft))
+    assert "this edit would archive 1 file now present" in check.stdout, check.stdout
+    assert f"{dep.watch}/present.mov (rule 'news')" in check.stdout
+    assert "holds them until `ingest rules accept`" in check.stdout
+
+    path.write_text(news_text(dep, match=["**/*.mxf", "**/*.mov"]))
+    wait_in_force(dep, disk_version(dep))
+    # A file arriving after the reload is not held; the one present is.
+    arrived = archive(dep, "arrived.mov")
+    assert arrived["rules_version"] == disk_version(dep)
+    assert dep.rows("present.mov") == []
+    status = ingest(dep, "status")
+    assert status.returncode == 1
+    assert "1 file(s) already present, newly matched by a rules edit, are held" in status.stdout
+    assert f"{dep.watch}/present.mov (rule 'news')" in status.stdout
+
+    accepted = ingest(dep, "rules", "accept")
+    assert accepted.returncode == 0 and "releases 1 held file" in accepted.stdout
+    assert dep.wait_state("present.mov", "COMPLETED", timeout=60)["rule"] == "news"
+    assert ingest(dep, "status").returncode == 0

@@ -384,3 +384,70 @@ def test_rules_check_lists_the_files_present_an_edit_would_newly_archive(
     (site / "rules" / "a.toml").write_text(rule_text("a", collection="D", match=["0*.mxf"]))
     narrowed = invoke("rules", "check", "--config", str(config), "--json")
     assert json.loads(narrowed.stdout)["daemon"]["new_matches"] == []
+
+
+# -- [rules] confirm_new_matches -------------------------------------------------------
+
+
+def test_confirm_new_matches_holds_what_an_edit_newly_matches_until_accepted(site: Path) -> None:
+    watch = str(site / "w")
+    for name in ("a.mxf", "b.mov", "c.mov"):
+        (site / "w" / name).write_bytes(b"x")
+    config = str(site / "ingest.toml")
+    path = site / "rules" / "a.toml"
+    url = f"sqlite:///{site / 'ledger.db'}"
+    released: list[set[tuple[str, str]]] = []
+
+    def record(book: RuleBook) -> RulesRecord:
+        return RulesRecord(
+            book, 60, confirm=True, held=set(), known=lambda w, p: p == "a.mxf",
+            release=released.append,
+        )  # fmt: skip
+
+    ledger = Ledger.open(url)
+    try:
+        first = record(RuleBook([site / "rules"], site))
+        publish(ledger, first, 0.0)  # a first start: nothing was archived under other rules
+        assert first.held == set()
+        path.write_text(rule_text("a", match=["*.mxf", "*.mov"]))
+        bump(path, 10)
+        assert first.book.maybe_reload()
+        publish(ledger, first, 1.0)
+        assert first.held == {(watch, "b.mov"), (watch, "c.mov")}
+        # A file arriving after the reload is not held.
+        (site / "w" / "d.mov").write_bytes(b"x")
+        publish(ledger, first, 2.0)
+        assert len(first.held) == 2
+
+        status = invoke("status", "--config", config)
+        assert status.exit_code == 1
+        assert "2 file(s) already present, newly matched by a rules edit, are held" in status.stdout
+        assert f"{watch}/b.mov (rule 'a')" in status.stdout
+        check = invoke("rules", "check", "--config", config)
+        assert "the daemon runs these rules" in check.stdout  # held, yet in force
+
+        # A restart: still held.
+        again = record(RuleBook([site / "rules"], site))
+        publish(ledger, again, 0.0)
+        assert again.held == first.held
+
+        accepted = invoke("rules", "accept", "--config", config)
+        assert accepted.exit_code == 0, accepted.output
+        assert "releases 2 held files" in accepted.stdout
+        publish(ledger, again, 1.0)
+        assert again.held == set() and released == [{(watch, "b.mov"), (watch, "c.mov")}]
+        assert invoke("status", "--config", config).exit_code == 0
+        assert "nothing is held" in invoke("rules", "accept", "--config", config).stdout
+    finally:
+        ledger.close()
+
+    # An edit made while the daemon was stopped is judged against the rules it last ran.
+    (site / "w" / "e.wav").write_bytes(b"x")
+    path.write_text(rule_text("a", match=["*.mxf", "*.mov", "*.wav"]))
+    ledger = Ledger.open(url)
+    try:
+        later = record(RuleBook([site / "rules"], site))
+        publish(ledger, later, 0.0)
+        assert later.held == {(watch, "e.wav")}
+    finally:
+        ledger.close()

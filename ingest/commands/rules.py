@@ -169,6 +169,10 @@ def _against_daemon(config: ServiceConfig, result: CheckResult) -> dict[str, obj
             f"\nthis edit would archive {len(fresh)} file{'s' if len(fresh) != 1 else ''} "
             "now present, which the rules in force do not take:\n" + "\n".join(shown)
         )
+        if config.rules.confirm_new_matches:
+            summary += (
+                "\n([rules] confirm_new_matches: the daemon holds them until `ingest rules accept`)"
+            )
     return {
         "ledger": str(path),
         "disk_version": disk,
@@ -357,3 +361,35 @@ def show(version: str, config_path: Path | None, as_json: bool) -> None:
         click.echo("[[rule]]")
         for key, value in rule.items():
             click.echo(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+
+
+@rules.command()
+@_config_option
+def accept(config_path: Path | None) -> None:
+    """Let the daemon archive the files a rule edit newly matched ([rules] confirm_new_matches).
+
+    With confirm_new_matches = true, files already sitting in a watch folder that an
+    edit newly matches (a widened glob, a new rule on a full folder) are held, and
+    `ingest status` lists them: `ingest rules check` shows the same list before the edit
+    is saved. This releases every file held; the daemon takes them on its next turn.
+    Files arriving after a reload are never held.
+
+    \b
+    Example:
+      ingest status
+      ingest rules accept --config /etc/ingest/ingest.toml
+    """
+    from ..ledger import Ledger  # a write: SQLAlchemy only for this command
+
+    config = load_config(find_config(config_path), warn=False)
+    ledger = Ledger.open(config.ledger.url, migrate=False, password=config.ledger.password())
+    try:
+        held = ledger.accept_rules()
+    finally:
+        ledger.close()
+    if held is None:
+        click.echo("the daemon has not recorded its rules yet: nothing is held")
+    elif not held:
+        click.echo("nothing is held: no rules edit is waiting for acceptance")
+    else:
+        click.echo(f"accepted: the daemon releases {held} held file{'s' if held != 1 else ''}")

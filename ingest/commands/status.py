@@ -116,6 +116,12 @@ def collect(
             f"daemon keeps rules version {in_force['version'][:12]}; "
             + "; ".join(p["text"] for p in in_force["problems"])
         )
+    if in_force is not None and in_force["held"]:
+        problems.append(
+            f"{len(in_force['held'])} file(s) already present, newly matched by a rules edit, "
+            f"are held since {in_force['held_since']} until `ingest rules accept` "
+            "([rules] confirm_new_matches)"
+        )
     if stuck_count:
         problems.append(
             f"{stuck_count} request(s) kept waiting by DIVA for more than {ago_span(stuck_after)}"
@@ -171,6 +177,8 @@ def rules_doc(row: sqlite3.Row | None) -> dict[str, Any] | None:
             for p in problems
         ],
         "updated_at": iso_utc(row["updated_at"]),
+        "held": json.loads(row["held"]) if row["held"] else [],
+        "held_since": iso_utc(row["held_since"]),
     }
 
 
@@ -333,6 +341,17 @@ def _print(doc: dict[str, Any], raw: dict[str, Any]) -> None:
             )
             for problem in rules["problems"]:
                 echo(f"    {problem['text']}")
+        if rules["held"]:
+            since = local_time(row["held_since"], seconds=True)
+            echo(
+                "  "
+                + style("!", colour, "FAIL")
+                + f" held since {since} until `ingest rules accept` (newly matched by an edit):"
+            )
+            for item in rules["held"][:SHOWN]:
+                echo(f"    {item['watch']}/{item['path']} (rule {item['rule']!r})")
+            if len(rules["held"]) > SHOWN:
+                echo(f"    ... and {len(rules['held']) - SHOWN} more (--json lists all)")
 
 
 def _why(row: sqlite3.Row) -> str:

@@ -95,7 +95,14 @@ class Engine:
             on_final=lambda turn, tr: self.intake.finished(turn, tr),
         )
         self.intake = Intake(self.book, self.folders, self.tracker)
-        self.rules_record = RulesRecord(self.book, remind_seconds=self.reload_seconds * 60)
+        self.rules_record = RulesRecord(
+            self.book,
+            remind_seconds=self.reload_seconds * 60,
+            confirm=config.rules.confirm_new_matches,
+            held=self.intake.held,
+            known=self._known,
+            release=self.intake.release,
+        )
         self._held: Message | None = None  # taken by _wait, for the next turn's drain
         self._next_reload = 0.0
         self._last_answer = time.monotonic()
@@ -288,6 +295,10 @@ class Engine:
         else:
             self.tracker.resume(tr, now)
         return True
+
+    def _known(self, watch: str, path: str) -> bool:
+        """Whether a drop is live or in the ledger: an edit does not newly match it."""
+        return (watch, path) in self.tracker or path in self.folders.settled.get(watch, {})
 
     def _adopt_external(self, tx: Batch, now: float) -> None:
         """Pick up drops an operator put back in the queue (``ingest retry``).

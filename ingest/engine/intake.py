@@ -53,6 +53,9 @@ class Intake:
         self.last_seen = time.monotonic()  # when a file last moved, or a drop appeared
         self._looks: dict[str, set[str]] = {}  # watch -> relpaths hints pointed at, this turn
         self._hinted: dict[str, tuple[Key, float]] = {}  # path -> (drop key, settle seconds)
+        #: drops a rule edit newly matched, held until ``ingest rules accept`` (the
+        #: RulesRecord fills and empties it; ``[rules] confirm_new_matches``)
+        self.held: set[Key] = set()
 
     def __repr__(self) -> str:
         return f"<Intake settling={len(self.settler)} waiting_marker={len(self.waiting_marker)}>"
@@ -63,6 +66,12 @@ class Intake:
 
     def rules_changed(self) -> None:
         self._hinted.clear()
+
+    def release(self, keys: set[Key]) -> None:
+        """Look at drops no longer held on the next turn (a polled folder's scan would
+        pass them over: they have not changed)."""
+        for watch, relpath in keys:
+            self._looks.setdefault(watch, set()).add(relpath)
 
     def resettle(self, tr: Tracked, now: float) -> None:
         """Settle a drop read back from the ledger again (its request is built anew)."""
@@ -157,7 +166,7 @@ class Intake:
             settle = match.rule.settle_seconds if match else folder.settle_max
             self.settler.observe(key, sig, settle=settle, now=turn.now)
             return
-        if key in self.tracker:
+        if key in self.tracker or key in self.held:
             return
         if self.folders.settled[folder.watch].get(key[1]) == sig[:2]:
             return  # archived, rejected or failed as it is: only a change brings it back
