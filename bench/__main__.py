@@ -21,7 +21,8 @@ from .common import Result, machine
 
 #: run order: cheapest first
 BENCHMARKS = (
-    "ledger_queries", "polling", "detection", "api_economy", "burst", "http_load", "reconcile",
+    "ledger_queries", "ledger_backends", "polling", "detection", "api_economy", "burst",
+    "http_load", "reconcile",
 )  # fmt: skip
 
 

@@ -62,6 +62,8 @@ class PostgresServer:
     root: Path
     port: int
     _as_postgres: bool
+    #: fsync on, as a production server runs (the benchmarks); tests run without it
+    durable: bool = False
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -98,12 +100,11 @@ class PostgresServer:
 
     def start(self) -> None:
         log = self.root / "server.log"
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
+        options += "-c max_connections=100"
+        if not self.durable:
             # A throwaway server: durability buys nothing here, and the machine is shared.
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=100"
-        )
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         done = self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options,
             "-w", "-t", "90", "start", check=False,
@@ -116,7 +117,7 @@ class PostgresServer:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop", check=False)
 
 
-def start_server() -> PostgresServer:
+def start_server(*, durable: bool = False) -> PostgresServer:
     """initdb and start a server in a new temporary folder; the caller stops it."""
     bin_dir = server_bin()
     if bin_dir is None:
@@ -131,7 +132,7 @@ def start_server() -> PostgresServer:
     if as_postgres:
         user = pwd.getpwnam("postgres")
         os.chown(root, user.pw_uid, user.pw_gid)
-    server = PostgresServer(bin_dir, root, _free_port(), as_postgres)
+    server = PostgresServer(bin_dir, root, _free_port(), as_postgres, durable=durable)
     pwfile = root / "pwfile"
     pwfile.write_text(PASSWORD + "\n")
     if as_postgres:
