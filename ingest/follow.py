@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import queries
 
@@ -44,7 +43,7 @@ class Step:
 class Follower:
     """The transitions after the last one seen; not thread-safe (lock around it)."""
 
-    def __init__(self, ledger: Path, *, from_start: bool = False) -> None:
+    def __init__(self, ledger: queries.LedgerAt, *, from_start: bool = False) -> None:
         self.ledger = ledger
         self.seen = 0
         if not from_start:

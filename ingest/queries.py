@@ -134,9 +134,9 @@ def ledger_url(ledger: LedgerAt) -> str:
     return ledger.url if not isinstance(ledger, Path) else f"sqlite:///{ledger}"
 
 
-def _pg(conn: sqlite3.Connection) -> bool:
-    # A PostgreSQL connection passes for an sqlite3 one (pgread.PgConnection): the few
-    # queries whose SQL differs ask this.
+def is_pg(conn: sqlite3.Connection) -> bool:
+    """Whether ``conn`` reads a PostgreSQL ledger (for the few queries whose SQL differs):
+    a :class:`ingest.pgread.PgConnection` passes for an sqlite3 one otherwise."""
     return getattr(conn, "dialect", None) == "postgresql"
 
 
@@ -210,7 +210,7 @@ def errors(path: LedgerAt) -> Iterator[None]:
 @contextmanager
 def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One read transaction: the queries inside see the same ledger. Keep it short."""
-    if _pg(conn):
+    if is_pg(conn):
         conn.begin_snapshot()  # type: ignore[attr-defined]
         try:
             yield conn
@@ -323,7 +323,7 @@ def select_drops(
     ``--state FAILED --state REJECTED --limit 50`` never sorts a whole state. Several
     states without a limit: a scan of the table by id, filtered, which streams.
     """
-    pg = _pg(conn)
+    pg = is_pg(conn)
     where, params = _conditions(f, with_states=False, pg=pg)
     states = f.states
     if len(states) > 1 and limit is not None:
@@ -545,7 +545,7 @@ def watchers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     # A ledger the daemon has not migrated yet (an older ingest wrote it) has none.
-    if _pg(conn):
+    if is_pg(conn):
         return conn.execute("SELECT to_regclass(?)", (name,)).fetchone()[0] is not None
     found = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
@@ -580,7 +580,7 @@ def resolve_rules_versions(conn: sqlite3.Connection, prefix: str) -> list[sqlite
     text = rules_version_prefix(prefix)
     if not _has_table(conn, "rules_versions"):
         return []
-    match, param = _glob(_pg(conn), "version", text + "*")
+    match, param = _glob(is_pg(conn), "version", text + "*")
     return conn.execute(
         f"SELECT * FROM rules_versions WHERE {match} ORDER BY last_loaded_at DESC",  # noqa: S608
         (param,),

@@ -15,12 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from psycopg.rows import dict_row
 
 from tests.support.deployment import DIVA_PASSWORD_ENV, Deployment
 from tests.support.postgres import PASSWORD, PASSWORD_ENV, PostgresServer
 from tests.support.wait import wait_for
+
+ADDRESS = re.compile(r"status page, API and metrics at (http://\S+/)")
 
 
 def use_postgresql(dep: Deployment, url: str, **ledger: str) -> None:
@@ -71,6 +74,7 @@ def test_ingest_run_archives_on_postgresql_and_the_commands_read_it(
     (dep.watch / "sub").mkdir()
     (dep.watch / "sub" / "also.mxf").write_bytes(b"also")
     (dep.watch / "wrong.bad").write_bytes(b"bad")
+    dep.config_path.write_text(dep.config_path.read_text() + '[http]\nlisten = "127.0.0.1:0"\n')
     daemon = dep.daemon()
     try:
         done = {"good.mxf": "COMPLETED", "sub/also.mxf": "COMPLETED", "wrong.bad": "REJECTED"}
@@ -79,6 +83,15 @@ def test_ingest_run_archives_on_postgresql_and_the_commands_read_it(
         )
         assert sorted(dep.stored()) == ["also", "good"]
         assert not dep.ledger_path.exists()  # no SQLite ledger on the side
+
+        # The status page, its API and /metrics read the same ledger.
+        log_path = dep.root / "daemon.log"
+        base = wait_for(lambda: ADDRESS.search(log_path.read_text()), timeout=30).group(1)
+        api = httpx.get(base + "api/status", timeout=30)
+        assert api.status_code == 200 and api.json()["ledger"] == pg_url
+        metrics = httpx.get(base + "metrics", timeout=30).text
+        assert 'ingest_drops{rule="news",state="COMPLETED"} 2.0' in metrics
+        assert httpx.get(base, timeout=30).status_code == 200
 
         status = ingest(dep, "status", "--json")
         assert status.returncode == 1, status.stderr  # a rejection in the last 24 h

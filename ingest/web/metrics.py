@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from prometheus_client import Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -39,7 +38,7 @@ SETTLE_TO_SUBMIT_BUCKETS = (
 class LedgerMetrics:
     """The metrics of one engine, rendered for a scrape; safe from several threads."""
 
-    def __init__(self, monitor: Monitor, ledger: Path) -> None:
+    def __init__(self, monitor: Monitor, ledger: queries.LedgerAt) -> None:
         self.monitor = monitor
         self.ledger = ledger
         registry = monitor.registry
@@ -73,7 +72,7 @@ class LedgerMetrics:
 class _Now(Collector):
     """The gauges read at scrape time."""
 
-    def __init__(self, monitor: Monitor, ledger: Path) -> None:
+    def __init__(self, monitor: Monitor, ledger: queries.LedgerAt) -> None:
         self.monitor = monitor
         self.ledger = ledger
 
@@ -121,7 +120,7 @@ class _Now(Collector):
         )  # fmt: skip
 
 
-def _counts(ledger: Path) -> dict[str, dict[str, int]]:
+def _counts(ledger: queries.LedgerAt) -> dict[str, dict[str, int]]:
     with queries.open_ledger(ledger) as conn, queries.errors(ledger):
         pairs = queries.state_rule_counts(conn)
     counts: dict[str, dict[str, int]] = {}

@@ -35,13 +35,13 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
-from .. import defaults
+from .. import defaults, queries
 from ..config import HttpConfig, ServiceConfig
 from ..engine.monitor import Monitor
 from ..errors import ConfigError, LedgerError, UsageError
+from ..ledgerurl import is_postgresql
 from ..report import dumps
 from . import page, views
 from .metrics import LedgerMetrics
@@ -73,7 +73,7 @@ class WebServer:
     """The endpoint of one engine: :meth:`start` it, :meth:`stop` it (or use :func:`serve`)."""
 
     def __init__(
-        self, http: HttpConfig, monitor: Monitor, ledger: Path, *, stuck_after: float
+        self, http: HttpConfig, monitor: Monitor, ledger: queries.LedgerAt, *, stuck_after: float
     ) -> None:
         self.config = http
         self.monitor = monitor
@@ -155,7 +155,8 @@ def _session(token: str) -> str:
 @contextmanager
 def serve(config: ServiceConfig, monitor: Monitor) -> Iterator[WebServer | None]:
     """The endpoint for ``config``'s ``[http]`` while the block runs (None when it is off)."""
-    if config.http is None or config.ledger.path is None:
+    in_memory = config.ledger.path is None and not is_postgresql(config.ledger.url)
+    if config.http is None or in_memory:
         if config.http is not None:
             log.warning("[http]: the ledger is in memory; the status page needs a ledger file")
         yield None
@@ -163,7 +164,8 @@ def serve(config: ServiceConfig, monitor: Monitor) -> Iterator[WebServer | None]
     stuck_after = (
         config.diva.stuck_after_seconds if config.diva else defaults.DIVA_STUCK_AFTER_SECONDS
     )
-    server = WebServer(config.http, monitor, config.ledger.path, stuck_after=stuck_after).start()
+    ledger = queries.config_ledger_path(config)
+    server = WebServer(config.http, monitor, ledger, stuck_after=stuck_after).start()
     try:
         yield server
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from .. import defaults, queries
@@ -68,7 +67,7 @@ def health(snap: Snapshot, now: float) -> tuple[int, dict[str, Any]]:
     return (200 if not reasons else 503), doc
 
 
-def rules_in_force(ledger: Path) -> dict[str, Any] | None:
+def rules_in_force(ledger: queries.LedgerAt) -> dict[str, Any] | None:
     """``/healthz``'s ``rules``: the daemon's rules version and any refused edit (as
     ``ingest status --json``'s ``rules_in_force``); None when the ledger cannot say.
 
@@ -81,7 +80,7 @@ def rules_in_force(ledger: Path) -> dict[str, Any] | None:
         return None
 
 
-def status(ledger: Path, stuck_after: float, now: float) -> dict[str, Any]:
+def status(ledger: queries.LedgerAt, stuck_after: float, now: float) -> dict[str, Any]:
     """``/api/status``: exactly ``ingest status --json``'s document."""
     with queries.open_ledger(ledger) as conn, queries.errors(ledger):
         doc, _raw = collect(conn, ledger, now, stuck_after)
@@ -89,7 +88,7 @@ def status(ledger: Path, stuck_after: float, now: float) -> dict[str, Any]:
 
 
 def drops(
-    ledger: Path, states: Sequence[str], rules: Sequence[str], limit: int
+    ledger: queries.LedgerAt, states: Sequence[str], rules: Sequence[str], limit: int
 ) -> list[dict[str, Any]]:
     """``/api/drops``: ``ingest ledger list --json``'s records, newest first.
 
@@ -104,8 +103,10 @@ def hourly_completed(conn: sqlite3.Connection, now: float, hours: int = 24) -> l
     last one is the hour in progress. A range of the ``(state, finished_at)`` index."""
     first = (int(now) // HOUR - hours + 1) * HOUR
     counts = [0] * hours
+    # SQLite's CAST truncates; PostgreSQL's rounds, so it has floor() (which SQLite may lack)
+    hour_of = "floor(finished_at / 3600)" if queries.is_pg(conn) else "finished_at / 3600"
     rows = conn.execute(
-        "SELECT CAST(finished_at / 3600 AS INTEGER), count(*) FROM drops "
+        f"SELECT CAST({hour_of} AS INTEGER), count(*) FROM drops "  # noqa: S608
         "WHERE state = 'COMPLETED' AND finished_at >= ? GROUP BY 1",
         (first,),
     )
@@ -116,7 +117,9 @@ def hourly_completed(conn: sqlite3.Connection, now: float, hours: int = 24) -> l
     return counts
 
 
-def page_data(ledger: Path, snap: Snapshot, stuck_after: float, now: float) -> dict[str, Any]:
+def page_data(
+    ledger: queries.LedgerAt, snap: Snapshot, stuck_after: float, now: float
+) -> dict[str, Any]:
     """Everything the status page shows, read in one go."""
     rows = defaults.HTTP_PAGE_ROWS
     with queries.open_ledger(ledger) as conn, queries.errors(ledger):
