@@ -153,7 +153,8 @@ class RulesRecord:
             self.held.add(key)
             self._held_info[key] = match
         if fresh:
-            self._held_since = self._held_since or time.time()
+            # An accept given before these were held must not release them unseen.
+            self._held_since = time.time()
             log.warning(
                 "rules version %s newly matches %d file(s) already present; held until "
                 "`ingest rules accept` ([rules] confirm_new_matches): %s",
