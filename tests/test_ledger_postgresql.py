@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,10 +18,11 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
 from tests.support.deployment import DIVA_PASSWORD_ENV, Deployment
-from tests.support.postgres import PASSWORD, PASSWORD_ENV, PostgresServer
+from tests.support.postgres import PASSWORD, PASSWORD_ENV, PostgresServer, start_server
 from tests.support.wait import wait_for
 
 ADDRESS = re.compile(r"status page, API and metrics at (http://\S+/)")
@@ -145,6 +147,43 @@ def test_ingest_run_archives_on_postgresql_and_the_commands_read_it(
             daemon.wait()
     log = (dep.root / "daemon.log").read_text()
     assert pg_url.rpartition("/")[2] in log and PASSWORD not in log
+
+
+def test_postgresql_lost_while_running_pauses_and_resumes(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server stopped under a running daemon: nothing is submitted while the ledger
+    cannot take the intent; once it is back, the daemon resumes and archives once."""
+    dep = deployment
+    server = start_server()  # its own: this test stops it
+    try:
+        monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+        url = server.create_database()
+        use_postgresql(dep, url)
+        dep.rule()
+        (dep.watch / "a.mxf").write_bytes(b"a")
+        daemon = dep.daemon()
+        log = dep.root / "daemon.log"
+        try:
+            wait_for(lambda: rows(url).get("a.mxf", {}).get("state") == "COMPLETED", timeout=60)
+            server.stop("fast")
+            (dep.watch / "b.mxf").write_bytes(b"b")
+            wait_for(lambda: "not submitting until it recovers" in log.read_text(), timeout=60)
+            assert [r["objectName"] for r in dep.archive_requests()] == ["a"]
+            server.start()
+            wait_for(lambda: rows(url).get("b.mxf", {}).get("state") == "COMPLETED", timeout=60)
+            assert sorted(r["objectName"] for r in dep.archive_requests()) == ["a", "b"]
+            assert "ledger writable again: resuming" in log.read_text()
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(timeout=30) == 0
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+        assert PASSWORD not in log.read_text()
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.root, ignore_errors=True)
 
 
 def test_an_unreachable_postgresql_at_start_is_a_config_error(
