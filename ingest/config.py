@@ -29,6 +29,7 @@ from typing import Any, Literal
 from . import defaults
 from .errors import ConfigError
 from .ledgerurl import check_url, is_postgresql
+from .passwords import password_file_problem, read_password
 from .tomlcheck import Field, Problem, TableLines, check_table, did_you_mean, parse_toml
 
 __all__ = [
@@ -75,26 +76,10 @@ class DivaConfig:
         Raises :class:`ConfigError` (naming the variable or file, never the password)
         when it cannot be had.
         """
-        if self.password_env is not None:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(
-                    f"[diva] password_env: the environment variable {self.password_env} is not set"
-                )
-            return value
-        if self.password_file is None:  # pragma: no cover - the loader requires one of them
+        password = read_password("diva", self.password_env, self.password_file)
+        if password is None:  # pragma: no cover - the loader requires one of them
             raise ConfigError("[diva]: no password_env or password_file")
-        problem = _password_file_problem(self.password_file, must_exist=True)
-        if problem:
-            raise ConfigError(f"[diva] password_file: {problem}")
-        try:
-            text = self.password_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"[diva] password_file: cannot read {self.password_file}: {type(exc).__name__}"
-            ) from None
-        # An editor's trailing newline is not part of the password.
-        return text.rstrip("\r\n")
+        return password
 
 
 @dataclass(frozen=True)
@@ -117,24 +102,7 @@ class LedgerConfig:
     def password(self) -> str | None:
         """The PostgreSQL password, read now (None: none configured, e.g. a trusted peer);
         :class:`ConfigError` names the variable or file, never the password."""
-        if self.password_env is not None:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ConfigError(
-                    f"[ledger] password_env: the environment variable {self.password_env} "
-                    "is not set"
-                )
-            return value
-        if self.password_file is None:
-            return None
-        problem = _password_file_problem(self.password_file, must_exist=True)
-        try:
-            text = None if problem else self.password_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problem = f"cannot read {self.password_file}: {type(exc).__name__}"
-        if text is None:
-            raise ConfigError(f"[ledger] password_file: {problem}")
-        return text.rstrip("\r\n")
+        return read_password("ledger", self.password_env, self.password_file)
 
 
 @dataclass(frozen=True)
@@ -415,23 +383,6 @@ SECTIONS: dict[str, dict[str, Field]] = {
 }
 
 
-def _password_file_problem(path: Path, *, must_exist: bool) -> str | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return f"{path} does not exist" if must_exist else None
-    except OSError as exc:
-        return f"cannot read {path}: {type(exc).__name__}"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{path} is not a file"
-    if st.st_mode & 0o077:
-        return (
-            f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"it must be readable only by its owner: chmod 600 {path}"
-        )
-    return None
-
-
 def _resolve(base: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return Path(os.path.normpath(path if path.is_absolute() else base / path))
@@ -595,7 +546,7 @@ def _ledger(
     if env is not None and file is not None:
         message = "give password_env or password_file, not both"
     elif password_file is not None:
-        message = _password_file_problem(password_file, must_exist=False)
+        message = password_file_problem(password_file, must_exist=False)
     if message:
         line = line_of("ledger", "password_file")
         problems.append(Problem(message, path, line, section="ledger", key="password_file"))
@@ -627,7 +578,7 @@ def _diva(
         problem("password_env", "missing: give password_env (a variable name) or password_file")
     elif file is not None:
         password_file = _resolve(base, file)
-        message = _password_file_problem(password_file, must_exist=False)
+        message = password_file_problem(password_file, must_exist=False)
         if message:
             problem("password_file", message)
     verify: bool | Path = values.get("verify", True)
