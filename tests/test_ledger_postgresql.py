@@ -236,3 +236,65 @@ def socket_nobody_listens_on() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port  # closed again: connecting is refused
+
+
+# -- [ledger] in the service config (no server needed) --------------------------------
+
+SECRET = "url-secret-55d1"
+
+
+@pytest.mark.parametrize(
+    ("ledger", "expected"),
+    [
+        ('url = "sqlite:///l.db"\npassword_env = "X"\n', "is for a PostgreSQL ledger"),
+        (
+            'url = "postgresql://ingest@127.0.0.1/db"\npassword_env = "X"\npassword_file = "p"\n',
+            "give password_env or password_file, not both",
+        ),
+        ('url = "postgresql://127.0.0.1/db"\n', "a user is needed"),
+        ('url = "postgresql://ingest@127.0.0.1:x/db"\n', "the port must be a number"),
+        (f'url = "postgresql://ingest:{SECRET}@127.0.0.1/db"\n', "must not hold the password"),
+        ('url = "mysql://ingest@127.0.0.1/db"\n', "or postgresql://USER@HOST:PORT/DB"),
+    ],
+)
+def test_ledger_config_problems(tmp_path: Path, ledger: str, expected: str) -> None:
+    from ingest.config import load_config
+    from ingest.errors import ConfigError
+
+    config = tmp_path / "ingest.toml"
+    config.write_text(f"[ledger]\n{ledger}")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert expected in str(caught.value) and "[ledger]" in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_ledger_password_from_env_or_owner_only_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest.config import load_config
+    from ingest.errors import ConfigError
+
+    config = tmp_path / "ingest.toml"
+    url = "postgresql://ingest@127.0.0.1:5432/ingest"
+    config.write_text(f'[ledger]\nurl = "{url}"\npassword_env = "PG_PW_TEST"\n')
+    ledger = load_config(config).ledger
+    assert ledger.path is None and ledger.url == url
+    monkeypatch.delenv("PG_PW_TEST", raising=False)
+    with pytest.raises(ConfigError, match="environment variable PG_PW_TEST is not set"):
+        ledger.password()
+    monkeypatch.setenv("PG_PW_TEST", SECRET)
+    assert ledger.password() == SECRET
+    assert SECRET not in repr(ledger)
+
+    secret = tmp_path / "pw"
+    secret.write_text(SECRET + "\n")
+    secret.chmod(0o644)
+    config.write_text(f'[ledger]\nurl = "{url}"\npassword_file = "pw"\n')
+    with pytest.raises(ConfigError, match="readable by others"):
+        load_config(config)
+    secret.chmod(0o600)
+    ledger = load_config(config).ledger
+    assert ledger.password_file == secret and ledger.password() == SECRET  # newline dropped
+    config.write_text(f'[ledger]\nurl = "{url}"\n')
+    assert load_config(config).ledger.password() is None  # a trusted peer: none sent
