@@ -9,6 +9,13 @@ transaction each and are recorded in ``schema_migrations``. Writes go through
 :meth:`Ledger.batch`, one transaction per batch, so a burst of events costs one commit,
 not one per event.
 
+A :class:`Batch` is that transaction, and every write of a turn goes through it: an
+intent, a state change, a watcher's health. A check that must hold when they commit (a
+node's lease on a watch folder, for several nodes on one PostgreSQL) belongs in the same
+batch, before the writes it guards: a ``SELECT ... FOR SHARE`` of the lease row through
+``Batch._execute`` holds off a taker's update until the commit, and a failed check
+raises, so that nothing of the turn commits.
+
 ::
 
     ledger = Ledger.open("sqlite:////var/lib/ingest/ingest.db")
