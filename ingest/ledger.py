@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 
 from .errors import ConfigError, LedgerError
-from .ledgerurl import is_postgresql, postgres_target, postgresql_sql
+from .ledgerurl import is_postgresql, postgres_target, postgresql_sql, redact
 from .schema import (
     MIGRATIONS,
     SCHEMA_MIGRATIONS_DDL,
@@ -86,7 +86,10 @@ def sqlite_path(url: str) -> Path | None:
     PosixPath('/var/lib/ingest/ingest.db')
     """
     if not url.startswith("sqlite:///"):
-        raise LedgerError(f"the ledger must be SQLite (sqlite:///PATH), not {url!r}")
+        raise LedgerError(
+            f"the ledger must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB, "
+            f"not {redact(url)!r}"
+        )
     raw = url.removeprefix("sqlite:///")
     if raw in ("", ":memory:"):
         return None

@@ -37,11 +37,12 @@ def is_postgresql(url: str) -> bool:
 
 def redact(url: str) -> str:
     """``url`` with any password in it replaced by ``***`` (for messages and logs)."""
-    if not is_postgresql(url):
-        return url
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL a password could be told apart in: show none of it
+        return "(the URL)"
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
