@@ -83,6 +83,14 @@ class DropRow(SQLModel, table=True):
     adopted: bool | None = None
     #: the rules version (``rules_versions.version``) that built its archive request
     rules_version: str | None = None
+    #: a rule's ``checksum``: the algorithm, and each component's digest (JSON:
+    #: {component: hex}), taken after the drop settled and before its intent
+    checksum_algo: str | None = None
+    checksums: str | None = None
+    #: DIVA's object info disagreed with ``checksums`` after completion (JSON:
+    #: {component: {"ours", "diva"}}); ``ingest status`` exits 1 until acknowledged
+    checksum_mismatch: str | None = None
+    checksum_acked_at: float | None = None
 
 
 class TransitionRow(SQLModel, table=True):
@@ -294,6 +302,15 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
             "ALTER TABLE rules_state ADD COLUMN held TEXT;"
             "ALTER TABLE rules_state ADD COLUMN held_since REAL;"
             "ALTER TABLE rules_state ADD COLUMN accepted_at REAL"
+        ),
+    ),
+    (
+        "0007_drops_checksums",
+        _run_script(
+            "ALTER TABLE drops ADD COLUMN checksum_algo TEXT;"
+            "ALTER TABLE drops ADD COLUMN checksums TEXT;"
+            "ALTER TABLE drops ADD COLUMN checksum_mismatch TEXT;"
+            "ALTER TABLE drops ADD COLUMN checksum_acked_at REAL"
         ),
     ),
 ]
