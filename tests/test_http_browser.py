@@ -176,8 +176,12 @@ def test_the_page_shows_drops_arrive_and_complete_without_a_reload(
                 "return performance.getEntriesByType('navigation').map(n => n.type)"
             )
             assert navigations == ["navigate"]
-        finally:
-            keep_screenshot(driver, tmp_path, "status-page.png")
+        except BaseException:
+            # What the page showed when it went wrong, without hiding why it did.
+            with contextlib.suppress(Exception):
+                keep_screenshot(driver, tmp_path, "status-page-failed.png")
+            raise
+        keep_screenshot(driver, tmp_path, "status-page.png")
 
         # The ledger agrees with what the page showed.
         for name in CLIPS:
@@ -187,6 +191,8 @@ def test_the_page_shows_drops_arrive_and_complete_without_a_reload(
 
         # With scripts off the page is still whole, rendered by the server.
         with opened(tmp_path, scripts=False) as static:
+            static.get("data:text/html,<title>off</title><script>document.title='on'</script>")
+            assert static.title == "off", "this browser runs scripts"
             static.get(url)
             stamp = static.find_element("id", "stamp").text
             assert stamp == "rendered by the server; reload to refresh"
