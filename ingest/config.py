@@ -37,6 +37,7 @@ __all__ = [
     "EngineConfig",
     "HttpConfig",
     "LedgerConfig",
+    "NotifyConfig",
     "RulesConfig",
     "ServiceConfig",
     "find_config",
@@ -165,6 +166,20 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """``[notify]``: where notifications go (Apprise URLs) and what for.
+
+    The URLs may hold credentials (a mail password, a webhook token): they are kept out of
+    the repr, and shown only through :func:`ingest.notify.urls.shown`.
+    """
+
+    urls: tuple[str, ...] = field(repr=False)
+    events: frozenset[str] = frozenset(defaults.NOTIFY_EVENTS)
+    digest_seconds: float = defaults.NOTIFY_DIGEST_SECONDS
+    outage_after_seconds: float = defaults.NOTIFY_OUTAGE_AFTER_SECONDS
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """The whole service config. ``path`` is None when no file was found (all defaults)."""
 
@@ -176,6 +191,8 @@ class ServiceConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     #: ``[http]``, or None when the endpoint is off
     http: HttpConfig | None = None
+    #: ``[notify]``, or None when no notification is sent
+    notify: NotifyConfig | None = None
     warnings: tuple[Problem, ...] = ()
 
     def require_diva(self) -> DivaConfig:
@@ -322,6 +339,20 @@ def _token(value: str) -> str | None:
     )
 
 
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 and math.isfinite(value) else "must be 0 or more"
+
+
+def _events(value: tuple[str, ...]) -> str | None:
+    unknown = [v for v in value if v.lower() not in defaults.NOTIFY_EVENTS]
+    if unknown:
+        near = did_you_mean(unknown[0].lower(), defaults.NOTIFY_EVENTS)
+        return f"unknown event {unknown[0]!r}{near}: the events are " + ", ".join(
+            defaults.NOTIFY_EVENTS
+        )
+    return None
+
+
 SECTIONS: dict[str, dict[str, Field]] = {
     "diva": {
         f.name: f
@@ -378,6 +409,20 @@ SECTIONS: dict[str, dict[str, Field]] = {
             Field("listen", "str", None, check=_listen),
             Field("token", "str", None, check=_token),
             Field("token_env", "str", None, check=_non_empty),
+        ]
+    },
+    "notify": {
+        f.name: f
+        for f in [
+            Field("urls", "str_list"),
+            Field("events", "str_list", defaults.NOTIFY_EVENTS, check=_events),
+            Field("digest_seconds", "number", defaults.NOTIFY_DIGEST_SECONDS, check=_not_negative),
+            Field(
+                "outage_after_seconds",
+                "number",
+                defaults.NOTIFY_OUTAGE_AFTER_SECONDS,
+                check=_not_negative,
+            ),
         ]
     },
 }
@@ -445,6 +490,7 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
     rule_paths = tuple(_resolve(base, p) for p in given_paths)
     engine = values.get("engine", {})
     http = _http(values.get("http", {}), path, line_of, problems, warnings)
+    notify = _notify(values.get("notify", {}), "notify" in doc, path, line_of, problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         count = len(errors)
@@ -468,6 +514,7 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
             watch_poll_seconds=engine.get("watch_poll_seconds", defaults.ENGINE_WATCH_POLL_SECONDS),
         ),
         http=http,
+        notify=notify,
         warnings=tuple(warnings),
     )
 
@@ -521,6 +568,44 @@ def _http(
                 "warning",
             )
     return HttpConfig(host, port, token_env=token_env, _token=token)
+
+
+def _notify(
+    values: Mapping[str, Any],
+    present: bool,
+    path: Path,
+    line_of: Callable[[str, str | None], int | None],
+    problems: list[Problem],
+) -> NotifyConfig | None:
+    """``[notify]``: None unless the section is there. Each URL must be one Apprise can
+    send to; a problem names it by its place in the list, never by its text (it may hold
+    a password or a token)."""
+    if not present:
+        return None
+    from .notify.urls import url_problem  # Apprise loads only when notifications are asked for
+
+    def problem(key: str, message: str) -> None:
+        problems.append(Problem(message, path, line_of("notify", key), section="notify", key=key))
+
+    urls: tuple[str, ...] = values.get("urls", ())  # absent: reported as missing already
+    if "urls" in values and not urls:
+        problem("urls", "is empty: give at least one Apprise URL, or remove [notify]")
+    bad = False
+    for index, url in enumerate(urls):
+        message = url_problem(url)
+        if message:
+            problem("urls", f"urls[{index}]: {message}")
+            bad = True
+    if bad or not urls:
+        return None
+    return NotifyConfig(
+        urls=urls,
+        events=frozenset(e.lower() for e in values.get("events", defaults.NOTIFY_EVENTS)),
+        digest_seconds=values.get("digest_seconds", defaults.NOTIFY_DIGEST_SECONDS),
+        outage_after_seconds=values.get(
+            "outage_after_seconds", defaults.NOTIFY_OUTAGE_AFTER_SECONDS
+        ),
+    )
 
 
 def _ledger(

@@ -123,6 +123,26 @@ HTTP_PAGE_ROWS = 15
 #: how long ``ingest run`` waits for the HTTP server's threads on shutdown, seconds
 HTTP_STOP_SECONDS = 5.0
 
+# --- [notify] ---------------------------------------------------------------------------
+#: what a notification is sent for (``[notify] events``): every kind
+NOTIFY_EVENTS = ("failed", "rejected", "folder", "stuck", "outage", "rules")
+#: what happened in this window goes out as one message, seconds (0: each look's news at once)
+NOTIFY_DIGEST_SECONDS = 60.0
+#: DIVA unreachable this long before it is worth a message, seconds
+NOTIFY_OUTAGE_AFTER_SECONDS = 300.0
+#: how often the notifier looks at the ledger and the engine's snapshot, seconds
+NOTIFY_LOOK_SECONDS = 1.0
+#: tries of one message to one URL before it is dropped (the first and its retries)
+NOTIFY_ATTEMPTS = 4
+#: the wait before the first retry, seconds; doubled before each next one
+NOTIFY_RETRY_SECONDS = 1.0
+#: messages waiting to be sent, at most (a receiver down for long loses the oldest)
+NOTIFY_QUEUE_MESSAGES = 100
+#: drops named in one message, at most (the rest as a count and a command)
+NOTIFY_DROPS_SHOWN = 50
+#: how long ``ingest run`` gives the last digest to go out on shutdown, seconds
+NOTIFY_STOP_SECONDS = 10.0
+
 # --- a rule's optional keys -------------------------------------------------------------
 #: "file": each file is a drop; "folder": each top-level folder under `watch` is a drop
 RULE_MODE: Final = "file"

@@ -41,14 +41,16 @@ def run(config_path: str | None, until_idle: bool) -> None:
       DIVA_PASSWORD=... ingest --log-format json run --until-idle
     """
     from ..engine import Engine
+    from ..notify import notifying
     from ..web import serve
 
     config = load_config(find_config(config_path, required=True))
     engine = Engine(config)
     if threading.current_thread() is threading.main_thread():
         _install_signals(engine.stop)
-    # [http]: the status page, API and metrics, stopped once the engine has stopped.
-    with serve(config, engine.monitor):
+    # [http]: the status page, API and metrics; [notify]: notifications. Both stop once
+    # the engine has stopped (the last digest goes out then).
+    with serve(config, engine.monitor), notifying(config, engine.monitor):
         engine.run(until_idle=until_idle)
 
 
