@@ -268,3 +268,30 @@ def test_url_secrets_are_masked_and_scrubbed() -> None:
     scrub.filter(record)
     assert "abcdefghijklmnopqrstuvwx" not in record.getMessage()
     assert URL_PASSWORD not in record.getMessage()
+
+
+def test_a_refused_rule_edit_is_notified_and_shown_by_ingest_rules_refused(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    dep.rule()
+    enable_http(dep)
+    with receiver() as box:
+        enable_notify(dep, box.url(), digest_seconds=0, events=["rules"])
+        with daemon(dep) as url, httpx.Client(base_url=url, timeout=30) as http:
+
+            def refused(value: int) -> bool:
+                found = samples(http.get("/metrics").text)["ingest_rules_refused"]
+                return found[()] == value
+
+            wait_for(lambda: refused(0))
+            path = dep.rule(qos="fastest")  # an unknown QoS: the daemon refuses the edit
+            wait_for(lambda: refused(1), timeout=30)
+            (message,) = wait_for(box.received, timeout=30)
+            assert message["title"].endswith(": 1 rule edit refused")
+            assert (
+                f"{path}:" in message["message"] and "unknown QoS 'fastest'" in message["message"]
+            )
+            dep.rule(collection="FIXED")
+            wait_for(lambda: refused(0), timeout=30)
+            assert len(box.received()) == 1  # the fix is no alarm

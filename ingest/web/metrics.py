@@ -8,7 +8,8 @@ Three sources, one registry (the engine's own, :attr:`Monitor.registry`):
   (:class:`~ingest.follow.Follower`: the cost is the transitions since the last scrape):
   ``ingest_transitions_total`` and ``ingest_settle_to_submit_seconds``;
 - what is true now, read at each scrape: ``ingest_drops`` (the ledger's counts),
-  ``ingest_folder_up``, ``ingest_ready_queue``, ``ingest_in_flight`` (the snapshot).
+  ``ingest_folder_up``, ``ingest_ready_queue``, ``ingest_in_flight`` (the snapshot),
+  ``ingest_rules_refused`` (the ``rules_state`` row).
 
 No label ever holds a secret: rules, states, watch folders and call names only.
 """
@@ -84,7 +85,8 @@ class _Now(Collector):
         drops = GaugeMetricFamily(
             "ingest_drops", "Drops in the ledger, by rule and state.", labels=["rule", "state"]
         )
-        for rule, counts in sorted(_counts(self.ledger).items()):
+        counts_of, refused = _read(self.ledger)
+        for rule, counts in sorted(counts_of.items()):
             for state in queries.STATES:
                 drops.add_metric([rule, state], counts.get(state, 0))
         yield drops
@@ -118,12 +120,20 @@ class _Now(Collector):
             "1 when DIVA answered the latest call, 0 unreachable, -1 no call yet.",
             value=-1 if reachable is None else int(reachable),
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "ingest_rules_refused",
+            "1 while the rule files on disk are refused (an invalid edit; the daemon keeps "
+            "the rules in force), else 0.",
+            value=int(refused),
+        )  # fmt: skip
 
 
-def _counts(ledger: queries.LedgerAt) -> dict[str, dict[str, int]]:
+def _read(ledger: queries.LedgerAt) -> tuple[dict[str, dict[str, int]], bool]:
+    """rule -> state -> drops, and whether the daemon refuses the rule files on disk."""
     with queries.open_ledger(ledger) as conn, queries.errors(ledger):
         pairs = queries.state_rule_counts(conn)
+        rules = queries.rules_state(conn)
     counts: dict[str, dict[str, int]] = {}
     for state, rule, n in pairs:
         counts.setdefault(rule, {})[state] = n
-    return counts
+    return counts, rules is not None and rules["refused_since"] is not None
