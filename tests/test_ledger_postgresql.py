@@ -21,6 +21,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from ingest.ledgerurl import postgres_target
+from ingest.pgread import PostgresLedger
 from tests.support.deployment import DIVA_PASSWORD_ENV, Deployment
 from tests.support.postgres import PASSWORD, PASSWORD_ENV, PostgresServer, start_server
 from tests.support.wait import wait_for
@@ -38,6 +40,8 @@ def use_postgresql(dep: Deployment, url: str, **ledger: str) -> None:
     text, n = re.subn(r"\[ledger\]\nurl = [^\n]*\n", table, text)
     assert n == 1
     dep.config_path.write_text(text)
+    # The archive hook judges each call against what this ledger has committed.
+    dep.ledger_at = PostgresLedger(postgres_target(url), PASSWORD)
 
 
 def rows(url: str) -> dict[str, dict[str, Any]]:
@@ -85,6 +89,9 @@ def test_ingest_run_archives_on_postgresql_and_the_commands_read_it(
         )
         assert sorted(dep.stored()) == ["also", "good"]
         assert not dep.ledger_path.exists()  # no SQLite ledger on the side
+        # Each archive call found its intent committed in PostgreSQL when it reached DIVA.
+        assert dep.intents is not None
+        assert [a.verdict for a in dep.intents.arrivals] == ["ok"] * 3
 
         # The status page, its API and /metrics read the same ledger.
         log_path = dep.root / "daemon.log"

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest.pgread import PostgresLedger
+
 from .emulator import DivaApi, RunningEmulator
 from .intents import IntentChecker, intent_commits_delayed
 from .wait import wait_for
@@ -79,6 +81,8 @@ class Deployment:
     intents: IntentChecker | None = field(default=None, repr=False)
     #: Ledger files whose ``drops`` table has been read once (see ``rows``).
     ledgers_seen: set[Path] = field(default_factory=set, repr=False)
+    #: a PostgreSQL ledger the config names instead of ``ledger_path`` (for the intent check)
+    ledger_at: PostgresLedger | None = None
 
     def rule(self, name: str = "news", **keys: Any) -> Path:
         """Write (or rewrite) ``rules/<name>.toml`` with one rule; keys override defaults."""
@@ -218,7 +222,7 @@ def checked_intents(dep: Deployment) -> Iterator[IntentChecker]:
     archive call, before it takes it (an emulator of the test's own passes ``dep.intents``
     too); at the end, no archive call reached DIVA before its intent was committed, and
     the hook heard of every archive request DIVA took (``tests/support/intents.py``)."""
-    checker = IntentChecker(lambda: dep.ledger_path).start()
+    checker = IntentChecker(lambda: dep.ledger_at or dep.ledger_path).start()
     dep.intents = checker
     try:
         checker.install(dep.emulator.url)

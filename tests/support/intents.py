@@ -47,8 +47,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+
+from ingest import pgread
+from ingest.pgread import PgConnection, PostgresLedger
 
 __all__ = ["Arrival", "IntentChecker", "intent_commits_delayed"]
 
@@ -60,7 +64,9 @@ _pending: dict[str, set[int]] = {}
 _pending_lock = threading.Lock()
 
 
-def _pending_intents(ledger: Path) -> set[int]:
+def _pending_intents(ledger: Path | PostgresLedger) -> set[int]:
+    if not isinstance(ledger, Path):  # commits are held on SQLite ledgers only
+        return set()
     with _pending_lock:
         return set(_pending.get(os.path.realpath(ledger), ()))
 
@@ -79,9 +85,9 @@ class Arrival:
 
 class IntentChecker:
     """The archive hook of one deployment; ``ledger()`` names its ledger file (it may move
-    during a test, as when the storage tests put it on a small disk)."""
+    during a test, as when the storage tests put it on a small disk), or its PostgreSQL."""
 
-    def __init__(self, ledger: Callable[[], Path]) -> None:
+    def __init__(self, ledger: Callable[[], Path | PostgresLedger]) -> None:
         self._ledger = ledger
         self._lock = threading.Lock()
         self.arrivals: list[Arrival] = []
@@ -164,8 +170,10 @@ class IntentChecker:
 
     # -- judging ---------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection | None:
+    def _connect(self) -> sqlite3.Connection | PgConnection | None:
         ledger = self._ledger()
+        if not isinstance(ledger, Path):
+            return pgread.connect(ledger)  # read-only, autocommit: committed data only
         if not ledger.exists():
             return None
         # Read-only, and its own connection: it sees committed data and nothing else.
@@ -186,9 +194,9 @@ class IntentChecker:
                     "ORDER BY d.id DESC",
                     (object_name, collection),
                 ).fetchall()
-            except sqlite3.OperationalError as exc:
-                if str(exc).startswith("no such table"):  # the engine is still migrating
-                    return []
+            except (sqlite3.OperationalError, psycopg.errors.UndefinedTable) as exc:
+                if isinstance(exc, psycopg.Error) or str(exc).startswith("no such table"):
+                    return []  # the engine is still migrating
                 raise
         return [(int(i), str(s), int(n), float(t)) for i, s, n, t in rows]
 
@@ -233,7 +241,7 @@ class IntentChecker:
                     continue
                 try:
                     drops = self._drops(a.object_name, a.collection)
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, psycopg.Error) as exc:
                     found.append(f"cannot judge the call for {a.object_name!r}: {exc}")
                     continue
                 early = [i for i, _s, _n, detected in drops if detected <= a.at]
