@@ -47,6 +47,14 @@ def _version(initdb: str) -> int:
         return 0
 
 
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -120,14 +128,17 @@ class PostgresServer:
 def start_server(*, durable: bool = False) -> PostgresServer:
     """initdb and start a server in a new temporary folder; the caller stops it."""
     bin_dir = server_bin()
+    as_postgres = os.geteuid() == 0
+    message = None
     if bin_dir is None:
-        message = (
-            "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin): apt install postgresql"
-        )
+        message = "no PostgreSQL server (/usr/lib/postgresql/*/bin): apt-get install postgresql"
+    elif as_postgres and not _has_user("postgres"):
+        message = "running as root, and no postgres user to run the PostgreSQL server as"
+    if message is not None or bin_dir is None:
+        message = message or "no PostgreSQL server"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    as_postgres = os.geteuid() == 0
     root = Path(tempfile.mkdtemp(prefix="ingest-pg-"))
     if as_postgres:
         user = pwd.getpwnam("postgres")
