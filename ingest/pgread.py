@@ -10,6 +10,7 @@ rows that read like :class:`sqlite3.Row`. Every session is read-only, as SQLite'
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,9 +74,18 @@ class PgConnection:
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
+        self._names = itertools.count(1)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.raw.execute(postgresql_sql(sql), params)
+
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[PgRow]:
+        """The rows of ``sql``, fetched from a server-side cursor a batch at a time: a
+        whole ledger's export without holding it in memory (as sqlite3's cursor streams)."""
+        with self.raw.cursor(name=f"stream{next(self._names)}", withhold=True) as cursor:
+            cursor.itersize = 2000
+            cursor.execute(postgresql_sql(sql), params)
+            yield from cursor
 
     def begin_snapshot(self) -> None:
         # One snapshot for every query inside, as SQLite's read transaction gives.

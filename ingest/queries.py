@@ -354,6 +354,8 @@ def select_drops(
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
+    elif is_pg(conn):  # the whole ledger, perhaps: streamed, as sqlite3's cursor does
+        return cast(sqlite3.Cursor, conn.stream(sql, params))  # type: ignore[attr-defined]
     return conn.execute(sql, params)
 
 
