@@ -122,6 +122,8 @@ class EngineConfig:
     rescan_seconds: float = defaults.ENGINE_RESCAN_SECONDS
     reload_seconds: float = defaults.ENGINE_RELOAD_SECONDS
     watch_poll_seconds: float = defaults.ENGINE_WATCH_POLL_SECONDS
+    #: the rate rules' checksums read files at, MB/s (0: as fast as the disk goes)
+    hash_mb_per_second: float = defaults.ENGINE_HASH_MB_PER_SECOND
 
 
 @dataclass(frozen=True)
@@ -401,6 +403,12 @@ SECTIONS: dict[str, dict[str, Field]] = {
             Field(
                 "watch_poll_seconds", "number", defaults.ENGINE_WATCH_POLL_SECONDS, check=_positive
             ),
+            Field(
+                "hash_mb_per_second",
+                "number",
+                defaults.ENGINE_HASH_MB_PER_SECOND,
+                check=lambda v: None if v >= 0 else f"must be >= 0 (0: no limit), got {v}",
+            ),
         ]
     },
     "http": {
@@ -512,6 +520,7 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
             rescan_seconds=engine.get("rescan_seconds", defaults.ENGINE_RESCAN_SECONDS),
             reload_seconds=engine.get("reload_seconds", defaults.ENGINE_RELOAD_SECONDS),
             watch_poll_seconds=engine.get("watch_poll_seconds", defaults.ENGINE_WATCH_POLL_SECONDS),
+            hash_mb_per_second=engine.get("hash_mb_per_second", defaults.ENGINE_HASH_MB_PER_SECOND),
         ),
         http=http,
         notify=notify,

@@ -99,6 +99,9 @@ ENGINE_WAKE_SECONDS = 1.0
 ENGINE_IDLE_QUIET_SECONDS = 0.5
 #: DIVA calls made at once: the worker pool's threads
 ENGINE_WORKERS = 4
+#: rules' checksums read at most this fast, MB/s (0: no limit): a drop being hashed
+#: should leave the disk to the copies still landing
+ENGINE_HASH_MB_PER_SECOND = 0.0
 #: the ready queue ranks a drop whose rule leaves its priority to DIVA (-1) as this one,
 #: DIVA's usual default (a priority, 1..100)
 ENGINE_QUEUE_DEFAULT_PRIORITY = 50
@@ -158,6 +161,20 @@ RULE_QOS = "default"
 RULE_DELETE_ON_SOURCE = True
 #: -1: DIVA's default priority
 RULE_PRIORITY = -1
+#: no sidecar: a drop's templates have no {meta.*} fields
+RULE_SIDECAR = ""
+#: how long a settled drop waits for its sidecar before going on without it (or failing)
+RULE_SIDECAR_WAIT_SECONDS = 60.0
+#: a drop whose sidecar never comes goes ahead without its fields
+RULE_SIDECAR_REQUIRED = False
+#: the sidecar is archived with the drop, as a component of the same object
+RULE_ARCHIVE_SIDECAR = True
+#: no checksums (or "md5", "sha256", "xxh64")
+RULE_CHECKSUM = ""
+#: a sidecar is read once left alone this long (or the rule's settle time, if shorter), seconds
+SIDECAR_SETTLE_MAX_SECONDS = 2.0
+#: how often a drop waiting for its sidecar looks for it again, seconds (at most)
+SIDECAR_RECHECK_SECONDS = 1.0
 #: empty: the source server's default root
 RULE_FILE_PATH_ROOT = ""
 RULE_COMMENTS = ""

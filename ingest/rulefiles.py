@@ -23,6 +23,7 @@ from typing import Any
 
 from . import defaults
 from .errors import RulesError
+from .hashing import ALGORITHMS, xxh64_available
 from .protocol import DELETE_ON_SOURCE, QOS_NAMES
 from .rules import (
     _MARKER_FILE_FIELDS,
@@ -34,6 +35,7 @@ from .rules import (
     _pattern_problem,
 )
 from .ruleversions import Refusal, RulesVersion, diff_rules
+from .sidecar import FieldSpec
 from .templates import (
     FILE_FIELDS,
     FOLDER_FIELDS,
@@ -120,6 +122,14 @@ def _match(value: tuple[str, ...]) -> str | None:
     return "must hold at least one pattern" if not value else _patterns(value)
 
 
+def _checksum(value: str) -> str | None:
+    if value == "xxh64" and not xxh64_available():
+        return "'xxh64' needs the xxhash package, which is not installed (pip install xxhash)"
+    if value in ("", *ALGORITHMS):
+        return None
+    return _one_of("", *ALGORITHMS)(value)  # type: ignore[no-any-return]
+
+
 RULE_FIELDS: dict[str, Field] = {
     f.name: f
     for f in [
@@ -155,6 +165,12 @@ RULE_FIELDS: dict[str, Field] = {
         Field("enabled", "bool", defaults.RULE_ENABLED),
         Field("ignore_case", "bool", defaults.RULE_IGNORE_CASE),
         Field("description", "str", defaults.RULE_DESCRIPTION),
+        Field("sidecar", "str", defaults.RULE_SIDECAR),
+        Field("fields", "str_table", ()),
+        Field("sidecar_wait_seconds", "number", defaults.RULE_SIDECAR_WAIT_SECONDS, check=_settle),
+        Field("sidecar_required", "bool", defaults.RULE_SIDECAR_REQUIRED),
+        Field("archive_sidecar", "bool", defaults.RULE_ARCHIVE_SIDECAR),
+        Field("checksum", "str", defaults.RULE_CHECKSUM, check=_checksum),
     ]
 }
 
@@ -210,6 +226,35 @@ def rule_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[Problem]]:
 _RULE_HEADER = r"^\s*\[\[\s*rule\s*\]\]"
 
 
+def _sidecar_problems(values: dict[str, Any], mode: str, report: Any) -> frozenset[str]:
+    """Check the sidecar keys; the ``{meta.*}`` template fields they give."""
+    names: set[str] = set()
+    for name, spec in values.get("fields", ()):
+        try:
+            FieldSpec.parse(name, spec)
+        except ValueError as exc:
+            report("fields", str(exc))
+            continue
+        names.add(f"meta.{name}")
+    kinds = {spec.partition(":")[0] for _, spec in values.get("fields", ())}
+    if len(kinds) > 1:
+        report("fields", "one sidecar is XML or JSON: use xml: or json: fields, not both")
+    sidecar = values.get("sidecar", "")
+    if values.get("fields") and not sidecar:
+        report("fields", 'needs a sidecar to read them from, e.g. sidecar = "{stem}.xml"')
+    if sidecar:
+        allowed = _MARKER_FOLDER_FIELDS if mode == "folder" else _MARKER_FILE_FIELDS
+        try:
+            compiled = Template.compile(sidecar, allowed)
+            if "/" in sidecar or "\\" in sidecar:
+                report("sidecar", "must be a file name, not a path")
+            elif not "".join(lit for lit, _, _ in compiled.pieces).strip():
+                report("sidecar", 'must add text to the name, e.g. "{stem}.xml"')
+        except TemplateError as exc:
+            report("sidecar", f"bad template: {exc}")
+    return frozenset(names)
+
+
 def _check_rule(
     table: Any,
     index: int,
@@ -234,6 +279,7 @@ def _check_rule(
     values = check_table(table, RULE_FIELDS, report)
     mode = values.get("mode", defaults.RULE_MODE)
     fields = FOLDER_FIELDS if mode == "folder" else FILE_FIELDS
+    fields = fields | _sidecar_problems(values, mode, report)
     samples = [Drop("sample", "/", "sample.mxf", "folder" if mode == "folder" else "file")]
     for key, limit in (
         ("object_name", defaults.OBJECT_NAME_MAX_CHARS),
@@ -248,7 +294,9 @@ def _check_rule(
             report(key, f"bad template: {exc}")
             continue
         if key != "comments":
-            rendered = template.render(samples[0].fields(now=0.0))
+            sample = samples[0].fields(now=0.0)
+            sample.update((f, "x") for f in template.fields if f.startswith("meta."))
+            rendered = template.render(sample)
             problem = check_name(rendered, limit or defaults.COLLECTION_MAX_CHARS)
             if problem and "characters long" not in problem:
                 report(key, f"renders an unsafe name even for a plain file: {rendered!r} {problem}")

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from . import defaults
 from .members import folder_members
 from .protocol import DELETE_ON_SOURCE, QOS_NAMES
+from .sidecar import FieldSpec, SidecarError, read_fields
 from .templates import (
     FILE_FIELDS,
     FOLDER_FIELDS,
@@ -208,6 +209,14 @@ class Rule:
     enabled: bool = defaults.RULE_ENABLED
     ignore_case: bool = defaults.RULE_IGNORE_CASE
     description: str = defaults.RULE_DESCRIPTION
+    #: the sidecar's file name, a template beside a file drop (inside a folder drop)
+    sidecar: str = defaults.RULE_SIDECAR
+    #: ``[rule.fields]``: (name, "xml:/Root/Path" or "json:/pointer") pairs
+    fields: tuple[tuple[str, str], ...] = ()
+    sidecar_wait_seconds: float = defaults.RULE_SIDECAR_WAIT_SECONDS
+    sidecar_required: bool = defaults.RULE_SIDECAR_REQUIRED
+    archive_sidecar: bool = defaults.RULE_ARCHIVE_SIDECAR
+    checksum: str = defaults.RULE_CHECKSUM
     #: where the rule was defined (for messages); None when built in code
     source: Path | None = field(default=None, compare=False)
     line: int | None = field(default=None, compare=False)
@@ -217,11 +226,17 @@ class Rule:
     _ignores: _Ignores = field(init=False, compare=False)
     _templates: dict[str, Template] = field(init=False, compare=False)
     _marker_rx: re.Pattern[str] | None = field(init=False, compare=False)
+    _sidecar_rx: re.Pattern[str] | None = field(init=False, compare=False)
+    _field_specs: tuple[FieldSpec, ...] = field(init=False, compare=False)
     _watch: str = field(init=False, compare=False)
     _watch_real: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
+        given = self.fields.items() if isinstance(self.fields, dict) else self.fields
+        pairs = tuple((str(k), str(v)) for k, v in given)
+        specs = tuple(FieldSpec.parse(k, v) for k, v in pairs)
         fields = FOLDER_FIELDS if self.mode == "folder" else FILE_FIELDS
+        fields = fields | {f"meta.{spec.name}" for spec in specs}
         marker_fields = _MARKER_FOLDER_FIELDS if self.mode == "folder" else _MARKER_FILE_FIELDS
         templates = {
             "object_name": Template.compile(self.object_name, fields),
@@ -236,7 +251,18 @@ class Rule:
                 # Any file whose name fits the marker's shape is a marker, never a drop.
                 rx = "".join(re.escape(lit) + ("(.+)" if f else "") for lit, f, _ in marker.pieces)
                 marker_rx = re.compile(rx, re.DOTALL)
+        sidecar_rx = None
+        if self.sidecar:
+            sidecar = Template.compile(self.sidecar, marker_fields)
+            templates["sidecar"] = sidecar
+            if self.mode == "file":
+                # A file shaped like a sidecar is one, never a drop of its own.
+                rx = "".join(re.escape(lit) + ("(.+)" if f else "") for lit, f, _ in sidecar.pieces)
+                sidecar_rx = re.compile(rx, re.DOTALL)
         setter = object.__setattr__
+        setter(self, "fields", pairs)
+        setter(self, "_field_specs", specs)
+        setter(self, "_sidecar_rx", sidecar_rx)
         setter(self, "watch", Path(_norm(self.watch)))
         setter(self, "_globs", tuple(_Glob.compile(p, self.ignore_case) for p in self.match))
         setter(self, "_ignores", _Ignores(self.ignore, self.ignore_case))
@@ -303,6 +329,27 @@ class Rule:
             return None
         return (drop.path if self.mode == "folder" else drop.path.parent) / name
 
+    def sidecar_path(self, drop: Drop) -> Path | None:
+        """Where ``drop``'s sidecar is: beside a file, inside a folder (None: no sidecar)."""
+        template = self._templates.get("sidecar")
+        if template is None:
+            return None
+        name = template.render(drop.fields())
+        return (drop.path if self.mode == "folder" else drop.path.parent) / name
+
+    def sidecar_relpath(self, drop: Drop) -> str | None:
+        """The sidecar's path relative to ``watch`` (as a component is named)."""
+        path = self.sidecar_path(drop)
+        return None if path is None else self.relpath(path)
+
+    def read_sidecar(self, drop: Drop) -> dict[str, str]:
+        """The ``[rule.fields]`` values in ``drop``'s sidecar (those found); raises
+        :class:`~ingest.sidecar.SidecarError` when it is missing or cannot be read safely."""
+        path = self.sidecar_path(drop)
+        if path is None:
+            return {}
+        return read_fields(path, self._field_specs)
+
     def try_path(self, path: Path) -> Trial:
         """Whether this rule takes ``path`` (absolute), and why or why not."""
         if not self.enabled:
@@ -320,6 +367,8 @@ class Rule:
         base = rel.rsplit("/", 1)[-1]
         if self._marker_rx is not None and self._marker_rx.fullmatch(base):
             return Trial(self.name, "marker", f"a ready marker ({self.ready_marker!r})", rel)
+        if self._sidecar_rx is not None and self._sidecar_rx.fullmatch(base):
+            return Trial(self.name, "sidecar", f"a sidecar ({self.sidecar!r})", rel)
         hidden = self.ignored(rel)
         if hidden:
             return Trial(self.name, "ignored", f"hidden by the {hidden}", rel, ignored_by=hidden)
@@ -398,7 +447,15 @@ class Match:
 
 
 Outcome = Literal[
-    "match", "outside", "disabled", "ignored", "no-pattern", "marker", "symlink", "not-a-drop"
+    "match",
+    "outside",
+    "disabled",
+    "ignored",
+    "no-pattern",
+    "marker",
+    "sidecar",
+    "symlink",
+    "not-a-drop",
 ]
 
 
@@ -429,14 +486,26 @@ class Trial:
 # the archive request
 
 
-def build_archive_body(rule: Rule, drop: Drop, now: float | None = None) -> dict[str, Any]:
+def build_archive_body(
+    rule: Rule,
+    drop: Drop,
+    now: float | None = None,
+    *,
+    meta: dict[str, str] | None = None,
+    sidecar: str | None = None,
+) -> dict[str, Any]:
     """The exact JSON body of ``POST /requests/archive`` for ``drop``.
+
+    ``meta`` holds the sidecar's field values (a field not given renders empty);
+    ``sidecar`` is the relpath of the sidecar found for a file drop, archived with it
+    unless the rule says ``archive_sidecar = false``.
 
     Raises :class:`DropRefused` (or its :class:`UnsafeNameError`) with a reason when the
     drop cannot be archived safely: an unsafe rendered name, an undecodable or control
     character in a file path, a folder with nothing to archive.
     """
     fields = drop.fields(now)
+    fields.update({f"meta.{s.name}": (meta or {}).get(s.name, "") for s in rule._field_specs})
     object_name = rule._templates["object_name"].render(fields)
     problem = check_name(object_name, defaults.OBJECT_NAME_MAX_CHARS)
     if problem:
@@ -446,6 +515,11 @@ def build_archive_body(rule: Rule, drop: Drop, now: float | None = None) -> dict
     if problem:
         raise UnsafeNameError("collection", collection, problem)
     components = list(drop.members) if drop.kind == "folder" else [drop.relpath]
+    if rule.sidecar:
+        own = rule.sidecar_relpath(drop)
+        components = [c for c in components if c != own]
+        if sidecar is not None and rule.archive_sidecar:
+            components.append(sidecar)
     if not components:
         raise DropRefused(f"folder {drop.relpath!r} holds no file to archive")
     for component in components:
@@ -481,6 +555,8 @@ class Explanation:
     body: dict[str, Any] | None = None
     refused: str | None = None
     marker: Path | None = None
+    #: the sidecar: its path, whether present, the fields read (name: {source, value})
+    sidecar: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         drop = self.drop
@@ -501,6 +577,7 @@ class Explanation:
             "ready_marker": None
             if self.marker is None
             else {"path": str(self.marker), "present": os.path.lexists(self.marker)},
+            "sidecar": self.sidecar,
             "body": self.body,
             "refused": self.refused,
             "trials": [t.as_dict() for t in self.trials],
@@ -573,8 +650,37 @@ class RuleSet:
         except OSError as exc:
             return Explanation(path, tuple(trials), winner, refused=f"cannot read: {exc}")
         marker = rule.marker_path(drop)
+        sidecar, meta, found = _explain_sidecar(rule, drop)
         try:
-            body = build_archive_body(rule, drop, now)
+            body = build_archive_body(rule, drop, now, meta=meta, sidecar=found)
         except DropRefused as exc:
-            return Explanation(path, tuple(trials), winner, drop, None, exc.reason, marker)
-        return Explanation(path, tuple(trials), winner, drop, body, None, marker)
+            return Explanation(path, tuple(trials), winner, drop, None, exc.reason, marker, sidecar)
+        return Explanation(path, tuple(trials), winner, drop, body, None, marker, sidecar)
+
+
+def _explain_sidecar(
+    rule: Rule, drop: Drop
+) -> tuple[dict[str, Any] | None, dict[str, str], str | None]:
+    """What ``rules explain`` shows of a drop's sidecar: its path, whether it is there,
+    each field with where it is read and its value; and the values and sidecar relpath
+    the archive body is built with (as the daemon would, were it settled now)."""
+    path = rule.sidecar_path(drop)
+    if path is None:
+        return None, {}, None
+    present = os.path.isfile(path) and not os.path.islink(path)
+    values: dict[str, str] = {}
+    error = None
+    if present:
+        try:
+            values = rule.read_sidecar(drop)
+        except SidecarError as exc:
+            error = str(exc)
+    shown = {
+        "path": str(path),
+        "present": present,
+        "required": rule.sidecar_required,
+        "archived": rule.archive_sidecar,
+        "error": error,
+        "fields": {name: {"source": spec, "value": values.get(name)} for name, spec in rule.fields},
+    }
+    return shown, values, rule.sidecar_relpath(drop) if present else None

@@ -54,7 +54,9 @@ def _plain(value: Any) -> Any:
 
 def normalize_rule(rule: Rule) -> dict[str, Any]:
     """One rule's values as plain JSON types (defaults filled in, ``watch`` absolute)."""
-    return {name: _plain(getattr(rule, name)) for name in _FIELDS}
+    values = {name: _plain(getattr(rule, name)) for name in _FIELDS}
+    values["fields"] = dict(rule.fields)  # a TOML table, as written
+    return values
 
 
 def normalize(rules: RuleSet | Iterable[Rule]) -> list[dict[str, Any]]:

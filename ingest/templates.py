@@ -181,7 +181,12 @@ class Template:
             shown += (f":{spec}" if spec else "") + "}"
             if name == "" or name.isdigit():
                 raise TemplateError(f"{shown}: a field needs a name, e.g. {{stem}}")
-            if any(c in name for c in ".[]"):
+            # ``{meta.x}`` is one field's whole name (a sidecar value), not attribute access.
+            if any(c in name for c in ".[]") and name not in allowed:
+                if name.startswith("meta.") and "[" not in name:
+                    raise TemplateError(
+                        f"{shown}: no sidecar field {name[5:]!r} in this rule's [rule.fields]"
+                    )
                 raise TemplateError(f"{shown}: attribute or index access is not allowed")
             if name not in allowed:
                 raise TemplateError(

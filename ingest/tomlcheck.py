@@ -113,7 +113,8 @@ class Field:
     """A key a table may hold: its expected kind, default, and a check of its value.
 
     ``kind`` is one of ``str``, ``bool``, ``int``, ``number`` (int or float), ``str_list``
-    (a list of strings, or one string), ``str_or_int``, ``bool_or_str``.
+    (a list of strings, or one string), ``str_or_int``, ``bool_or_str``, ``str_table`` (a
+    table of strings, as (key, value) pairs).
     """
 
     name: str
@@ -153,6 +154,11 @@ class Field:
         elif kind == "str_or_int":
             ok = isinstance(value, str | int) and not isinstance(value, bool)
             expected = "a name (in quotes) or a number"
+        elif kind == "str_table":
+            ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+            if ok:
+                value = tuple((str(k), v) for k, v in value.items())
+            expected = 'a table of strings, e.g. [rule.fields] with title = "json:/title"'
         elif kind == "bool_or_str":
             ok = isinstance(value, bool | str)
             expected = "true, false or a path (in quotes)"

@@ -112,6 +112,8 @@ class Component:
     name: str
     size: int | None = None
     checksum: str | None = None
+    #: the checksum's algorithm as DIVA names it (``MD5``...); None when DIVA does not say
+    checksum_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class ObjectInfo:
                         name=file,
                         size=_int(part.get("size")),
                         checksum=_str(part.get("checksum")) or _str(part.get("md5")),
+                        checksum_type=_str(part.get("checksumType"))
+                        or ("MD5" if part.get("md5") and not part.get("checksum") else None),
                     )
                 )
             else:

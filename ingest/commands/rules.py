@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -257,11 +258,27 @@ def _print_explanation(ex: Explanation, ruleset: RuleSet) -> None:
     if ex.marker is not None:
         present = "present" if os.path.lexists(ex.marker) else "missing: the drop waits for it"
         click.echo(f"ready marker: {ex.marker} ({present})")
+    if ex.sidecar is not None:
+        _print_sidecar(ex.sidecar)
     if ex.body is None:
         click.echo(f"refused: {ex.refused}")
         return
     click.echo("archive request that would be sent (POST /requests/archive; nothing is submitted):")
     click.echo(json.dumps(ex.body, indent=2, ensure_ascii=False))
+
+
+def _print_sidecar(sidecar: dict[str, Any]) -> None:
+    if sidecar["error"]:
+        state = f"unreadable: {sidecar['error']}"
+    elif sidecar["present"]:
+        state = "present" + (", archived with the drop" if sidecar["archived"] else "")
+    else:
+        after = "fails" if sidecar["required"] else "goes ahead without it"
+        state = f"missing: the drop waits for it, then {after}"
+    click.echo(f"sidecar: {sidecar['path']} ({state})")
+    for name, field in sidecar["fields"].items():
+        value = "(not found)" if field["value"] is None else repr(field["value"])
+        click.echo(f"  {{meta.{name}}} <- {field['source']}: {value}")
 
 
 @rules.command()
@@ -360,6 +377,13 @@ def show(version: str, config_path: Path | None, as_json: bool) -> None:
         click.echo("")
         click.echo("[[rule]]")
         for key, value in rule.items():
+            if isinstance(value, dict):  # [rule.fields]: a TOML inline table
+                pairs = (
+                    f"{json.dumps(k)} = {json.dumps(v, ensure_ascii=False)}"
+                    for k, v in value.items()
+                )
+                click.echo(f"{key} = {{{', '.join(pairs)}}}")
+                continue
             click.echo(f"{key} = {json.dumps(value, ensure_ascii=False)}")
 
 

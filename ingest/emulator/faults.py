@@ -63,6 +63,10 @@ class Knobs:
     #: none: a DIVA that leaves its sources in place (so tests can prove ingest never
     #: deletes media itself)
     keep_sources_rate: float = 0.0
+    #: fraction of archives that store every file but record a wrong checksum for the
+    #: first (a copy corrupted on its way to tape, as object info would then show it);
+    #: runtime only (``PUT /_emulator/faults``)
+    bad_checksum_rate: float = 0.0
 
     def updated(self, changes: dict[str, Any]) -> Knobs:
         """A copy with ``changes`` applied (``-`` in keys read as ``_``); ValueError if bad."""
@@ -82,7 +86,8 @@ class Knobs:
 
     def check(self) -> None:
         rates = ("abort_rate", "http_error_rate", "latency_rate", "drop_rate", "wait_rate",
-                 "partial_rate", "late_conflict_rate", "keep_sources_rate")  # fmt: skip
+                 "partial_rate", "late_conflict_rate", "keep_sources_rate",
+                 "bad_checksum_rate")  # fmt: skip
         for name in rates:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")

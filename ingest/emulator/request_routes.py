@@ -84,6 +84,7 @@ def install_requests(app: FastAPI, emu: Emulator) -> None:
             waiting = runtime.choice(["WAITING_FOR_RESOURCES", "WAITING_FOR_OPERATOR"])
             state, delay = RequestState[waiting], knobs.wait_seconds
         keep = type_ == "archive" and runtime.roll(knobs.keep_sources_rate)
+        bad_checksum = type_ == "archive" and runtime.roll(knobs.bad_checksum_rate)
         rid = store.submit(
             type_=type_,
             object_name=name,
@@ -91,7 +92,13 @@ def install_requests(app: FastAPI, emu: Emulator) -> None:
             body=body,
             priority=body.get("priority", -1),
             max_active=knobs.max_active,
-            fate=fate(abort, partial=partial, late_checks=late, keep_sources=keep),
+            fate=fate(
+                abort,
+                partial=partial,
+                late_checks=late,
+                keep_sources=keep,
+                bad_checksum=bad_checksum,
+            ),
             min_seconds=knobs.request_seconds,
             state=state,
             **checks,

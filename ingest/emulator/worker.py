@@ -59,6 +59,8 @@ NO_OVERWRITE_OPTIONS = ("-do_not_overwrite", "-do-not-overwrite", "--do-not-over
 PARTIAL = "partial"
 LATE_CHECKS = "late-checks"
 KEEP_SOURCES = "keep-sources"
+#: Fate word: the archive records a wrong checksum for its first file
+BAD_CHECKSUM = "bad-checksum"
 
 #: How a partial archive ends (the guide's archive failure 1002, a disk that failed).
 PARTIAL_STATUS, PARTIAL_REASON = 1002, "DIVA_AR_DISK"
@@ -70,6 +72,7 @@ def fate(
     partial: bool = False,
     late_checks: bool = False,
     keep_sources: bool = False,
+    bad_checksum: bool = False,
 ) -> str:
     """A request's ``fate`` column: space-separated words, an abort reason among them.
 
@@ -77,6 +80,7 @@ def fate(
     """
     words = [abort_reason] if abort_reason else []
     words += [PARTIAL] * partial + [LATE_CHECKS] * late_checks + [KEEP_SOURCES] * keep_sources
+    words += [BAD_CHECKSUM] * bad_checksum
     return " ".join(words)
 
 
@@ -322,13 +326,16 @@ class Worker:
         total = sum(_span(src, ranges) for src, _, ranges in plan) or 1
         progress = _Progress(self.store, rid, total)
         pacer = _Pacer(self.runtime, cancel)
-        moves, comps = [], []
+        moves: list[list[str]] = []
+        comps: list[dict[str, Any]] = []
         for src, dst, ranges in plan:
             tmp = dst if kind == "archive" else dst.with_name(f".{dst.name}.diva-restore.tmp")
             if kind != "archive":
                 moves.append([str(tmp), str(dst)])
                 self.store.update(rid, result={"moves": moves})
             size, md5 = _copy(src, tmp, ranges, pacer, progress.add, cancel)
+            if kind == "archive" and BAD_CHECKSUM in words and not comps:
+                md5 = hashlib.md5(md5.encode(), usedforsecurity=False).hexdigest()
             comps.append(
                 {"fileName": str(src.relative_to(self._src_root(body))), "size": size, "md5": md5}
                 if kind == "archive"

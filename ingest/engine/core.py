@@ -17,6 +17,7 @@ crash at any point leaves rows that the next start reconciles with DIVA (:meth:`
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import random
@@ -30,10 +31,11 @@ from typing import Any
 from .. import defaults
 from ..client import DivaClient
 from ..config import ServiceConfig
-from ..errors import LedgerError
+from ..errors import DivaError, LedgerError
 from ..ledger import ACTIVE_STATES, Batch, Ledger, State
 from ..rulefiles import RuleBook
 from ..rules import RuleSet
+from .checksums import HashDone, Hasher, Verified
 from .dispatch import Dispatcher, Outcome, Turn
 from .drops import Tracked
 from .folders import Folders, Hint
@@ -52,7 +54,7 @@ class Wake:
     """Look at the stop flag now (sent by :meth:`Engine.stop`)."""
 
 
-Message = Hint | Wake | Outcome[Any]
+Message = Hint | Wake | Outcome[Any] | HashDone
 
 
 class Engine:
@@ -94,7 +96,8 @@ class Engine:
             rng=random.Random(seed),
             on_final=lambda turn, tr: self.intake.finished(turn, tr),
         )
-        self.intake = Intake(self.book, self.folders, self.tracker)
+        self.hasher = Hasher(self._queue.put, config.engine.hash_mb_per_second)
+        self.intake = Intake(self.book, self.folders, self.tracker, self.hasher)
         self.rules_record = RulesRecord(
             self.book,
             remind_seconds=self.reload_seconds * 60,
@@ -224,9 +227,13 @@ class Engine:
                 break
             if isinstance(message, Hint):
                 self.intake.hint(message, turn.now)
+            elif isinstance(message, Verified):
+                self._verified(turn, message)
             elif isinstance(message, Outcome):
                 self.tracker.on_outcome(turn, message)
                 self._last_answer = turn.now
+            elif isinstance(message, HashDone):
+                self.intake.hashed(turn, message)
         self.intake.look(turn)
 
     def _idle(self) -> bool:
@@ -252,12 +259,34 @@ class Engine:
             except LedgerError as exc:
                 log.error("ledger write failed while stopping: %s", exc)
         self.dispatcher.shutdown(wait=False)
+        self.hasher.shutdown()
         self.client.close()
         self.ledger.close()
         log.info("ingest engine stopped")
 
     def _answer(self, turn: Turn, outcome: Outcome[Any]) -> None:
+        if isinstance(outcome, Verified):
+            self._verified(turn, outcome)
+            return
         self.tracker.on_outcome(turn, outcome)
+
+    def _verified(self, turn: Turn, outcome: Verified) -> None:
+        """DIVA's checksums of a completed drop against ours: a mismatch is recorded (the
+        drop stays COMPLETED: DIVA has it) and ``ingest status`` exits 1 until it is
+        acknowledged."""
+        verdict = outcome.result
+        if isinstance(verdict, DivaError):
+            log.warning("%s: could not read DIVA's checksums to compare: %s", outcome.key[1],
+                        verdict)  # fmt: skip
+            return
+        if verdict.mismatches:
+            names = ", ".join(sorted(verdict.mismatches))
+            log.error("%s: CHECKSUM MISMATCH: DIVA's %s of %s differs from ours",
+                      outcome.key[1], verdict.algorithm, names)  # fmt: skip
+            turn.tx.update(verdict.drop_id, checksum_mismatch=json.dumps(verdict.mismatches))
+        elif verdict.compared:
+            log.info("%s: DIVA's %s of %d file(s) match ours", outcome.key[1],
+                     verdict.algorithm, verdict.compared)  # fmt: skip
 
     # -- recovery ---------------------------------------------------------------------
 

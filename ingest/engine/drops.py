@@ -56,6 +56,9 @@ class Tracked:
     adopted: bool = False  # following a request found by name: check the object at the end
     renames: int = 0  # failed searches for a free name (on_conflict = suffix), in a row
     conflict: str = ""  # why the name is taken, while on_conflict = suffix looks for another
+    #: a rule's ``checksum``: the algorithm and each component's digest, once hashed
+    checksum_algo: str | None = None
+    checksums: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Tracked:
@@ -72,6 +75,8 @@ class Tracked:
             diva_state=row["diva_state"], progress=row["progress"],
             next_attempt_at=row["next_attempt_at"], submitted_at=row.get("submitted_at"),
             waiting_since=row.get("waiting_since"), adopted=bool(row.get("adopted")),
+            checksum_algo=row.get("checksum_algo"),
+            checksums=json.loads(row["checksums"]) if row.get("checksums") else None,
         )  # fmt: skip
 
     # The drop's identity and signature, read through: one value, not copies to sync.

@@ -17,8 +17,10 @@ turn too, for after the commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,12 @@ from .. import defaults
 from ..drop import Drop
 from ..ledger import State
 from ..rulefiles import RuleBook
-from ..rules import Match, build_archive_body
+from ..rules import Match, Rule, build_archive_body
 from ..settle import Settler, Signature
+from ..sidecar import SidecarError
 from ..templates import DropRefused
 from ..watch import ignored_name
+from .checksums import HashDone, Hasher, verify
 from .dispatch import Key, Turn
 from .drops import Tracked
 from .folders import Files, Folder, Folders, Hint, Tidy, same_file
@@ -44,7 +48,9 @@ log = logging.getLogger("ingest.engine")
 class Intake:
     """Hints and scans in, settled drops with their request out. Engine thread only."""
 
-    def __init__(self, book: RuleBook, folders: Folders, tracker: Tracker) -> None:
+    def __init__(
+        self, book: RuleBook, folders: Folders, tracker: Tracker, hasher: Hasher | None = None
+    ) -> None:
         self.book = book
         self.folders = folders
         self.tracker = tracker
@@ -56,6 +62,12 @@ class Intake:
         #: drops a rule edit newly matched, held until ``ingest rules accept`` (the
         #: RulesRecord fills and empties it; ``[rules] confirm_new_matches``)
         self.held: set[Key] = set()
+        #: settled drops waiting for their sidecar: until when (monotonic seconds)
+        self.waiting_sidecar: dict[Key, float] = {}
+        #: the checksums' thread, and the token of the hash each drop awaits
+        self.hasher = hasher
+        self.hashing: dict[Key, int] = {}
+        self._hash_tokens = 0
 
     def __repr__(self) -> str:
         return f"<Intake settling={len(self.settler)} waiting_marker={len(self.waiting_marker)}>"
@@ -63,6 +75,8 @@ class Intake:
     def reset(self) -> None:
         self.settler = Settler()
         self.waiting_marker.clear()
+        self.waiting_sidecar.clear()
+        self.hashing.clear()  # answers to hashes started before are stale now
 
     def rules_changed(self) -> None:
         self._hinted.clear()
@@ -121,6 +135,7 @@ class Intake:
                 looks.add(match.drop)  # (a drop in flight is DIVA's business now)
             return
         looks.update(k[1] for k in self.waiting_marker if k[0] == watch)
+        looks.update(k[1] for k in self.waiting_sidecar if k[0] == watch)
         if match is None and os.path.isdir(path) and not os.path.islink(path):
             looks.add(relpath)  # a folder copied or moved in with its content
 
@@ -135,6 +150,9 @@ class Intake:
             for relpath in relpaths:
                 key = (watch, relpath)
                 if key in self.waiting_marker:
+                    self._complete(turn, self.tracker.drops[key])
+                elif key in self.waiting_sidecar and key in self.tracker.drops:
+                    self.settler.forget(key)  # completed now, or observed again
                     self._complete(turn, self.tracker.drops[key])
                 elif (files := self.folders.look(folder, relpath)) is not None:
                     for drop, (match, sig) in self.folders.group(folder, files).items():
@@ -261,8 +279,11 @@ class Intake:
                 turn.tx.update(tr.id, error=f"waiting for the ready marker {marker.name}")
             return
         self.waiting_marker.discard(key)
+        meta, sidecar = self._sidecar(turn, tr, rule, drop)
+        if meta is None:
+            return  # waiting for it, or the drop has failed for want of it
         try:
-            body = build_archive_body(rule, drop)
+            body = build_archive_body(rule, drop, meta=meta, sidecar=sidecar)
         except DropRefused as exc:
             # It cannot be archived safely (an unsafe name...): refused, files in place.
             self.tracker.move(turn, tr, State.REJECTED, exc.reason, error=exc.reason)
@@ -274,6 +295,96 @@ class Intake:
             file_count=tr.file_count, object_name=tr.object_name, collection=tr.collection,
             media=rule.media, qos=rule.wire_qos, priority=rule.priority, error=None,
             body=tr.body_json, rules_version=self.book.version.version,
+        )  # fmt: skip
+        if rule.checksum and self.hasher is not None:
+            self._hash(turn, tr, rule.checksum)
+            return
+        self.tracker.queue(tr)
+
+    def _sidecar(
+        self, turn: Turn, tr: Tracked, rule: Rule, drop: Drop
+    ) -> tuple[dict[str, str] | None, str | None]:
+        """The sidecar's field values and its relpath (None when absent); (None, None)
+        while the drop waits for it, or once it is FAILED or REJECTED for want of it."""
+        path = rule.sidecar_path(drop)
+        if path is None:
+            return {}, None
+        key, now = tr.key, turn.now
+        try:
+            st: os.stat_result | None = os.stat(path, follow_symlinks=False)
+        except OSError:
+            st = None
+        # A sidecar is read once it is a plain file left alone for the rule's settle
+        # time (capped: it is small), so a half-written one is not taken for bad XML.
+        quiet = min(rule.settle_seconds, defaults.SIDECAR_SETTLE_MAX_SECONDS)
+        age = time.time() - st.st_mtime if st is not None else 0.0
+        if st is not None and stat.S_ISREG(st.st_mode) and age >= quiet:
+            self.waiting_sidecar.pop(key, None)
+            try:
+                return rule.read_sidecar(drop), rule.sidecar_relpath(drop)
+            except SidecarError as exc:
+                why = f"sidecar {exc}"
+                self.tracker.move(turn, tr, State.REJECTED, why, error=why)
+                return None, None
+        deadline = self.waiting_sidecar.get(key)
+        if deadline is None:
+            deadline = now + rule.sidecar_wait_seconds
+            self.waiting_sidecar[key] = deadline
+            log.info("%s %s: settled, waiting for its sidecar %s", rule.name, tr.path, path.name)
+            turn.tx.update(tr.id, error=f"waiting for its sidecar {path.name}")
+        if now < deadline:
+            step = min(deadline - now, defaults.SIDECAR_RECHECK_SECONDS)
+            if st is not None:
+                step = min(step, max(quiet - age, 0.05))
+            sig = (tr.size or 0, tr.mtime_ns or 0, tr.file_count or 0)
+            self.settler.observe(key, sig, settle=step, now=now)
+            return None, None
+        self.waiting_sidecar.pop(key, None)
+        if rule.sidecar_required:
+            why = f"its sidecar {path.name} did not come within {rule.sidecar_wait_seconds:g} s"
+            self.tracker.move(turn, tr, State.FAILED, why, error=why)
+            return None, None
+        log.info("%s %s: no sidecar %s after %g s; going ahead without it", rule.name,
+                 tr.path, path.name, rule.sidecar_wait_seconds)  # fmt: skip
+        return {}, None
+
+    # -- checksums --------------------------------------------------------------------
+
+    def _hash(self, turn: Turn, tr: Tracked, algorithm: str) -> None:
+        """Hash the settled drop's components on the hashing thread; it is queued for
+        DIVA once :meth:`hashed` has its checksums."""
+        assert self.hasher is not None and tr.body is not None
+        self._hash_tokens += 1
+        self.hashing[tr.key] = self._hash_tokens
+        components = list(tr.body["components"])
+        turn.tx.update(tr.id, error=f"hashing ({algorithm}) {len(components)} file(s)")
+        self.hasher.start(tr.key, self._hash_tokens, algorithm, tr.watch, components, tr.size or 0)
+
+    def hashed(self, turn: Turn, done: HashDone) -> None:
+        """A drop's checksums (or why there are none): record them, then queue it."""
+        if self.hashing.get(done.key) != done.token:
+            return  # stale: the drop was hashed again, or memory rebuilt
+        del self.hashing[done.key]
+        tr = self.tracker.drops.get(done.key)
+        if tr is None or tr.queued:
+            return
+        if done.changed:
+            folder = self.folders.get(tr.watch)
+            settle = folder.settle_max if folder else 0.0
+            self.settler.touch(tr.key, settle=settle, now=turn.now)
+            log.info("%s %s: %s; settling again", tr.rule, tr.path, done.error)
+            turn.tx.update(tr.id, error=f"{done.error}; settling again")
+            return
+        if done.hashed is None:
+            self.tracker.move(turn, tr, State.FAILED, done.error, error=done.error)
+            return
+        found = done.hashed
+        log.info("%s %s: %s of %d file(s), %d bytes in %.1f s", tr.rule, tr.path,
+                 found.algorithm, len(found.digests), found.bytes_read, found.seconds)  # fmt: skip
+        tr.checksum_algo, tr.checksums = found.algorithm, found.digests
+        turn.tx.update(
+            tr.id, checksum_algo=found.algorithm, error=None,
+            checksums=json.dumps(found.digests, sort_keys=True, separators=(",", ":")),
         )  # fmt: skip
         self.tracker.queue(tr)
 
@@ -304,9 +415,17 @@ class Intake:
     def finished(self, turn: Turn, tr: Tracked) -> None:
         """A drop reached a final state: it leaves memory, the settled index keeps it."""
         self.waiting_marker.discard(tr.key)
+        self.waiting_sidecar.pop(tr.key, None)
+        self.hashing.pop(tr.key, None)
         self.settler.forget(tr.key)
         size, mtime = tr.size, tr.mtime_ns
         final = None if size is None or mtime is None else (size, mtime)
         self.folders.remember(tr.watch, tr.path, final)
         if tr.state == State.COMPLETED and tr.source_deleted:
             turn.removals.append(Tidy.of(tr, self.book.rules.get(tr.rule)))
+        if tr.state == State.COMPLETED and tr.checksums and tr.checksum_algo and tr.object_name:
+            # Compare with what DIVA says it stored (once this turn has committed).
+            turn.calls.append(
+                verify(tr.key, tr.id, tr.object_name, tr.collection or "", tr.checksum_algo,
+                       tr.checksums)
+            )  # fmt: skip

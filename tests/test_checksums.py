@@ -1,0 +1,144 @@
+"""Checksums on record (issue 14): hashing (streamed, rate-limited, change-aware), the
+comparison with DIVA's object info, and the real daemon against the emulator: the ledger's
+checksums equal hashlib's, and a checksum DIVA reports wrong is flagged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from ingest.engine.checksums import compare
+from ingest.hashing import BLOCK_BYTES, Changed, RateLimit, hash_files
+from ingest.wire import ObjectInfo
+
+from .support.deployment import Deployment
+from .support.wait import wait_for
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    data = {
+        "a.mxf": os.urandom(3 * BLOCK_BYTES + 17),
+        "sub/b.wav": os.urandom(1000),
+        "empty.txt": b"",
+    }
+    for name, content in data.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    return data
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha256", "xxh64"])
+def test_hashes_equal_the_reference_implementations(tmp_path: Path, algorithm: str) -> None:
+    data = _files(tmp_path)
+    found = hash_files(algorithm, str(tmp_path), list(data))
+    for name, content in data.items():
+        if algorithm == "xxh64":
+            expected = xxhash.xxh64(content).hexdigest()
+        else:
+            expected = hashlib.new(algorithm, content).hexdigest()
+        assert found.digests[name] == expected, name
+    assert found.bytes_read == sum(len(c) for c in data.values())
+
+
+def test_a_file_changing_while_hashed_is_reported(tmp_path: Path) -> None:
+    data = _files(tmp_path)
+    target = tmp_path / "a.mxf"
+
+    def grow(done: int) -> None:
+        if done == BLOCK_BYTES:  # after the first block: the copy is still going on
+            with target.open("ab") as f:
+                f.write(b"more")
+
+    with pytest.raises(Changed, match=r"a\.mxf changed while it was hashed"):
+        hash_files("md5", str(tmp_path), list(data), progress=grow)
+    with pytest.raises(Changed, match="vanished"):
+        hash_files("md5", str(tmp_path), ["gone.mxf"])
+
+
+def test_the_rate_limit_holds_reading_back() -> None:
+    limit = RateLimit(mb_per_second=20)
+    started = time.monotonic()
+    for _ in range(8):  # 8 MB at 20 MB/s: 0.4 s, less the burst allowed (0.1 s)
+        limit.take(BLOCK_BYTES)
+    assert time.monotonic() - started >= 0.25
+    unlimited = RateLimit(0)
+    started = time.monotonic()
+    for _ in range(1000):
+        unlimited.take(BLOCK_BYTES)
+    assert time.monotonic() - started < 0.5
+
+
+def test_compare_flags_only_checksums_of_our_algorithm() -> None:
+    obj = ObjectInfo.from_wire(
+        {
+            "objectName": "clip", "collectionName": "NEWS", "filePathRoot": "/news",
+            "components": [
+                {"fileName": "news/a.mxf", "checksumType": "MD5", "checksum": "AA"},
+                {"fileName": "b.wav", "checksumType": "MD5", "checksum": "bb"},
+                {"fileName": "c.xml", "checksumType": "SHA1", "checksum": "zz"},
+            ],
+        }
+    )  # fmt: skip
+    ours = {"a.mxf": "aa", "b.wav": "b0", "c.xml": "cc"}
+    verdict = compare(obj, 7, "md5", ours)
+    assert verdict.compared == 2
+    assert verdict.mismatches == {"b.wav": {"ours": "b0", "diva": "bb"}}
+    assert compare(obj, 7, "sha256", ours).compared == 0
+    assert compare(None, 7, "md5", ours).mismatches == {}
+
+
+# -- the daemon -------------------------------------------------------------------------
+
+
+def test_the_ledger_holds_each_components_checksum(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule(checksum="md5")
+    dep.rule("dpx", watch=str(dep.watch.parent / "dpx"), mode="folder", match=["*"],
+             object_name="{folder}", checksum="sha256", file_path_root="/dpx")  # fmt: skip
+    clip = os.urandom(2 * BLOCK_BYTES + 5)
+    (dep.watch / "clip.mxf").write_bytes(clip)
+    frames = {f"SHOW/f{i}.dpx": os.urandom(50_000) for i in range(3)}
+    dpx = dep.watch.parent / "dpx"
+    (dpx / "SHOW").mkdir(parents=True, exist_ok=True)
+    for name, content in frames.items():
+        (dpx / name).write_bytes(content)
+    dep.start()
+    row = dep.wait_state("clip.mxf", "COMPLETED", "FAILED", "REJECTED")
+    assert row["state"] == "COMPLETED", row["error"]
+    assert row["checksum_algo"] == "md5"
+    assert json.loads(row["checksums"]) == {"clip.mxf": hashlib.md5(clip).hexdigest()}
+    # DIVA's own MD5s agree: nothing flagged.
+    assert dep.stored()["clip"] == {"clip.mxf": hashlib.md5(clip).hexdigest()}
+    assert row["checksum_mismatch"] is None
+    folder = dep.wait_state("SHOW", "COMPLETED", "FAILED", "REJECTED")
+    assert folder["state"] == "COMPLETED", folder["error"]
+    assert folder["checksum_algo"] == "sha256"
+    assert json.loads(folder["checksums"]) == {
+        name: hashlib.sha256(content).hexdigest() for name, content in frames.items()
+    }
+
+
+def test_a_checksum_diva_reports_differently_is_flagged(deployment: Deployment) -> None:
+    dep = deployment
+    dep.rule(checksum="md5")
+    dep.knobs(bad_checksum_rate=1)
+    content = os.urandom(100_000)
+    (dep.watch / "clip.mxf").write_bytes(content)
+    dep.start()
+
+    def flagged() -> dict[str, object] | None:
+        rows = dep.rows("clip.mxf")
+        return rows[-1] if rows and rows[-1]["checksum_mismatch"] else None
+
+    row = wait_for(flagged, timeout=30)
+    assert row["state"] == "COMPLETED"  # DIVA has it: the drop stays COMPLETED
+    mismatch = json.loads(str(row["checksum_mismatch"]))
+    ours = hashlib.md5(content).hexdigest()
+    assert mismatch == {"clip.mxf": {"ours": ours, "diva": dep.stored()["clip"]["clip.mxf"]}}
+    assert mismatch["clip.mxf"]["diva"] != ours
