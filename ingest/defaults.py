@@ -147,7 +147,8 @@ NOTIFY_DROPS_SHOWN = 50
 NOTIFY_STOP_SECONDS = 10.0
 
 # --- a rule's optional keys -------------------------------------------------------------
-#: "file": each file is a drop; "folder": each top-level folder under `watch` is a drop
+#: "file": each file is a drop; "folder": each top-level folder under `watch` is a drop;
+#: "fileset": each manifest (``manifest``) is a drop made of the files it lists
 RULE_MODE: Final = "file"
 #: a drop is complete when unchanged (size, mtime) this long, seconds
 RULE_SETTLE_SECONDS = 30.0
@@ -189,6 +190,23 @@ RULE_IGNORE_CASE = False
 RULE_DESCRIPTION = ""
 #: longest rule name, characters (letters, digits, '.', '_', '-')
 RULE_NAME_MAX_CHARS = 64
+#: fileset mode: the glob of the manifests (DFM ``.mdf`` files), one drop each
+RULE_MANIFEST = ""
+#: "primary": a manifest's values override the rule's (DFM's default); "secondary": the rule's win
+RULE_MANIFEST_PRIORITY: Final = "primary"
+#: archive the manifest itself with its files
+RULE_ARCHIVE_MANIFEST = False
+#: a manifest whose files are still missing this long after it was written is FAILED, seconds
+#: (DFM's ``incompleteThreshold``)
+RULE_INCOMPLETE_AFTER_SECONDS = 86400.0
+#: a manifest larger than this is refused unread, bytes
+MANIFEST_MAX_BYTES = 4 * 1024 * 1024
+#: entries (paths or globs) in one manifest's file list, at most
+MANIFEST_MAX_FILES = 100_000
+#: missing files a FAILED manifest's message names, at most (the rest as a count)
+MANIFEST_MISSING_SHOWN = 20
+#: how often a settled manifest looks again for the files it still lacks, seconds (at least)
+MANIFEST_RECHECK_SECONDS = 1.0
 #: ``on_conflict = "suffix"`` tries ``name_2`` up to ``name_<this + 1>``, then fails (names)
 RULE_SUFFIX_MAX_TRIES = 99
 

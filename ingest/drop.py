@@ -1,8 +1,9 @@
 """A drop: what one archive request is made of, named and signed.
 
-A drop is a file (``kind="file"``) or a top-level folder with its files, found in a watch
-folder by a rule. :class:`Drop` is its identity (rule, watch folder, relpath, kind) and
-its signature (size, newest mtime, file count, and a folder's members), as one value
+A drop is a file (``kind="file"``), a top-level folder with its files, or a file set (a
+manifest and the files it lists), found in a watch folder by a rule. :class:`Drop` is
+its identity (rule, watch folder, relpath, kind) and its signature (size, newest mtime,
+file count, and a folder's members), as one value
 shared by the rules (``rules explain``, the archive body), the templates (their fields),
 the engine (a :class:`~ingest.engine.drops.Tracked` holds one beside its live state) and
 the ledger (:meth:`Drop.from_row`, :meth:`Drop.columns`).
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 __all__ = ["Drop", "Kind"]
 
-Kind = Literal["file", "folder"]
+Kind = Literal["file", "folder", "fileset"]
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -43,7 +44,8 @@ class Drop:
 
     ``watch`` is the watch folder as the rules and the ledger spell it (absolute);
     ``relpath`` is ``/``-separated and relative to it; ``members`` (folder drops, once
-    read) are the relpaths, also relative to ``watch``, of every file that counts, sorted.
+    read) are the relpaths, also relative to ``watch``, of every file that counts, sorted;
+    a file set's (``relpath`` is its manifest) are the files its manifest lists.
     """
 
     rule: str
@@ -59,7 +61,7 @@ class Drop:
     def from_row(cls, row: Mapping[str, Any], members: tuple[str, ...] = ()) -> Drop:
         """The drop a ledger row (``drops``) records; its members are in its archive
         body, which the caller reads."""
-        kind: Kind = "folder" if row["kind"] == "folder" else "file"
+        kind: Kind = row["kind"] if row["kind"] in ("folder", "fileset") else "file"
         return cls(
             row["rule"], row["watch"], row["path"], kind,
             row["size"], row["mtime_ns"], row["file_count"], members,

@@ -130,14 +130,61 @@ def _checksum(value: str) -> str | None:
     return _one_of("", *ALGORITHMS)(value)  # type: ignore[no-any-return]
 
 
+def _patterns_one(value: str) -> str | None:
+    return _pattern_problem(value) if value else None
+
+
+def _positive(value: float) -> str | None:
+    return None if math.isfinite(value) and value > 0 else f"must be > 0 seconds, got {value}"
+
+
+def _fileset_problems(table: dict[str, Any], values: dict[str, Any], report: Any) -> None:
+    """The fileset keys: a manifest glob in fileset mode (and no ``match``), none outside it."""
+    if values.get("mode") != "fileset":
+        if "match" not in table:
+            report("match", "missing (this key is required)")
+        for key in ("manifest", "manifest_priority", "archive_manifest"):
+            # (a default spelled out is harmless: ``rules show`` writes every key)
+            if key in table and values.get(key) != RULE_FIELDS[key].default:
+                report(key, 'only used with mode = "fileset"')
+        return
+    if "match" in table and tuple(values.get("match", ())) != (values.get("manifest"),):
+        report(
+            "match", 'fileset mode: the manifests\' glob goes in manifest, e.g. manifest = "*.mdf"'
+        )
+    if not table.get("manifest"):
+        report(
+            "manifest", 'missing: fileset mode needs the manifests\' glob, e.g. manifest = "*.mdf"'
+        )
+    if values.get("ready_marker"):
+        report("ready_marker", "fileset mode: the manifest is the ready marker; drop this key")
+    if values.get("sidecar"):
+        report("sidecar", "fileset mode: the manifest holds the set's metadata; drop this key")
+    values["match"] = (values["manifest"],) if values.get("manifest") else ()
+
+
 RULE_FIELDS: dict[str, Field] = {
     f.name: f
     for f in [
         Field("name", "str", check=_rule_name),
         Field("watch", "str", check=_non_empty),
-        Field("match", "str_list", check=_match),
+        Field("match", "str_list", (), check=_match),  # required but in fileset mode
         Field("ignore", "str_list", (), check=_patterns),
-        Field("mode", "str", defaults.RULE_MODE, check=_one_of("file", "folder")),
+        Field("mode", "str", defaults.RULE_MODE, check=_one_of("file", "folder", "fileset")),
+        Field("manifest", "str", defaults.RULE_MANIFEST, check=_patterns_one),
+        Field(
+            "manifest_priority",
+            "str",
+            defaults.RULE_MANIFEST_PRIORITY,
+            check=_one_of("primary", "secondary"),
+        ),
+        Field("archive_manifest", "bool", defaults.RULE_ARCHIVE_MANIFEST),
+        Field(
+            "incomplete_after_seconds",
+            "number",
+            defaults.RULE_INCOMPLETE_AFTER_SECONDS,
+            check=_positive,
+        ),
         Field("settle_seconds", "number", defaults.RULE_SETTLE_SECONDS, check=_settle),
         Field("ready_marker", "str", defaults.RULE_READY_MARKER),
         Field("object_name", "str", defaults.RULE_OBJECT_NAME),
@@ -278,6 +325,7 @@ def _check_rule(
         return None
     values = check_table(table, RULE_FIELDS, report)
     mode = values.get("mode", defaults.RULE_MODE)
+    _fileset_problems(table, values, report)
     fields = FOLDER_FIELDS if mode == "folder" else FILE_FIELDS
     fields = fields | _sidecar_problems(values, mode, report)
     samples = [Drop("sample", "/", "sample.mxf", "folder" if mode == "folder" else "file")]
@@ -373,7 +421,7 @@ def _samples(pattern: str) -> list[str]:
 
 
 def _file_globs(rule: Rule, prefix: str) -> list[str]:
-    globs = [g if rule.mode == "file" else g + "/**" for g in rule.match]
+    globs = [g + "/**" if rule.mode == "folder" else g for g in rule.match]
     return [f"{prefix}/{g}" if prefix else g for g in globs]
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from . import defaults
-from .members import folder_members
+from .manifest import Manifest
+from .members import FileSet, fileset_members, folder_members
 from .protocol import DELETE_ON_SOURCE, QOS_NAMES
 from .sidecar import FieldSpec, SidecarError, read_fields
 from .templates import (
@@ -50,6 +51,7 @@ __all__ = [
     "Trial",
     "UnsafeNameError",
     "build_archive_body",
+    "build_fileset_body",
     "glob_regex",
 ]
 
@@ -167,7 +169,7 @@ class _Ignores:
 # the rule
 
 
-Mode = Literal["file", "folder"]
+Mode = Literal["file", "folder", "fileset"]
 _MARKER_FILE_FIELDS = frozenset({"name", "stem", "ext"})
 _MARKER_FOLDER_FIELDS = frozenset({"folder", "name"})
 
@@ -205,6 +207,11 @@ class Rule:
     comments: str = defaults.RULE_COMMENTS
     options: str = defaults.RULE_OPTIONS
     on_conflict: Literal["fail", "skip", "suffix"] = defaults.RULE_ON_CONFLICT
+    #: fileset mode: the manifests' glob (``match`` is set to it when not given)
+    manifest: str = defaults.RULE_MANIFEST
+    manifest_priority: Literal["primary", "secondary"] = defaults.RULE_MANIFEST_PRIORITY
+    archive_manifest: bool = defaults.RULE_ARCHIVE_MANIFEST
+    incomplete_after_seconds: float = defaults.RULE_INCOMPLETE_AFTER_SECONDS
     observer: Literal["auto", "native", "polling"] = defaults.RULE_OBSERVER
     enabled: bool = defaults.RULE_ENABLED
     ignore_case: bool = defaults.RULE_IGNORE_CASE
@@ -270,6 +277,9 @@ class Rule:
         setter(self, "_marker_rx", marker_rx)
         setter(self, "_watch", str(self.watch))
         setter(self, "_watch_real", os.path.realpath(self.watch))
+        if self.mode == "fileset" and not self.match and self.manifest:
+            setter(self, "match", (self.manifest,))
+            setter(self, "_globs", (_Glob.compile(self.manifest, self.ignore_case),))
 
     def __repr__(self) -> str:
         where = f", from {self.source.name}:{self.line}" if self.source is not None else ""
@@ -361,7 +371,32 @@ class Rule:
             return Trial(self.name, "not-a-drop", "this is the watch folder itself", rel)
         if self.mode == "folder":
             return self._try_folder(path, rel)
+        if self.mode == "fileset":
+            return self._try_fileset(path, rel)
         return self._try_file(path, rel)
+
+    def is_manifest(self, relpath: str) -> bool:
+        """Whether ``relpath`` is one of this fileset rule's manifests."""
+        return self.mode == "fileset" and any(glob.hit(relpath) for glob in self._globs)
+
+    def _try_fileset(self, path: Path, rel: str) -> Trial:
+        hidden = self.ignored(rel)
+        if hidden:
+            return Trial(self.name, "ignored", f"hidden by the {hidden}", rel, ignored_by=hidden)
+        if not self.is_manifest(rel):
+            # The files a manifest lists go with it: never drops of their own here.
+            detail = f"fileset mode: only manifests ({self.manifest!r}) are drops"
+            return Trial(self.name, "not-a-drop", detail, rel, self.match)
+        if self._through_symlink(rel):
+            return Trial(self.name, "symlink", "a symlink (or below one): never archived", rel)
+        found = Match(self, path, rel, "fileset")
+        return Trial(
+            self.name, "match", "matches (file set manifest)", rel, self.match, match=found
+        )
+
+    def read_fileset(self, relpath: str) -> FileSet | None:
+        """The file set of the manifest at ``relpath`` as it is on disk now (None: gone)."""
+        return fileset_members(self._watch, relpath, self)
 
     def _try_file(self, path: Path, rel: str) -> Trial:
         base = rel.rsplit("/", 1)[-1]
@@ -408,6 +443,11 @@ class Rule:
         """The drop ``match`` belongs to, read from disk now (sizes, mtimes, members), as
         the daemon reads it (:func:`ingest.members.folder_members` for a folder)."""
         unread = match.identity
+        if match.kind == "fileset":
+            found_set = self.read_fileset(match.drop)
+            if found_set is None:
+                raise FileNotFoundError(f"the manifest {match.drop!r} is gone")
+            return unread.signed(found_set.signature, found_set.members.files)
         if match.kind == "folder":
             found = folder_members(self._watch, match.drop, self)
             return unread.signed((found.size, found.mtime_ns, found.count), found.files)
@@ -540,6 +580,71 @@ def build_archive_body(
     }
 
 
+#: a manifest's values -> the archive body's keys they set
+_MANIFEST_BODY_KEYS = {
+    "object_name": "objectName",
+    "collection": "collectionName",
+    "priority": "priority",
+    "comments": "comments",
+    "source_server": "sourceServer",
+    "file_path_root": "filePathRoot",
+    "media": "media",
+}
+
+
+def build_fileset_body(
+    rule: Rule, drop: Drop, fileset: FileSet, now: float | None = None
+) -> dict[str, Any]:
+    """The archive body of a file set: its manifest's files, with the manifest's values
+    over the rule's (``manifest_priority = "primary"``, DFM's default) or under them.
+
+    Raises :class:`DropRefused` when the manifest cannot be read as written (naming the
+    line), still lacks files, or gives an unsafe name.
+    """
+    if fileset.error is not None or fileset.manifest is None:
+        raise DropRefused(f"manifest {drop.relpath!r}: {fileset.error}")
+    if fileset.missing:
+        raise DropRefused(
+            f"manifest {drop.relpath!r} lists files not there: " + "; ".join(fileset.missing)
+        )
+    body = build_archive_body(rule, drop, now)
+    components = list(fileset.members.files)
+    if not components:
+        raise DropRefused(f"manifest {drop.relpath!r} lists no file to archive")
+    for component in components:
+        problem = check_component(component)
+        if problem:
+            raise UnsafeNameError("file", component, problem)
+    body["components"] = components
+    _apply_manifest(body, fileset.manifest, rule)
+    return body
+
+
+def _apply_manifest(body: dict[str, Any], manifest: Manifest, rule: Rule) -> None:
+    # Secondary: the rule's values win, so the manifest only fills what the rule leaves
+    # at its default (its required keys, collection, media and source_server, always win).
+    unset = {
+        "object_name": rule.object_name == defaults.RULE_OBJECT_NAME,
+        "priority": rule.priority == defaults.RULE_PRIORITY,
+        "comments": rule.comments == defaults.RULE_COMMENTS,
+        "file_path_root": rule.file_path_root == defaults.RULE_FILE_PATH_ROOT,
+    }
+    for key, value in manifest.values.items():
+        if rule.manifest_priority == "secondary" and not unset.get(key, False):
+            continue
+        if key == "object_name":
+            problem = check_name(str(value), defaults.OBJECT_NAME_MAX_CHARS)
+            if problem:
+                raise UnsafeNameError("object name", str(value), problem)
+        elif key == "collection":
+            problem = check_name(str(value), defaults.COLLECTION_MAX_CHARS)
+            if problem:
+                raise UnsafeNameError("collection", str(value), problem)
+        elif key == "comments":
+            value = clean_comment(str(value))
+        body[_MANIFEST_BODY_KEYS[key]] = value
+
+
 # ---------------------------------------------------------------------------------------
 # the rule set
 
@@ -572,7 +677,7 @@ class Explanation:
                 "relpath": drop.relpath,
                 "size": drop.size,
                 "mtime": drop.mtime,
-                "members": list(drop.members) if drop.kind == "folder" else None,
+                "members": list(drop.members) if drop.kind != "file" else None,
             },
             "ready_marker": None
             if self.marker is None
@@ -649,6 +754,8 @@ class RuleSet:
             drop = rule.drop_for(winner)
         except OSError as exc:
             return Explanation(path, tuple(trials), winner, refused=f"cannot read: {exc}")
+        if winner.kind == "fileset":
+            return _explain_fileset(Explanation(path, tuple(trials), winner, drop), now)
         marker = rule.marker_path(drop)
         sidecar, meta, found = _explain_sidecar(rule, drop)
         try:
@@ -684,3 +791,17 @@ def _explain_sidecar(
         "fields": {name: {"source": spec, "value": values.get(name)} for name, spec in rule.fields},
     }
     return shown, values, rule.sidecar_relpath(drop) if present else None
+
+
+def _explain_fileset(ex: Explanation, now: float | None) -> Explanation:
+    """A manifest explained: the files it would archive, or why not yet (or never)."""
+    assert ex.match is not None and ex.drop is not None
+    rule, drop = ex.match.rule, ex.drop
+    fileset = rule.read_fileset(drop.relpath)
+    if fileset is None:
+        return replace(ex, refused=f"the manifest {drop.relpath!r} is gone")
+    try:
+        body = build_fileset_body(rule, drop, fileset, now)
+    except DropRefused as exc:
+        return replace(ex, refused=exc.reason)
+    return replace(ex, body=body)

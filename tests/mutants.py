@@ -484,8 +484,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         [T_FAILSAFE + "test_a_late_conflict_follows_on_conflict"],
         Edit("        if state is RequestState.ABORTED and late:\n", "        if False:\n"),
     ),
-    # Lease fencing (issue 12) and manifest completeness (issue 14) join this list when
-    # those issues land: their code does not exist yet, so there is nothing to mutate.
+    _m(
+        "manifest-completeness",
+        "A file set is submitted only once every file its manifest lists is there (issue 14)",
+        "ingest/members.py",
+        [
+            "tests/test_filesets.py::test_a_manifest_that_never_completes_fails_naming_what_is_missing",
+            "tests/test_filesets.py::test_a_manifest_first_waits_for_its_files_then_archives_exactly_them",
+        ],
+        # A listed file that is not there is passed over: the set goes without it.
+        Edit("            if not hits:\n", "            if False:\n"),
+    ),
+    # Lease fencing (issue 12) joins this list when that issue lands: its code does not
+    # exist yet, so there is nothing to mutate.
 )
 
 

@@ -254,6 +254,10 @@ def _print_explanation(ex: Explanation, ruleset: RuleSet) -> None:
         click.echo(f"drop: {what}, {drop.size} bytes, last modified {when}")
         if drop.kind == "folder":
             click.echo(f"  {len(drop.members)} file(s) count; the rest is ignored")
+        elif drop.kind == "fileset":
+            click.echo(f"  the manifest lists {len(drop.members)} file(s) found:")
+            for member in drop.members:
+                click.echo(f"    {member}")
         click.echo(f"complete once unchanged for {rule.settle_seconds:g} s")
     if ex.marker is not None:
         present = "present" if os.path.lexists(ex.marker) else "missing: the drop waits for it"

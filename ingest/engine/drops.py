@@ -64,7 +64,7 @@ class Tracked:
     def from_row(cls, row: Mapping[str, Any]) -> Tracked:
         body = json.loads(row["body"]) if row.get("body") else None
         members: tuple[str, ...] = ()
-        if body and row["kind"] == "folder":
+        if body and row["kind"] in ("folder", "fileset"):
             members = tuple(body.get("components", ()))
         return cls(
             id=row["id"], drop=Drop.from_row(row, members), state=row["state"],
@@ -128,7 +128,7 @@ class Tracked:
 
     def sources(self) -> list[str]:
         """The files DIVA was asked to archive, as absolute paths."""
-        names = self.members if self.kind == "folder" else (self.path,)
+        names = self.members if self.kind != "file" else (self.path,)
         return [os.path.join(self.watch, *n.split("/")) for n in names]
 
     def set_body(self, body: dict[str, Any]) -> None:

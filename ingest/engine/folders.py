@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .. import defaults
 from ..ledger import Batch, Ledger
-from ..members import folder_members
+from ..members import fileset_members, folder_members
 from ..rulefiles import RuleBook
 from ..rules import Match, Rule
 from ..settle import Signature
@@ -328,8 +328,11 @@ class Folders(Mapping[str, Folder]):
         drops: dict[Key, tuple[Match | None, Signature]] = {}
         base = folder.watch
         settled = self.settled[base]
+        # A file set's manifest can stay as it was while the files it lists arrive: it
+        # goes to the rules (and reads them) on every scan, never by the fast path.
+        fast = all(rule.mode != "fileset" for rule in folder.rules)
         for relpath, value in files.items():
-            if settled.get(relpath) == value:
+            if fast and settled.get(relpath) == value:
                 continue  # archived, rejected or failed as it is
             size, mtime = value
             if relpath in folder.unmatched:
@@ -373,13 +376,19 @@ class Folders(Mapping[str, Folder]):
         """A drop's signature now, and its member files (folder drops); None when gone.
 
         A folder's members are :func:`ingest.members.folder_members`'s, as ``ingest rules
-        explain`` lists them."""
+        explain`` lists them; a file set's, :func:`ingest.members.fileset_members`'s: its
+        signature takes in the manifest and every listed file found."""
         if kind == "file":
             try:
                 st = os.lstat(os.path.join(folder.watch, relpath))
             except OSError:
                 return None, ()
             return ((st.st_size, st.st_mtime_ns, 1) if regular(st) else None), ()
+        if kind == "fileset":
+            found_set = fileset_members(folder.watch, relpath, self.book.rules.get(rule_name))
+            if found_set is None:
+                return None, ()
+            return found_set.signature, found_set.members.files
         found = folder_members(folder.watch, relpath, self.book.rules.get(rule_name))
         if not found.files:
             return None, ()
@@ -390,7 +399,8 @@ class Folders(Mapping[str, Folder]):
 class Tidy:
     """What ingest removes once DIVA archived a drop and deleted its files: the drop's
     ready marker (a stale one would make the next drop of that name ready at once) and
-    the folders DIVA emptied. Nothing else, ever: ``rmdir`` fails on anything not empty."""
+    the folders DIVA emptied; a file set's manifest, which is its ready marker. Nothing
+    else, ever: ``rmdir`` fails on anything not empty."""
 
     label: str
     marker: Path | None = None
@@ -399,6 +409,8 @@ class Tidy:
     @classmethod
     def of(cls, tr: Tracked, rule: Rule | None) -> Tidy:
         marker = rule.marker_path(tr.as_drop(rule)) if rule and rule.ready_marker else None
+        if tr.kind == "fileset":
+            marker = Path(tr.watch, *tr.path.split("/"))  # (gone already if DIVA took it)
         return cls(
             tr.label, marker, os.path.join(tr.watch, tr.path) if tr.kind == "folder" else None
         )

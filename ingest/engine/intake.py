@@ -29,7 +29,7 @@ from .. import defaults
 from ..drop import Drop
 from ..ledger import State
 from ..rulefiles import RuleBook
-from ..rules import Match, Rule, build_archive_body
+from ..rules import Match, Rule, build_archive_body, build_fileset_body
 from ..settle import Settler, Signature
 from ..sidecar import SidecarError
 from ..templates import DropRefused
@@ -62,6 +62,8 @@ class Intake:
         #: drops a rule edit newly matched, held until ``ingest rules accept`` (the
         #: RulesRecord fills and empties it; ``[rules] confirm_new_matches``)
         self.held: set[Key] = set()
+        #: file sets waiting for listed files: what the ledger was last told they lack
+        self._fileset_waiting: dict[Key, str] = {}
         #: settled drops waiting for their sidecar: until when (monotonic seconds)
         self.waiting_sidecar: dict[Key, float] = {}
         #: the checksums' thread, and the token of the hash each drop awaits
@@ -180,6 +182,9 @@ class Intake:
         self, turn: Turn, folder: Folder, key: Key, match: Match | None, sig: Signature
     ) -> None:
         """A drop seen with ``sig``: new, changed, settling, or already dealt with."""
+        if match is not None and match.kind == "fileset":
+            # A scan sees the manifest alone; its drop is signed with its files too.
+            sig = self.folders.read(folder, match.rule.name, key[1], "fileset")[0] or sig
         if key in self.settler:
             settle = match.rule.settle_seconds if match else folder.settle_max
             self.settler.observe(key, sig, settle=settle, now=turn.now)
@@ -242,7 +247,9 @@ class Intake:
                 folder.next_scan = min(folder.next_scan, now + again)
                 self.settler.recheck(key, after=again, now=now)
                 continue
-            if not self.settler.check(key, sig, now=now, vouched=folder.vouches(sig)):
+            # (a file set's files send events its key never sees: no watcher vouches)
+            vouched = folder.vouches(sig) and tr.kind != "fileset"
+            if not self.settler.check(key, sig, now=now, vouched=vouched):
                 if sig is None:
                     self._gone(turn, tr, "vanished before it settled")
                 continue
@@ -260,6 +267,59 @@ class Intake:
             return
         self.tracker.move(turn, tr, State.SKIPPED, why)
 
+    def _complete_fileset(self, turn: Turn, tr: Tracked, rule: Rule) -> None:
+        """A settled manifest: every file it lists there and settled, or wait for them
+        (until ``incomplete_after_seconds``: then FAILED); never submitted partially."""
+        fileset = rule.read_fileset(tr.path)
+        if fileset is None:
+            self._gone(turn, tr, "its manifest vanished before it settled")
+            return
+        tr.drop = tr.as_drop(rule).signed(fileset.signature, fileset.members.files)
+        if fileset.missing and fileset.error is None:
+            age = time.time() - fileset.written_ns / 1e9
+            missing = "; ".join(fileset.missing[: defaults.MANIFEST_MISSING_SHOWN])
+            more = len(fileset.missing) - defaults.MANIFEST_MISSING_SHOWN
+            missing += f" (and {more} more)" if more > 0 else ""
+            if age < rule.incomplete_after_seconds:
+                waiting = f"waiting for {len(fileset.missing)} listed file(s): {missing}"
+                if self._fileset_waiting.get(tr.key) != waiting:
+                    self._fileset_waiting[tr.key] = waiting
+                    log.info("%s %s: settled, %s", rule.name, tr.path, waiting)
+                    turn.tx.update(tr.id, error=waiting)
+                # Look again each settle window: a file that appears settles like any.
+                again = max(rule.settle_seconds, defaults.MANIFEST_RECHECK_SECONDS)
+                self.settler.observe(tr.key, fileset.signature, settle=again, now=turn.now)
+                return
+            why = (
+                f"its files are still incomplete {rule.incomplete_after_seconds:g} s after "
+                f"the manifest was written; missing: {missing}"
+            )
+            self._fileset_waiting.pop(tr.key, None)
+            self.tracker.move(turn, tr, State.FAILED, why, error=why, size=tr.size,
+                              mtime_ns=tr.mtime_ns, file_count=tr.file_count)  # fmt: skip
+            return
+        self._fileset_waiting.pop(tr.key, None)
+        try:
+            body = build_fileset_body(rule, tr.drop, fileset)
+        except DropRefused as exc:
+            # A manifest that cannot be read as written, or names a path outside the
+            # watch folder: refused, naming the line; its files stay where they are.
+            signature = {"size": tr.size, "mtime_ns": tr.mtime_ns, "file_count": tr.file_count}
+            self.tracker.move(turn, tr, State.REJECTED, exc.reason, error=exc.reason, **signature)
+            return
+        tr.set_body(body)
+        tr.priority, tr.on_conflict = body["priority"], rule.on_conflict
+        turn.tx.update(
+            tr.id, settled_at=time.time(), size=tr.size, mtime_ns=tr.mtime_ns,
+            file_count=tr.file_count, object_name=tr.object_name, collection=tr.collection,
+            media=body["media"], qos=rule.wire_qos, priority=body["priority"], error=None,
+            body=tr.body_json, rules_version=self.book.version.version,
+        )  # fmt: skip
+        if rule.checksum and self.hasher is not None:
+            self._hash(turn, tr, rule.checksum)
+            return
+        self.tracker.queue(tr)
+
     def _complete(self, turn: Turn, tr: Tracked) -> None:
         """A settled drop: its marker, then its request (the rules' word), then the queue."""
         key = tr.key
@@ -269,6 +329,9 @@ class Intake:
             self.tracker.move(turn, tr, State.SKIPPED, "no rule matches it any more")
             return
         rule = match.rule
+        if rule.mode == "fileset":
+            self._complete_fileset(turn, tr, rule)
+            return
         drop = tr.as_drop(rule)
         marker = rule.marker_path(drop)
         if marker is not None and not os.path.lexists(marker):
@@ -421,7 +484,10 @@ class Intake:
         size, mtime = tr.size, tr.mtime_ns
         final = None if size is None or mtime is None else (size, mtime)
         self.folders.remember(tr.watch, tr.path, final)
-        if tr.state == State.COMPLETED and tr.source_deleted:
+        self._fileset_waiting.pop(tr.key, None)
+        # (a file set's manifest is its ready marker: removed once COMPLETED, as DIVA
+        # keeps the files it was not asked to delete)
+        if tr.state == State.COMPLETED and (tr.source_deleted or tr.kind == "fileset"):
             turn.removals.append(Tidy.of(tr, self.book.rules.get(tr.rule)))
         if tr.state == State.COMPLETED and tr.checksums and tr.checksum_algo and tr.object_name:
             # Compare with what DIVA says it stored (once this turn has committed).
