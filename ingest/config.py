@@ -33,6 +33,7 @@ from .passwords import password_file_problem, read_password
 from .tomlcheck import Field, Problem, TableLines, check_table, did_you_mean, parse_toml
 
 __all__ = [
+    "ClusterConfig",
     "DivaConfig",
     "EngineConfig",
     "HttpConfig",
@@ -104,6 +105,20 @@ class LedgerConfig:
         """The PostgreSQL password, read now (None: none configured, e.g. a trusted peer);
         :class:`ConfigError` names the variable or file, never the password."""
         return read_password("ledger", self.password_env, self.password_file)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: this node's name and how long its folder leases last (PostgreSQL)."""
+
+    node: str | None = None
+    lease_seconds: float = defaults.CLUSTER_LEASE_SECONDS
+
+    def node_name(self) -> str:
+        """This node's name: env ``INGEST_NODE``, else ``node``, else the host name."""
+        import socket
+
+        return os.environ.get("INGEST_NODE") or self.node or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -191,6 +206,7 @@ class ServiceConfig:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     #: ``[http]``, or None when the endpoint is off
     http: HttpConfig | None = None
     #: ``[notify]``, or None when no notification is sent
@@ -389,6 +405,13 @@ SECTIONS: dict[str, dict[str, Field]] = {
             Field("password_file", "str", None, check=_non_empty),
         ]
     },
+    "cluster": {
+        f.name: f
+        for f in [
+            Field("node", "str", None, check=_non_empty),
+            Field("lease_seconds", "number", defaults.CLUSTER_LEASE_SECONDS, check=_positive),
+        ]
+    },
     "rules": {
         "paths": Field("paths", "str_list", defaults.RULES_PATHS),
         "confirm_new_matches": Field(
@@ -521,6 +544,10 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
             reload_seconds=engine.get("reload_seconds", defaults.ENGINE_RELOAD_SECONDS),
             watch_poll_seconds=engine.get("watch_poll_seconds", defaults.ENGINE_WATCH_POLL_SECONDS),
             hash_mb_per_second=engine.get("hash_mb_per_second", defaults.ENGINE_HASH_MB_PER_SECOND),
+        ),
+        cluster=ClusterConfig(
+            values.get("cluster", {}).get("node"),
+            values.get("cluster", {}).get("lease_seconds", defaults.CLUSTER_LEASE_SECONDS),
         ),
         http=http,
         notify=notify,

@@ -50,6 +50,8 @@ DIVA_LIST_MARGIN_SECONDS = 3600.0
 # --- [ledger] ---------------------------------------------------------------------------
 #: SQLite ledger; a relative path is resolved against the config file's folder
 LEDGER_URL = "sqlite:///ingest.db"
+#: [cluster] lease_seconds: how long a node holds a watch folder without renewing
+CLUSTER_LEASE_SECONDS = 15.0
 
 # --- [rules] ----------------------------------------------------------------------------
 #: rule files or folders of ``*.toml``; relative paths: to the config file's folder

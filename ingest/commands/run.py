@@ -11,6 +11,7 @@ from types import FrameType
 import click
 
 from ..config import find_config, load_config
+from ..nodes import NodeLock
 
 log = logging.getLogger("ingest.run")
 
@@ -45,13 +46,21 @@ def run(config_path: str | None, until_idle: bool) -> None:
     from ..web import serve
 
     config = load_config(find_config(config_path, required=True))
-    engine = Engine(config)
-    if threading.current_thread() is threading.main_thread():
-        _install_signals(engine.stop)
-    # [http]: the status page, API and metrics; [notify]: notifications. Both stop once
-    # the engine has stopped (the last digest goes out then).
-    with serve(config, engine.monitor), notifying(config, engine.monitor):
-        engine.run(until_idle=until_idle)
+    # One node on an SQLite ledger: a second one is refused before it touches anything.
+    lock = None
+    if config.ledger.path is not None:
+        lock = NodeLock.acquire(config.ledger.path, config.cluster.node_name())
+    try:
+        engine = Engine(config)
+        if threading.current_thread() is threading.main_thread():
+            _install_signals(engine.stop)
+        # [http]: the status page, API and metrics; [notify]: notifications. Both stop
+        # once the engine has stopped (the last digest goes out then).
+        with serve(config, engine.monitor), notifying(config, engine.monitor):
+            engine.run(until_idle=until_idle)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _install_signals(stop: object) -> None:
