@@ -6,9 +6,12 @@ import json
 import os
 import pty
 import re
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 from ingest.ledger import Ledger
 
 from .support.ledgers import HOUR, Setup, as_json, invoke, write_config
+from .support.wait import wait_for
 
 
 def healthy(root: Path) -> Path:
@@ -241,3 +245,66 @@ def test_read_commands_do_not_import_sqlalchemy(setup: Setup, args: list[str]) -
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "HEAVY [] CODE" in proc.stderr, proc.stderr
     assert proc.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# --watch: refreshed until Ctrl-C
+
+
+def _watching(config: Path, **popen: object) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "ingest", "status", "--watch", "--interval", "0.2"]
+    with (config.parent / "stderr.txt").open("ab") as err:
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            [*cmd, "--config", str(config)], stderr=err, **popen
+        )
+
+
+def test_watch_refreshes_until_ctrl_c_and_exits_0(tmp_path: Path) -> None:
+    config = healthy(tmp_path)
+    proc = _watching(config, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, b"")))
+    reader.start()
+    try:
+        text = lambda: b"".join(out).decode()  # noqa: E731
+        wait_for(lambda: text().count("healthy: 2 drops in the ledger") >= 2, timeout=30)
+        # A drop fails meanwhile: a later refresh shows it, without restarting the watch.
+        ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
+        with ledger.batch(time.time()) as tx:
+            drop_id = tx.add(rule="news", watch="/mnt/news", path="c.mxf")
+            tx.transition(drop_id, "DETECTED", "FAILED", "DIVA 1002", finished_at=time.time())
+        ledger.close()
+        wait_for(lambda: "NEEDS ATTENTION: 3 drops in the ledger" in text(), timeout=30)
+        wait_for(lambda: "failures in the last 24 h: 1" in text(), timeout=30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        reader.join(10)
+        proc.stdout.close()
+    assert code == 0, (tmp_path / "stderr.txt").read_text()
+    frames = text().split("ingest status at ")[1:]
+    assert len(frames) >= 3 and "every 0.2 s (Ctrl-C to stop)" in frames[0]
+    assert "\x1b[" not in text()  # not a terminal: frames follow one another, plain
+
+
+def test_watch_on_a_terminal_redraws_in_place(tmp_path: Path) -> None:
+    config = healthy(tmp_path)
+    main_fd, sub_fd = pty.openpty()
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    proc = _watching(config, stdout=sub_fd, env=env)
+    os.close(sub_fd)
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while seen.count(b"\x1b[H") < 3 and time.monotonic() < deadline:
+            if select.select([main_fd], [], [], 0.5)[0]:
+                seen += os.read(main_fd, 65536)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        os.close(main_fd)
+    assert code == 0, (tmp_path / "stderr.txt").read_text()
+    # Each frame: cursor home, each line cleared to its end, the rest of the screen cleared.
+    frame = seen.split(b"\x1b[H")[1]
+    assert b"healthy: 2 drops in the ledger\x1b[K" in frame and frame.endswith(b"\x1b[J")

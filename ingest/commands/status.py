@@ -6,6 +6,7 @@ import json
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import click
 
 from .. import defaults, queries
 from ..config import find_config, load_config
+from ..errors import LedgerError
 from ..report import (
     Column,
     ago,
@@ -34,12 +36,31 @@ __all__ = ["collect", "rules_doc", "status"]
 FAILURE_WINDOW_SECONDS = 24 * 3600
 #: Rows shown per section of the table (JSON gives as many).
 SHOWN = 10
+#: ``--watch`` refreshes this often by default, and at most this often, seconds
+WATCH_SECONDS = 2.0
+WATCH_MIN_SECONDS = 0.1
+#: a terminal's cursor home, clear to the end of the line, and of the screen
+_HOME, _CLEAR_LINE, _CLEAR_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 
 
 @click.command()
 @config_option
 @output_format("json")
-def status(config_path: Path | None, fmt: str) -> None:
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh in place every --interval seconds until Ctrl-C (exit 0); with --json, "
+    "one document per line.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=WATCH_MIN_SECONDS),
+    default=WATCH_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often --watch refreshes.",
+)
+def status(config_path: Path | None, fmt: str, watch: bool, interval: float) -> None:
     """Show the ledger at a glance: counts, requests in flight, what waits, what failed.
 
     Counts per state and per rule; the requests DIVA is working on with their DIVA
@@ -59,12 +80,16 @@ def status(config_path: Path | None, fmt: str) -> None:
     Example:
       ingest status --config /etc/ingest/ingest.toml
       ingest status --json | jq .failures_24h.count
+      ingest status --watch
     """
     config = load_config(find_config(config_path), warn=False)
     path = queries.config_ledger_path(config)
     stuck_after = (
         config.diva.stuck_after_seconds if config.diva else defaults.DIVA_STUCK_AFTER_SECONDS
     )
+    if watch:
+        _watch(path, stuck_after, fmt, interval)
+        return
     with queries.open_ledger(path) as conn, queries.errors(path):
         doc, raw = collect(conn, path, time.time(), stuck_after)
     if fmt == "json":
@@ -87,6 +112,7 @@ def collect(
         failed_count, failed = queries.recent_failures(conn, now - FAILURE_WINDOW_SECONDS, SHOWN)
         watcher_rows = queries.watchers(conn)
         rules_row = queries.rules_state(conn)
+        mismatch_count, mismatched = queries.checksum_mismatches(conn, SHOWN)
     states = dict.fromkeys(queries.STATES, 0)
     rules: dict[str, dict[str, int]] = {}
     for state, rule, count in pairs:
@@ -122,6 +148,12 @@ def collect(
             f"are held since {in_force['held_since']} until `ingest rules accept` "
             "([rules] confirm_new_matches)"
         )
+    if mismatch_count:
+        problems.append(
+            f"{mismatch_count} archived drop(s) with checksums DIVA reports differently: "
+            + ", ".join(f"{r['id']} ({r['path']})" for r in mismatched)
+            + " (see `ingest ledger show ID`; `ingest ledger ack ID` once dealt with)"
+        )
     if stuck_count:
         problems.append(
             f"{stuck_count} request(s) kept waiting by DIVA for more than {ago_span(stuck_after)}"
@@ -150,6 +182,10 @@ def collect(
         },
         "watchers": watchers,
         "rules_in_force": in_force,
+        "checksum_mismatches": {
+            "count": mismatch_count,
+            "drops": [queries.drop_record(r) for r in mismatched],
+        },
     }
     # The rows themselves, with epoch times, for the table's local times.
     raw = {
@@ -182,10 +218,56 @@ def rules_doc(row: sqlite3.Row | None) -> dict[str, Any] | None:
     }
 
 
-def _print(doc: dict[str, Any], raw: dict[str, Any]) -> None:
+def _watch(path: queries.LedgerAt, stuck_after: float, fmt: str, interval: float) -> None:
+    """``--watch``: the status again every ``interval`` seconds until Ctrl-C.
+
+    On a terminal each refresh is drawn over the last one (cursor home, each line cleared
+    to its end, then the rest of the screen), so it does not flicker; elsewhere (a pipe, a
+    log) the refreshes follow one another. A ledger that cannot be read is said in the
+    frame and looked at again: a daemon being restarted does not end the watch."""
+    terminal = sys.stdout.isatty()
     colour = use_colour(sys.stdout)
+    try:
+        while True:
+            now = time.time()
+            lines: list[str] = []
+            try:
+                with queries.open_ledger(path) as conn, queries.errors(path):
+                    doc, raw = collect(conn, path, now, stuck_after)
+            except LedgerError as exc:
+                doc, raw = None, {}
+                lines.append(f"cannot read the ledger: {exc}")
+            if fmt == "json":
+                click.echo(dumps(doc if doc is not None else {"error": lines[0]}))
+            else:
+                lines.insert(
+                    0, f"ingest status at {local_time(now, seconds=True)}, every {interval:g} s "
+                    "(Ctrl-C to stop)",
+                )  # fmt: skip
+                if doc is not None:
+                    _print(doc, raw, colour=colour, echo=lines.append)
+                if terminal:
+                    # Written as is: click.echo would strip the control sequences with
+                    # the colours when colour is off (NO_COLOR).
+                    frame = "".join(f"{line}{_CLEAR_LINE}\n" for line in lines)
+                    sys.stdout.write(_HOME + frame + _CLEAR_BELOW)
+                else:
+                    click.echo("\n".join(lines) + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends: exit 0
+
+
+def _print(
+    doc: dict[str, Any],
+    raw: dict[str, Any],
+    *,
+    colour: bool | None = None,
+    echo: Callable[[str], object] = click.echo,
+) -> None:
+    colour = use_colour(sys.stdout) if colour is None else colour
     width = table_width()
-    echo = click.echo
     total = doc["total"]
     verdict = "healthy" if doc["healthy"] else "NEEDS ATTENTION"
     head = style(verdict, colour, "OK" if doc["healthy"] else "FAIL", bold=True)
