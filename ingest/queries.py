@@ -100,6 +100,10 @@ RECORD_FIELDS: tuple[str, ...] = (
     "updated_at",
     "waiting_since",
     "rules_version",
+    "checksum_algo",
+    "checksums",
+    "checksum_mismatch",
+    "checksum_acked_at",
 )
 _TIME_FIELDS = frozenset(f for f in RECORD_FIELDS if f.endswith("_at"))
 _COLUMNS = ", ".join(RECORD_FIELDS)
@@ -531,6 +535,15 @@ def recent_failures(
         ).fetchall()
     rows.sort(key=lambda r: r["finished_at"], reverse=True)
     return total, rows[:limit]
+
+
+def checksum_mismatches(conn: sqlite3.Connection, limit: int) -> tuple[int, list[sqlite3.Row]]:
+    """Drops whose checksums DIVA reported differently, not acknowledged (``ingest ledger
+    ack``): their count and the newest ``limit``."""
+    where = "WHERE checksum_mismatch IS NOT NULL AND checksum_acked_at IS NULL"
+    total = conn.execute(f"SELECT count(*) FROM drops {where}").fetchone()[0]  # noqa: S608
+    rows = conn.execute(f"{_SELECT} {where} ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    return total, rows
 
 
 def watchers(conn: sqlite3.Connection) -> list[sqlite3.Row]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -142,3 +144,27 @@ def test_a_checksum_diva_reports_differently_is_flagged(deployment: Deployment) 
     ours = hashlib.md5(content).hexdigest()
     assert mismatch == {"clip.mxf": {"ours": ours, "diva": dep.stored()["clip"]["clip.mxf"]}}
     assert mismatch["clip.mxf"]["diva"] != ours
+
+    # ``ingest status`` exits 1 while the mismatch is unacknowledged; ``ledger show``
+    # and ``ledger export`` carry the checksums; ``ledger ack`` clears the alarm.
+    dep.stop()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "ingest", *args, "--config", str(dep.config_path)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+    status = cli("status", "--json")
+    assert status.returncode == 1, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["checksum_mismatches"]["count"] == 1
+    assert any("checksums DIVA reports differently" in p for p in doc["problems"])
+    shown = cli("ledger", "show", str(row["id"]))
+    assert ours in shown.stdout and "checksum_mismatch" in shown.stdout
+    exported = json.loads(cli("ledger", "export", "--nl").stdout.splitlines()[0])
+    assert json.loads(exported["checksums"]) == {"clip.mxf": ours}
+    acked = cli("ledger", "ack", str(row["id"]))
+    assert acked.returncode == 0, acked.stderr
+    after = json.loads(cli("status", "--json").stdout)
+    assert after["checksum_mismatches"]["count"] == 0 and after["healthy"], after["problems"]
+    again = cli("ledger", "ack", str(row["id"]))
+    assert again.returncode == 1 and "no unacknowledged checksum mismatch" in again.stderr

@@ -385,3 +385,47 @@ def export(
         with output.open("w", encoding="utf-8", newline="") as out:
             count = write_records(records, fmt, queries.RECORD_FIELDS, out)
         click.echo(f"exported {count:,} drop{'s' if count != 1 else ''} to {output}", err=True)
+
+
+@ledger.command()
+@click.argument("ids", metavar="ID...", nargs=-1, required=True, type=click.IntRange(min=1))
+@config_option
+def ack(ids: tuple[int, ...], config_path: Path | None) -> None:
+    """Acknowledge the checksum mismatch of archived drops, so `ingest status` passes again.
+
+    After a drop whose rule has `checksum` completes, ingest compares its checksums with
+    those DIVA's object info reports; a mismatch is recorded (the drop stays COMPLETED)
+    and `ingest status` exits 1 until someone has looked (restored and compared, say)
+    and acknowledged it here. The mismatch stays on record (`ingest ledger show ID`).
+    Exit 1 when an ID has no unacknowledged mismatch.
+
+    \b
+    Example:
+      ingest ledger ack 42
+    """
+    path = queries.ledger_path(config_path)
+    with queries.open_ledger(path) as conn, queries.errors(path):
+        rows = {i: queries.get_drop(conn, i) for i in dict.fromkeys(ids)}
+    todo = [i for i, r in rows.items() if r is not None and r["checksum_mismatch"] and
+            r["checksum_acked_at"] is None]  # fmt: skip
+    if todo:
+        # Only here, for a write: the ledger module costs SQLAlchemy's import.
+        from ..ledger import Ledger
+
+        password = None if isinstance(path, Path) else path.password
+        store = Ledger.open(queries.ledger_url(path), migrate=False, password=password)
+        try:
+            with store.batch() as tx:
+                for drop_id in todo:
+                    tx.update(drop_id, checksum_acked_at=time.time())
+        finally:
+            store.close()
+    for drop_id, row in rows.items():
+        if drop_id in todo:
+            click.echo(f"drop {drop_id}: checksum mismatch acknowledged")
+        elif row is None:
+            click.echo(f"drop {drop_id}: not found", err=True)
+        else:
+            click.echo(f"drop {drop_id}: no unacknowledged checksum mismatch", err=True)
+    if len(todo) != len(rows):
+        raise SystemExit(1)
