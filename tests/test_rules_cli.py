@@ -179,7 +179,7 @@ def test_help_ends_with_an_example(argv: list[str], capsys: pytest.CaptureFixtur
 def example_site(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "rules", tmp_path / "rules")
     shutil.copy(REPO / "ingest.example.toml", tmp_path / "ingest.toml")
-    for folder in ("news", "dpx", "ftp", "sets"):
+    for folder in ("news", "dpx", "ftp", "sets", "clips"):
         (tmp_path / "drops" / folder).mkdir(parents=True)
     return tmp_path
 
@@ -188,15 +188,17 @@ def test_example_rules_pass_check(tmp_path: Path, capsys: pytest.CaptureFixture[
     site = example_site(tmp_path)
     code, out, err = run(capsys, "rules", "check", "--config", str(site / "ingest.toml"))
     assert (code, err) == (0, ""), err
-    assert out == "OK: 4 rules in 4 files\n"
+    assert out == "OK: 5 rules in 5 files\n"
 
 
 def test_examples_cover_every_key_and_case() -> None:
     texts = {p.name: p.read_text() for p in (REPO / "rules").glob("*.toml")}
-    assert set(texts) == {"news.toml", "dpx.toml", "ftp.toml", "fileset.toml"}
+    assert set(texts) == {"news.toml", "dpx.toml", "ftp.toml", "fileset.toml", "sidecar.toml"}
     every = "\n".join(texts.values())
     for key in RULE_FIELDS:
-        assert re.search(rf"^{key} = ", every, re.MULTILINE), f"no example sets {key!r}"
+        # ([rule.fields] is a table of its own)
+        written = rf"^{key} = " if key != "fields" else r"^\[rule\.fields\]$"
+        assert re.search(written, every, re.MULTILINE), f"no example sets {key!r}"
     assert (
         'mode = "folder"' in texts["dpx.toml"] and 'ready_marker = "_COMPLETE"' in texts["dpx.toml"]
     )
