@@ -20,7 +20,9 @@ __all__ = [
     "SCHEMA_MIGRATIONS_DDL",
     "TABLES",
     "DropRow",
+    "LeaseRow",
     "MigrationRow",
+    "NodeRow",
     "RulesStateRow",
     "RulesVersionRow",
     "TransitionRow",
@@ -152,6 +154,38 @@ class RulesStateRow(SQLModel, table=True):
     accepted_at: float | None = None  # ``ingest rules accept``: release what is held
 
 
+class NodeRow(SQLModel, table=True):
+    """A node on a shared (PostgreSQL) ledger, and its heartbeat (:mod:`ingest.leases`).
+
+    Times are the database server's clock, epoch seconds: the nodes' clocks may differ.
+    """
+
+    __tablename__ = "nodes"
+
+    name: str = Field(primary_key=True)  # [cluster] node
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    expires_at: float  # alive until then unless it beats again
+
+
+class LeaseRow(SQLModel, table=True):
+    """Which node holds a watch folder, until when, at which epoch (:mod:`ingest.leases`).
+
+    The epoch grows by one at every change of holder: a write fenced by (holder, epoch)
+    cannot commit for a node that lost the folder, even if it got it back since.
+    """
+
+    __tablename__ = "leases"
+
+    watch: str = Field(primary_key=True)
+    holder: str | None = None
+    epoch: int = Field(default=0, sa_column_kwargs={"server_default": text("0")})
+    expires_at: float = Field(default=0.0, sa_column_kwargs={"server_default": text("0")})
+    taken_at: float | None = None
+
+
 class MigrationRow(SQLModel, table=True):
     __tablename__ = "schema_migrations"
 
@@ -162,7 +196,16 @@ class MigrationRow(SQLModel, table=True):
 #: every table the migrations build
 TABLES = [
     m.__table__  # type: ignore[union-attr]
-    for m in (DropRow, TransitionRow, WatcherRow, MigrationRow, RulesVersionRow, RulesStateRow)
+    for m in (
+        DropRow,
+        TransitionRow,
+        WatcherRow,
+        MigrationRow,
+        RulesVersionRow,
+        RulesStateRow,
+        NodeRow,
+        LeaseRow,
+    )
 ]
 
 # What the migrations make of the annotations (see _POSTGRESQL_TYPES): every float is an
@@ -242,6 +285,25 @@ CREATE TABLE rules_state (
 """
 
 
+_CLUSTER = """
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE leases (
+    watch TEXT PRIMARY KEY,
+    holder TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL NOT NULL DEFAULT 0,
+    taken_at REAL
+)
+"""
+
+
 #: The migrations' DDL is written once, in SQLite's words; on PostgreSQL these become
 #: their equivalents. An epoch timestamp needs double precision (PostgreSQL's ``real``
 #: is single: two-minute steps), an ns mtime or a byte count 64 bits, and a key column
@@ -313,4 +375,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
             "ALTER TABLE drops ADD COLUMN checksum_acked_at REAL"
         ),
     ),
+    ("0008_cluster", _run_script(_CLUSTER)),
 ]

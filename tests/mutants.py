@@ -495,8 +495,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         # A listed file that is not there is passed over: the set goes without it.
         Edit("            if not hits:\n", "            if False:\n"),
     ),
-    # Lease fencing (issue 12) joins this list when that issue lands: its code does not
-    # exist yet, so there is nothing to mutate.
+    _m(
+        "fencing-check-removed",
+        "A node that lost a folder's lease cannot commit an intent for it (issue 12)",
+        "ingest/leases.py",
+        [
+            "tests/test_leases.py::test_fencing_a_stale_epoch_cannot_write_an_intent",
+            "tests/test_leases.py::test_a_fenced_write_in_hand_holds_the_lease_until_it_commits",
+        ],
+        # The lease row is still read (and locked), but a lost folder is let through.
+        Edit("    if lost:\n        raise LeaseLost(lost)\n", "    if False:\n        pass\n"),
+    ),
 )
 
 

@@ -38,6 +38,7 @@ from ingest.ledger import (
     TransitionRow,
     WatcherRow,
 )
+from ingest.schema import LeaseRow, NodeRow
 from tests.support.postgres import PASSWORD_ENV, PostgresServer
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -45,7 +46,16 @@ BACKENDS = ["sqlite", "postgresql"]
 #: every table the ledger's migrations create, as the code declares it
 MODEL_TABLES = [
     m.__table__  # type: ignore[union-attr]
-    for m in (DropRow, TransitionRow, WatcherRow, MigrationRow, RulesVersionRow, RulesStateRow)
+    for m in (
+        DropRow,
+        TransitionRow,
+        WatcherRow,
+        MigrationRow,
+        RulesVersionRow,
+        RulesStateRow,
+        NodeRow,
+        LeaseRow,
+    )
 ]
 
 
@@ -201,6 +211,8 @@ def test_the_model_declares_what_the_queries_rely_on(model: set[Fact]) -> None:
         "schema_migrations",
         "rules_versions",
         "rules_state",
+        "nodes",
+        "leases",
     }
 
 
