@@ -143,6 +143,19 @@ def test_a_manifest_that_never_completes_fails_naming_what_is_missing(
     ] == ["later.mxf"]
 
 
+def test_a_set_waiting_for_its_files_is_idle_as_one_waiting_for_a_marker(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    fileset_rule(dep, settle_seconds=0.3)
+    write(dep.watch / "w.mdf", b"<fileList>\nnot_yet.mxf\n</fileList>\n")
+    dep.start(until_idle=True)  # (a cron job's ``ingest run --until-idle``)
+    assert dep.thread is not None
+    wait_for(lambda: dep.thread is not None and not dep.thread.is_alive(), 30)
+    [row] = dep.rows("w.mdf")
+    assert row["state"] == "DETECTED" and "line 2: not_yet.mxf" in row["error"], row
+
+
 def test_hostile_manifests_are_rejected_naming_the_line(deployment: Deployment) -> None:
     dep = deployment
     fileset_rule(dep, settle_seconds=0.3)

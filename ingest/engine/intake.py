@@ -98,11 +98,12 @@ class Intake:
         return self.settler.next_deadline()
 
     def idle(self) -> bool:
-        """Nothing settling, and no live drop but those waiting for their marker (any
-        other is queued, at DIVA, or awaiting an answer)."""
-        if len(self.settler):
+        """Nothing settling, and no live drop but those waiting for their marker or, file
+        sets, for listed files (any other is queued, at DIVA, or awaiting an answer)."""
+        sets = self._fileset_waiting
+        if any(key not in sets for key in self.settler):
             return False
-        return all(key in self.waiting_marker for key in self.tracker.drops)
+        return all(key in self.waiting_marker or key in sets for key in self.tracker.drops)
 
     # -- what the folders show --------------------------------------------------------
 
