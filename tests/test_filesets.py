@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from ingest.cli import cli
+from ingest.engine.folders import Tidy
 
 from .support.deployment import Deployment, rule_toml
 from .support.wait import wait_for
@@ -209,3 +211,15 @@ def test_explain_shows_the_files_a_manifest_would_archive(deployment: Deployment
         cli, ["rules", "explain", "--config", str(dep.config_path), str(dep.watch / "EP.mdf")]
     )
     assert "the manifest lists 3 file(s) found:\n    EP.mdf\n    EP.mxf\n" in text.output
+
+
+def test_a_manifest_written_again_after_its_set_settled_is_not_removed(tmp_path: Path) -> None:
+    manifest = tmp_path / "EP.mdf"
+    write(manifest, b"<fileList>\na\n</fileList>\n")
+    settled_ns = manifest.stat().st_mtime_ns
+    Tidy("sets EP.mdf", manifest, None, settled_ns)()
+    assert not manifest.exists()  # the set's own manifest goes, once COMPLETED
+    write(manifest, b"<fileList>\nb\n</fileList>\n")  # the next set of that name
+    os.utime(manifest, ns=(settled_ns + 1, settled_ns + 1))
+    Tidy("sets EP.mdf", manifest, None, settled_ns)()
+    assert manifest.exists()

@@ -405,18 +405,27 @@ class Tidy:
     label: str
     marker: Path | None = None
     top: str | None = None  # a folder drop's folder
+    #: a file set's manifest modified after this (ns) is a new one, for the next set
+    marker_newest_ns: int | None = None
 
     @classmethod
     def of(cls, tr: Tracked, rule: Rule | None) -> Tidy:
         marker = rule.marker_path(tr.as_drop(rule)) if rule and rule.ready_marker else None
         if tr.kind == "fileset":
             marker = Path(tr.watch, *tr.path.split("/"))  # (gone already if DIVA took it)
+            return cls(tr.label, marker, None, tr.mtime_ns)
         return cls(
             tr.label, marker, os.path.join(tr.watch, tr.path) if tr.kind == "folder" else None
         )
 
     def __call__(self) -> None:
         marker = self.marker
+        if marker is not None and self.marker_newest_ns is not None:
+            with contextlib.suppress(OSError):
+                if marker.lstat().st_mtime_ns > self.marker_newest_ns:
+                    log.info("%s: its manifest %s was written again: left for the next set",
+                             self.label, marker.name)  # fmt: skip
+                    marker = None
         if marker is not None and marker.is_file() and not marker.is_symlink():
             with contextlib.suppress(OSError):
                 marker.unlink()
