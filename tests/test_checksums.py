@@ -67,12 +67,12 @@ def test_the_rate_limit_holds_reading_back() -> None:
     limit = RateLimit(mb_per_second=20)
     started = time.monotonic()
     for _ in range(8):  # 8 MB at 20 MB/s: 0.4 s, less the burst allowed (0.1 s)
-        limit.take(BLOCK_BYTES)
+        limit.take(1024 * 1024)
     assert time.monotonic() - started >= 0.25
     unlimited = RateLimit(0)
     started = time.monotonic()
     for _ in range(1000):
-        unlimited.take(BLOCK_BYTES)
+        unlimited.take(1024 * 1024)
     assert time.monotonic() - started < 0.5
 
 
