@@ -104,6 +104,10 @@ ENGINE_WORKERS = 4
 #: rules' checksums read at most this fast, MB/s (0: no limit): a drop being hashed
 #: should leave the disk to the copies still landing
 ENGINE_HASH_MB_PER_SECOND = 0.0
+#: a drop this large (bytes) shows its hashing progress in ``ingest status``...
+HASH_PROGRESS_MIN_BYTES = 256 * 1024 * 1024
+#: ...written to its ledger row this often, seconds
+HASH_PROGRESS_SECONDS = 2.0
 #: the ready queue ranks a drop whose rule leaves its priority to DIVA (-1) as this one,
 #: DIVA's usual default (a priority, 1..100)
 ENGINE_QUEUE_DEFAULT_PRIORITY = 50

@@ -498,7 +498,7 @@ def waiting_reason(row: sqlite3.Row | dict[str, Any]) -> str:
         if row["settled_at"] is None:
             return "settling (still changing, or not unchanged long enough yet)"
         error = str(row["error"] or "")
-        if error.startswith("waiting for the ready marker"):
+        if error.startswith(("waiting for the ready marker", "waiting for its sidecar", "hashing")):
             return error
         return "queued: settled, waiting for a free slot to submit"
     if state == "SUBMITTING":

@@ -168,3 +168,33 @@ def test_a_checksum_diva_reports_differently_is_flagged(deployment: Deployment) 
     assert after["checksum_mismatches"]["count"] == 0 and after["healthy"], after["problems"]
     again = cli("ledger", "ack", str(row["id"]))
     assert again.returncode == 1 and "no unacknowledged checksum mismatch" in again.stderr
+
+
+def test_a_large_drop_shows_its_hashing_progress_and_is_rate_limited(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest import defaults
+
+    dep = deployment
+    # "Large" scaled down: 1 MiB; hashing held to 2 MB/s so that it takes a few seconds.
+    monkeypatch.setattr(defaults, "HASH_PROGRESS_MIN_BYTES", 1024 * 1024)
+    monkeypatch.setattr(defaults, "HASH_PROGRESS_SECONDS", 0.2)
+    with dep.config_path.open("a") as f:
+        f.write("hash_mb_per_second = 2\n")  # [engine] is the config's last table
+    dep.rule(checksum="sha256")
+    content = os.urandom(8 * 1024 * 1024)
+    (dep.watch / "big.mxf").write_bytes(content)
+    dep.start()
+
+    def progress() -> str | None:
+        rows = dep.rows("big.mxf")
+        error = (rows[-1]["error"] or "") if rows else ""
+        return error if error.startswith("hashing: ") and error.endswith("% of 8 MB") else None
+
+    shown = wait_for(progress, timeout=30)
+    assert 0 <= int(shown.removeprefix("hashing: ").split("%")[0]) <= 100
+    row = dep.wait_state("big.mxf", "COMPLETED", "FAILED", "REJECTED", timeout=60)
+    assert row["state"] == "COMPLETED", row["error"]
+    assert json.loads(row["checksums"]) == {"big.mxf": hashlib.sha256(content).hexdigest()}
+    # 8 MiB at 2 MB/s (less a 0.1 s burst): settled to submitted takes the hashing's time.
+    assert row["submitted_at"] - row["settled_at"] >= 3.0

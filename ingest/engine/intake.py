@@ -70,6 +70,7 @@ class Intake:
         self.hasher = hasher
         self.hashing: dict[Key, int] = {}
         self._hash_tokens = 0
+        self._hash_shown: dict[Key, float] = {}  # when its progress was last written
 
     def __repr__(self) -> str:
         return f"<Intake settling={len(self.settler)} waiting_marker={len(self.waiting_marker)}>"
@@ -224,6 +225,8 @@ class Intake:
     def settle(self, turn: Turn) -> None:
         """Drops whose settle window is over: still changing, gone, or complete."""
         now = turn.now
+        if self.hashing:
+            self._hash_progress(turn)
         for key in self.settler.due(now):
             assert isinstance(key, tuple)
             folder = self.folders.get(key[0])
@@ -424,11 +427,28 @@ class Intake:
         turn.tx.update(tr.id, error=f"hashing ({algorithm}) {len(components)} file(s)")
         self.hasher.start(tr.key, self._hash_tokens, algorithm, tr.watch, components, tr.size or 0)
 
+    def _hash_progress(self, turn: Turn) -> None:
+        """How far the hashing of a large drop has come, in its row for ``ingest status``
+        (every few seconds: a row write per block would cost more than it tells)."""
+        assert self.hasher is not None
+        for key, (done, total) in self.hasher.progress().items():
+            tr = self.tracker.drops.get(key)
+            last = self._hash_shown.get(key, 0.0)
+            if tr is None or total < defaults.HASH_PROGRESS_MIN_BYTES:
+                continue
+            if turn.now - last < defaults.HASH_PROGRESS_SECONDS:
+                continue
+            self._hash_shown[key] = turn.now
+            share = min(done / total, 1.0)
+            size = f"{total / 1e9:.1f} GB" if total >= 1e9 else f"{total / 1e6:.0f} MB"
+            turn.tx.update(tr.id, error=f"hashing: {share:.0%} of {size}")
+
     def hashed(self, turn: Turn, done: HashDone) -> None:
         """A drop's checksums (or why there are none): record them, then queue it."""
         if self.hashing.get(done.key) != done.token:
             return  # stale: the drop was hashed again, or memory rebuilt
         del self.hashing[done.key]
+        self._hash_shown.pop(done.key, None)
         tr = self.tracker.drops.get(done.key)
         if tr is None or tr.queued:
             return
