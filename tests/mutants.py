@@ -502,6 +502,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         [
             "tests/test_leases.py::test_fencing_a_stale_epoch_cannot_write_an_intent",
             "tests/test_leases.py::test_a_fenced_write_in_hand_holds_the_lease_until_it_commits",
+            "tests/test_cluster.py::test_a_node_frozen_past_its_lease_submits_nothing_for_the_folders_it_lost",
         ],
         # The lease row is still read (and locked), but a lost folder is let through.
         Edit("    if lost:\n        raise LeaseLost(lost)\n", "    if False:\n        pass\n"),

@@ -24,19 +24,21 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 from .. import defaults
 from ..client import DivaClient
 from ..config import ServiceConfig
-from ..errors import DivaError, LedgerError
+from ..errors import DivaError, DivaUnavailable, LedgerError
+from ..leases import LeaseLost
 from ..ledger import ACTIVE_STATES, Batch, Ledger, State
 from ..rulefiles import RuleBook
 from ..rules import RuleSet
 from .checksums import HashDone, Hasher, Verified
-from .dispatch import Dispatcher, Outcome, Turn
+from .cluster import Membership
+from .dispatch import Dispatcher, Job, Outcome, Turn
 from .drops import Tracked
 from .folders import Folders, Hint
 from .intake import Intake
@@ -80,6 +82,10 @@ class Engine:
             config.rules.paths, config.base_dir, vanish_grace=self.reload_seconds * 1.5
         )
         self.ledger = Ledger.open(config.ledger.url, password=config.ledger.password())
+        #: the folders this node holds, when several share a PostgreSQL ledger
+        self.cluster: Membership | None = None
+        if self.ledger.postgresql:
+            self.cluster = Membership(self.ledger, config.cluster, lambda: self._queue.put(Wake()))
         self.client = client if client is not None else DivaClient.from_config(diva)
         self._queue: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -150,6 +156,9 @@ class Engine:
             len(rules), self.ledger.where, self.client.manager_url,
             diva.poll_seconds, diva.max_in_flight,
         )  # fmt: skip
+        if self.cluster is not None:
+            self.cluster.start([str(w) for w in rules.watch_folders()])
+            self.cluster.adopt()  # what _recover is about to build from
         self._apply_rules(rules, load_settled=False)  # _recover loads them, once
         self._recover()
 
@@ -159,7 +168,7 @@ class Engine:
             return
         if self._needs_recover:
             try:
-                self._recover()
+                (self._regroup if self.cluster is not None else self._recover)()
             except LedgerError as exc:
                 self.monitor.ledger_failed(exc)
                 log.error("ledger still unusable, trying again shortly: %s", exc)
@@ -168,7 +177,15 @@ class Engine:
             self._needs_recover = False
             log.info("ledger writable again: resuming")
         try:
+            if self.cluster is not None and self.cluster.changed():
+                self._regroup()
             self._commit(now, self._step)
+        except LeaseLost as exc:
+            # Nothing of the turn committed; the next turn forgets those folders (not the
+            # next heartbeat).
+            assert self.cluster is not None
+            log.warning("node %s: %s; dropping them", self.cluster.node, exc)
+            self.cluster.lost(sorted(exc.watches))
         except LedgerError as exc:
             # Memory is rebuilt from the ledger once it can be written again.
             self.monitor.ledger_failed(exc)
@@ -181,6 +198,8 @@ class Engine:
         only once that transaction has committed: when the commit fails (LedgerError),
         nothing of the turn is on disk, and none of them happens."""
         with self.ledger.batch() as tx:
+            if self.cluster is not None:
+                self.cluster.fence(tx)  # first: this node's folders cannot move until commit
             turn = Turn(tx, now)
             step(turn)
             commit = self.monitor.commit_starts(tx)
@@ -188,7 +207,30 @@ class Engine:
         for remove in turn.removals:
             remove()
         for job in turn.calls:
+            if self.cluster is not None:
+                job = self._leased(job)
             self.dispatcher.run(self.monitor.timed(job))
+
+    def _leased(self, job: Job[Any]) -> Job[Any]:
+        """``job``, sent only while this node's lease on its folder surely runs."""
+        cluster, inner = self.cluster, job.call
+        assert cluster is not None
+
+        def call(client: DivaClient) -> Any:
+            if not cluster.sendable(job.key[0]):
+                cluster.lost([job.key[0]])  # the engine regroups at once
+                raise DivaUnavailable(f"not sent: the lease on {job.key[0]} ran out")
+            return inner(client)
+
+        return replace(job, call=call)
+
+    def _regroup(self) -> None:
+        """The folders held changed: watch those, and rebuild memory from the ledger (a
+        folder taken over is recovered as after a crash: in-flight rows reconciled)."""
+        if self.cluster is not None:
+            self.cluster.adopt()
+        self._apply_rules(self.book.rules)
+        self._recover()
 
     def _step(self, turn: Turn) -> None:
         self._drain(turn)
@@ -259,6 +301,8 @@ class Engine:
             except LedgerError as exc:
                 log.error("ledger write failed while stopping: %s", exc)
         self.dispatcher.shutdown(wait=False)
+        if self.cluster is not None:
+            self.cluster.stop()
         self.hasher.shutdown()
         self.client.close()
         self.ledger.close()
@@ -298,7 +342,10 @@ class Engine:
         self.tracker.reset()
         self.rules_record.reset()
         counts: dict[str, int] = {}
+        held = None if self.cluster is None else self.cluster.working
         for row in self.ledger.rows(*ACTIVE_STATES):
+            if held is not None and row["watch"] not in held:
+                continue  # another node's folder
             tr = Tracked.from_row(row)
             if self._take(tr, now):
                 counts[tr.state] = counts.get(tr.state, 0) + 1
@@ -334,7 +381,10 @@ class Engine:
 
         Read through this turn's own transaction: a drop this turn just finished is no
         longer in memory, and another connection would still see it waiting."""
+        held = None if self.cluster is None else self.cluster.working
         for row in tx.rows(State.RETRY_WAIT):
+            if held is not None and row["watch"] not in held:
+                continue
             if (row["watch"], row["path"]) not in self.tracker:
                 tr = Tracked.from_row(row)
                 if self._take(tr, now, external=True):
@@ -344,6 +394,10 @@ class Engine:
 
     def _apply_rules(self, rules: RuleSet, *, load_settled: bool = True) -> None:
         wanted = {str(watch): tuple(rs) for watch, rs in rules.watch_folders().items()}
+        if self.cluster is not None:
+            self.cluster.watch(list(wanted))
+            held = self.cluster.working
+            wanted = {w: rs for w, rs in wanted.items() if w in held}
         self.folders.apply(wanted, time.monotonic(), load=load_settled)
 
     def _housekeeping(self, turn: Turn) -> None:

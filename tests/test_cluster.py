@@ -1,0 +1,197 @@
+"""Several ``ingest run`` nodes on one PostgreSQL ledger, against the emulator: they split
+the watch folders, a SIGKILLed node's folders pass to a live one which finishes its
+drops, and a node frozen past its lease submits nothing for the folders it lost. Every
+archive call is judged by the intent check (tests/support/intents.py)."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.deployment import Deployment
+from tests.support.postgres import PASSWORD
+from tests.support.wait import wait_for
+from tests.test_ledger_postgresql import rows, use_postgresql
+
+FOLDERS = ["w1", "w2", "w3", "w4"]
+LEASE = 2.0
+
+
+def _setup(dep: Deployment, pg_url: str, settle: float = 0.5) -> dict[str, str]:
+    """Four watch folders (NAS/w1..w4), one rule each; ``[cluster] lease_seconds`` short."""
+    use_postgresql(dep, pg_url)
+    watches = {}
+    for name in FOLDERS:
+        watch = dep.watch.parent / name
+        watch.mkdir()
+        dep.rule(
+            name, watch=str(watch), file_path_root=f"/{name}", settle_seconds=settle,
+            object_name=f"{name}-{{stem}}",
+        )  # fmt: skip
+        watches[name] = str(watch)
+    text = dep.config_path.read_text() + f"[cluster]\nlease_seconds = {LEASE}\n"
+    dep.config_path.write_text(text)
+    return watches
+
+
+def _leases(url: str) -> dict[str, tuple[str | None, int, bool]]:
+    """watch -> (holder, epoch, live) from PostgreSQL."""
+    target = url.removeprefix("postgresql://")
+    user, _, rest = target.partition("@")
+    hostport, _, dbname = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    with psycopg.connect(
+        host=host, port=int(port), user=user, dbname=dbname, password=PASSWORD
+    ) as conn:
+        try:
+            found = conn.execute(
+                "SELECT watch, holder, epoch, expires_at > EXTRACT(EPOCH FROM now()) FROM leases"
+            ).fetchall()
+        except psycopg.errors.UndefinedTable:
+            return {}
+    return {str(w): (h, int(e), bool(live)) for w, h, e, live in found}
+
+
+def _held_by(url: str, node: str) -> set[str]:
+    return {w for w, (h, _, live) in _leases(url).items() if h == node and live}
+
+
+@contextmanager
+def _node(dep: Deployment, name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("INGEST_NODE", name)
+    proc = dep.daemon(log_name=f"{name}.log")
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+def _drop(watches: dict[str, str], tag: str) -> list[str]:
+    """One file in each folder; returns the object names they will have."""
+    names = []
+    for folder, watch in watches.items():
+        (Path(watch) / f"{tag}.mxf").write_bytes(tag.encode() * 100)
+        names.append(f"{folder}-{tag}")
+    return names
+
+
+def _all_completed(url: str, count: int) -> bool:
+    states = [r["state"] for r in _all_rows(url)] if rows(url) else []
+    return len(states) == count and all(s == "COMPLETED" for s in states)
+
+
+def _all_rows(url: str) -> list[dict[str, Any]]:
+    target = url.removeprefix("postgresql://")
+    user, _, rest = target.partition("@")
+    hostport, _, dbname = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    with psycopg.connect(
+        host=host, port=int(port), user=user, dbname=dbname, password=PASSWORD,
+        row_factory=psycopg.rows.dict_row,
+    ) as conn:  # fmt: skip
+        return conn.execute("SELECT * FROM drops ORDER BY id").fetchall()
+
+
+def _archived_once(dep: Deployment, names: list[str]) -> None:
+    requests = collections.Counter(r["objectName"] for r in dep.archive_requests())
+    assert {n: requests[n] for n in names} == dict.fromkeys(names, 1), requests
+    assert sum(requests.values()) == len(names)
+    assert sorted(o["objectName"] for o in dep.objects()) == sorted(names)
+
+
+def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
+    deployment: Deployment, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = deployment
+    watches = _setup(dep, pg_url)
+    with _node(dep, "alpha", monkeypatch) as alpha:
+        wait_for(lambda: len(_held_by(pg_url, "alpha")) == 4, timeout=60)
+        with _node(dep, "beta", monkeypatch):
+            # beta joins: alpha gives back its excess, they hold two folders each.
+            wait_for(
+                lambda: len(_held_by(pg_url, "alpha")) == len(_held_by(pg_url, "beta")) == 2,
+                timeout=60,
+            )
+            names = _drop(watches, "first")
+            wait_for(lambda: _all_completed(pg_url, 4), timeout=90)
+            # Each node archived the drops of its own folders.
+            by_folder = {r["watch"]: r for r in _all_rows(pg_url)}
+            assert set(by_folder) == set(watches.values())
+
+            # alpha dies with drops of its folders in hand.
+            alphas = _held_by(pg_url, "alpha")
+            dep.knobs(reply_latency=3)  # its answers slow: calls are in flight at the kill
+            names += _drop(watches, "second")
+            wait_for(
+                lambda: any(
+                    r["state"] not in ("DETECTED", "COMPLETED")
+                    for r in _all_rows(pg_url)
+                    if r["watch"] in alphas
+                ),
+                timeout=60,
+            )
+            alpha.send_signal(signal.SIGKILL)
+            alpha.wait(timeout=30)
+            killed = time.monotonic()
+            dep.knobs(reply_latency=0)
+            wait_for(lambda: len(_held_by(pg_url, "beta")) == 4, timeout=30)
+            failover = time.monotonic() - killed
+            # The taker finishes them, reconciling the dead one's in-flight rows with DIVA.
+            wait_for(lambda: _all_completed(pg_url, 8), timeout=120)
+            names += _drop(watches, "third")
+            wait_for(lambda: _all_completed(pg_url, 12), timeout=90)
+    assert failover < LEASE + 10, failover
+    _archived_once(dep, names)
+    epochs = {w: e for w, (_, e, _) in _leases(pg_url).items()}
+    assert all(epochs[watches[f]] >= 2 for f in FOLDERS), epochs  # each passed hands
+    assert dep.intents is not None
+    assert {a.verdict for a in dep.intents.arrivals} == {"ok"}
+
+
+def test_a_node_frozen_past_its_lease_submits_nothing_for_the_folders_it_lost(
+    deployment: Deployment, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = deployment
+    watches = _setup(dep, pg_url, settle=3.0)
+    with _node(dep, "alpha", monkeypatch) as alpha, _node(dep, "beta", monkeypatch):
+        wait_for(
+            lambda: len(_held_by(pg_url, "alpha")) == len(_held_by(pg_url, "beta")) == 2,
+            timeout=60,
+        )
+        alphas = _held_by(pg_url, "alpha")
+        names = _drop(watches, "frozen")
+        # alpha has seen its drops (rows DETECTED, settling): then it freezes.
+        wait_for(lambda: sum(r["watch"] in alphas for r in _all_rows(pg_url)) == 2, timeout=60)
+        alpha.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: len(_held_by(pg_url, "beta")) == 4, timeout=30)
+            wait_for(lambda: _all_completed(pg_url, 4), timeout=90)
+        finally:
+            alpha.send_signal(signal.SIGCONT)
+        # alpha wakes with its drops settled in memory: it must notice the loss at once,
+        # and write nothing for them (a late SKIPPED or SUBMITTING would show below).
+        log = dep.root / "alpha.log"
+        wait_for(lambda: "lease lost on" in log.read_text(), timeout=30)
+        assert alpha.poll() is None  # it runs on, with the folders it gets back
+        more = _drop(watches, "after")
+        wait_for(lambda: _all_completed(pg_url, 8), timeout=90)
+        names += more
+    _archived_once(dep, names)
+    assert dep.intents is not None
+    assert {a.verdict for a in dep.intents.arrivals} == {"ok"}
