@@ -134,7 +134,7 @@ HTTP_STOP_SECONDS = 5.0
 
 # --- [notify] ---------------------------------------------------------------------------
 #: what a notification is sent for (``[notify] events``): every kind
-NOTIFY_EVENTS = ("failed", "rejected", "folder", "stuck", "outage", "rules")
+NOTIFY_EVENTS = ("failed", "rejected", "folder", "stuck", "outage", "rules", "checksum")
 #: what happened in this window goes out as one message, seconds (0: each look's news at once)
 NOTIFY_DIGEST_SECONDS = 60.0
 #: DIVA unreachable this long before it is worth a message, seconds

@@ -198,3 +198,31 @@ def test_a_large_drop_shows_its_hashing_progress_and_is_rate_limited(
     assert json.loads(row["checksums"]) == {"big.mxf": hashlib.sha256(content).hexdigest()}
     # 8 MiB at 2 MB/s (less a 0.1 s burst): settled to submitted takes the hashing's time.
     assert row["submitted_at"] - row["settled_at"] >= 3.0
+
+
+def test_a_mismatch_is_notified_once_until_acknowledged(tmp_path: Path) -> None:
+    from ingest.engine.monitor import Monitor
+    from ingest.ledger import Ledger
+    from ingest.notify.events import Lookout, digest
+
+    ledger_path = tmp_path / "ledger.db"
+    ledger = Ledger.open(f"sqlite:///{ledger_path}")
+    try:
+        with ledger.batch() as tx:
+            drop_id = tx.add(rule="news", watch="/w", path="clip.mxf", state="COMPLETED")
+        lookout = Lookout(Monitor(), ledger_path, events=frozenset({"checksum"}),
+                          outage_after=60, stuck_after=3600)  # fmt: skip
+        assert lookout.look(time.time()) == []
+        mismatch = {"clip.mxf": {"ours": "aa", "diva": "bb"}}
+        with ledger.batch() as tx:
+            tx.update(drop_id, checksum_algo="md5", checksum_mismatch=json.dumps(mismatch))
+        (event,) = lookout.look(time.time())
+        assert event.kind == "checksum" and "DIVA's md5 of clip.mxf differs" in event.line
+        assert f"ingest ledger show {drop_id}" in event.line
+        assert digest([event], host="h")[0] == "ingest on h: 1 checksum mismatch"
+        assert lookout.look(time.time()) == []  # told once
+        with ledger.batch() as tx:
+            tx.update(drop_id, checksum_acked_at=time.time())
+        assert lookout.look(time.time()) == []
+    finally:
+        ledger.close()

@@ -35,6 +35,7 @@ _KINDS = {
     "folder": ("watch folders paused or down", "folder(s) down"),
     "outage": ("DIVA", "DIVA unreachable"),
     "rules": ("rule files", "rule edit refused"),
+    "checksum": ("checksums DIVA reports differently (ingest ledger ack ID)", "checksum mismatch"),
 }
 
 
@@ -77,6 +78,7 @@ class Lookout:
         self._outage_told = False
         self._stuck_told: set[int] = set()
         self._refusal_told: float | None = None  # refused_since of the refusal told
+        self._mismatch_told: set[int] = set()
 
     def __repr__(self) -> str:
         return f"<Lookout {self.ledger}>"
@@ -87,13 +89,15 @@ class Lookout:
         found += self._transitions()
         found += self._folders()
         found += self._outage(now)
-        if "stuck" in self.events or "rules" in self.events:
+        if self.events & {"stuck", "rules", "checksum"}:
             with queries.open_ledger(self.ledger) as conn, queries.errors(self.ledger):
                 with queries.snapshot(conn):
                     _, stuck = queries.stuck(conn, now - self.stuck_after, 1000)
                     rules = queries.rules_state(conn)
+                    _, mismatched = queries.checksum_mismatches(conn, 1000)
             found += self._stuck(stuck)
             found += self._rules(rules)
+            found += self._mismatches(mismatched)
         return [e for e in found if e.kind in self.events]
 
     def _transitions(self) -> list[Event]:
@@ -149,6 +153,20 @@ class Lookout:
             line = _drop_line(row["rule"], row["watch"], row["path"], None, reason, row["id"])
             found.append(Event("stuck", line))
         self._stuck_told = ids
+        return found
+
+    def _mismatches(self, rows: Iterable[Any]) -> list[Event]:
+        """Each drop whose checksums DIVA reports differently, once (until acknowledged)."""
+        found: list[Event] = []
+        ids: set[int] = set()
+        for row in rows:
+            ids.add(row["id"])
+            if row["id"] not in self._mismatch_told:
+                files = ", ".join(sorted(json.loads(row["checksum_mismatch"])))
+                reason = f"archived, but DIVA's {row['checksum_algo']} of {files} differs from ours"
+                line = _drop_line(row["rule"], row["watch"], row["path"], None, reason, row["id"])
+                found.append(Event("checksum", line))
+        self._mismatch_told = ids
         return found
 
     def _rules(self, row: Any) -> list[Event]:
