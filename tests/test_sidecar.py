@@ -275,3 +275,27 @@ def test_a_billion_laughs_sidecar_is_rejected_safely(deployment: Deployment) -> 
     row = dep.wait_state("bomb.mxf", "REJECTED", "COMPLETED", "FAILED")
     assert row["state"] == "REJECTED" and "refused unsafe XML" in row["error"]
     assert (dep.watch / "bomb.mxf").exists() and dep.objects() == []
+
+
+def test_a_lost_answer_for_a_drop_with_its_sidecar_is_reconciled_as_ours(
+    deployment: Deployment,
+) -> None:
+    dep = guide = deployment
+    # DIVA archives clip.mxf and clip.xml as one object and forgets the request; the
+    # answer comes after the client gave up. The object's total size is the two files':
+    # it must still be recognised as ours (the drop's own size is the clip's alone).
+    guide.knobs(reply_latency=2.5, forget_after=0.05)
+    dep.write_config(timeout_seconds=1, max_attempts=3)
+    _sidecar_rule(dep, 'house_id = "xml:/Clip/HouseID"\n', sidecar="{stem}.xml",
+                  object_name="{meta.house_id}")  # fmt: skip
+    sidecar = dep.watch / "clip.xml"
+    sidecar.write_bytes(CLIP_XML)
+    _old(sidecar)
+    (dep.watch / "clip.mxf").write_bytes(os.urandom(20_000))
+    dep.start()
+    row = dep.wait_state("clip.mxf", "COMPLETED", "FAILED", "REJECTED", "SKIPPED", timeout=40)
+    steps = "\n".join(h["detail"] for h in dep.history(row["id"]))
+    assert row["state"] == "COMPLETED", steps
+    assert "holds the object with our components" in steps
+    stats = dep.emulator.stats()["calls"]
+    assert stats.get("POST /manager/requests/archive") == 1, "the archive was sent again"

@@ -192,9 +192,13 @@ class Tracker:
             if tr.submitted_at is not None:
                 since = datetime.fromtimestamp(tr.submitted_at, UTC)
             root = tr.body.get("filePathRoot")
+            # The drop's size is its files' (a sidecar archived with it is not counted):
+            # DIVA's total can be held against it only when the components are those files.
+            components = tr.body["components"]
+            size = tr.size if len(components) == (tr.file_count or 1) else None
             turn.calls.append(dispatch.check(
                 tr.key, self._ask(tr, "check"), tr.object_name, tr.collection,
-                tr.body["components"], since, size=tr.size,
+                components, since, size=size,
                 root=root if isinstance(root, str) and root else None,
             ))  # fmt: skip
             return
