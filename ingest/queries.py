@@ -554,6 +554,29 @@ def watchers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
+def cluster(conn: sqlite3.Connection, now: float) -> tuple[list[Any], list[Any]]:
+    """The nodes on a shared (PostgreSQL) ledger and the folder leases (ingest.leases):
+    (nodes: name, host, pid, heartbeat_at, alive, folders; leases: watch, holder, epoch,
+    live). Liveness is by the database's clock on PostgreSQL (the nodes' own), ``now``
+    elsewhere. Empty on a ledger no node has shared."""
+    if not _has_table(conn, "nodes"):
+        return [], []
+    clock = "CAST(EXTRACT(EPOCH FROM now()) AS DOUBLE PRECISION)" if is_pg(conn) else "?"
+    times = () if is_pg(conn) else (now,)
+    nodes = conn.execute(
+        f"SELECT n.name, n.host, n.pid, n.heartbeat_at, n.expires_at > {clock} AS alive, "  # noqa: S608
+        f"(SELECT count(*) FROM leases l WHERE l.holder = n.name AND l.expires_at > {clock}) "
+        "AS folders FROM nodes n ORDER BY n.name",
+        times * 2,
+    ).fetchall()
+    leases = conn.execute(
+        f"SELECT watch, holder, epoch, expires_at > {clock} AS live FROM leases "  # noqa: S608
+        "ORDER BY watch",
+        times,
+    ).fetchall()
+    return nodes, leases
+
+
 # ---------------------------------------------------------------------------------------
 # rules versions (written by the daemon: ingest.engine.rulestate)
 

@@ -6,6 +6,7 @@ archive call is judged by the intent check (tests/support/intents.py)."""
 from __future__ import annotations
 
 import collections
+import json
 import signal
 import subprocess
 import time
@@ -20,7 +21,7 @@ import pytest
 from tests.support.deployment import Deployment
 from tests.support.postgres import PASSWORD
 from tests.support.wait import wait_for
-from tests.test_ledger_postgresql import rows, use_postgresql
+from tests.test_ledger_postgresql import ingest, rows, use_postgresql
 
 FOLDERS = ["w1", "w2", "w3", "w4"]
 LEASE = 2.0
@@ -108,6 +109,18 @@ def _all_rows(url: str) -> list[dict[str, Any]]:
         return conn.execute("SELECT * FROM drops ORDER BY id").fetchall()
 
 
+def _status_shows_the_split(dep: Deployment, watches: dict[str, str]) -> None:
+    status = ingest(dep, "status", "--json")
+    doc = json.loads(status.stdout)
+    nodes = {n["name"]: n for n in doc["nodes"]}
+    assert sorted(nodes) == ["alpha", "beta"], status.stderr
+    assert all(n["alive"] and len(n["folders"]) == 2 for n in nodes.values())
+    assert sorted(nodes["alpha"]["folders"] + nodes["beta"]["folders"]) == sorted(watches.values())
+    assert doc["unheld_folders"] == [] and doc["healthy"], doc["problems"]
+    text = ingest(dep, "status").stdout
+    assert "nodes:" in text and "alpha" in text and "beta" in text
+
+
 def _archived_once(dep: Deployment, names: list[str]) -> None:
     requests = collections.Counter(r["objectName"] for r in dep.archive_requests())
     assert {n: requests[n] for n in names} == dict.fromkeys(names, 1), requests
@@ -128,6 +141,7 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
                 lambda: len(_held_by(pg_url, "alpha")) == len(_held_by(pg_url, "beta")) == 2,
                 timeout=60,
             )
+            _status_shows_the_split(dep, watches)
             names = _drop(watches, "first")
             wait_for(lambda: _all_completed(pg_url, 4), timeout=90)
             # Each node archived the drops of its own folders.
@@ -157,6 +171,11 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
             names += _drop(watches, "third")
             wait_for(lambda: _all_completed(pg_url, 12), timeout=90)
     assert failover < LEASE + 10, failover
+    # Both gone (beta stopped cleanly, giving its folders back): status says so.
+    status = ingest(dep, "status", "--json")
+    doc = json.loads(status.stdout)
+    assert [(n["name"], n["alive"]) for n in doc["nodes"]] == [("alpha", False), ("beta", False)]
+    assert sorted(doc["unheld_folders"]) == sorted(watches.values())
     _archived_once(dep, names)
     epochs = {w: e for w, (_, e, _) in _leases(pg_url).items()}
     assert all(epochs[watches[f]] >= 2 for f in FOLDERS), epochs  # each passed hands

@@ -113,6 +113,7 @@ def collect(
         watcher_rows = queries.watchers(conn)
         rules_row = queries.rules_state(conn)
         mismatch_count, mismatched = queries.checksum_mismatches(conn, SHOWN)
+        node_rows, lease_rows = queries.cluster(conn, now)
     states = dict.fromkeys(queries.STATES, 0)
     rules: dict[str, dict[str, int]] = {}
     for state, rule, count in pairs:
@@ -129,7 +130,14 @@ def collect(
         }
         for w in watcher_rows
     ]
+    nodes, unheld = cluster_doc(node_rows, lease_rows)
     problems = []
+    if unheld and any(n["alive"] for n in nodes):
+        problems.append(
+            f"{len(unheld)} watch folder(s) with no live node holding them: "
+            + ", ".join(unheld)
+            + " (a node taking them over, or a folder no node's rules name any more)"
+        )
     if failed_count:
         problems.append(f"{failed_count} drop(s) failed in the last 24 h")
     for w in watchers:
@@ -181,6 +189,8 @@ def collect(
             "requests": [queries.drop_record(r) for r in stuck],
         },
         "watchers": watchers,
+        "nodes": nodes,
+        "unheld_folders": unheld,
         "rules_in_force": in_force,
         "checksum_mismatches": {
             "count": mismatch_count,
@@ -193,10 +203,35 @@ def collect(
         "failed": failed,
         "flying": flying,
         "watchers": watcher_rows,
+        "nodes": node_rows,
         "stuck": stuck,
         "rules": rules_row,
     }
     return doc, raw
+
+
+def cluster_doc(
+    node_rows: list[Any], lease_rows: list[Any]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The nodes sharing the ledger (each with the folders it holds) and the folders no
+    live node holds; both empty on a single node's ledger."""
+    held: dict[str, list[str]] = {}
+    for lease in lease_rows:
+        if lease["live"] and lease["holder"] is not None:
+            held.setdefault(lease["holder"], []).append(lease["watch"])
+    nodes = [
+        {
+            "name": n["name"],
+            "host": n["host"],
+            "pid": n["pid"],
+            "last_heartbeat": iso_utc(n["heartbeat_at"]),
+            "alive": bool(n["alive"]),
+            "folders": held.get(n["name"], []),
+        }
+        for n in node_rows
+    ]
+    unheld = [lease["watch"] for lease in lease_rows if not lease["live"]]
+    return nodes, unheld
 
 
 def rules_doc(row: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -407,6 +442,29 @@ def _print(
             echo("  " + line)
     else:
         echo("watchers: none recorded (has `ingest run` started?)")
+
+    if doc["nodes"]:
+        echo("")
+        echo("nodes:")
+        columns = [
+            Column("NODE", min=6),
+            Column("HOST", min=6),
+            Column("LAST HEARTBEAT", min=19, max=19),
+            Column("STATE", min=5, colour=True),
+            Column("FOLDERS", min=8, cut="left"),
+        ]
+        rows = []
+        for n, r in zip(doc["nodes"], raw["nodes"], strict=True):
+            beat = local_time(r["heartbeat_at"], seconds=True)
+            state = "alive" if n["alive"] else "gone"
+            folders = n["folders"] or ["-"]
+            # One line a folder: paths are long, and the node's held set is the point.
+            rows.append([n["name"], n["host"], beat, state, folders[0]])
+            rows.extend(["", "", "", "", folder] for folder in folders[1:])
+        for line in render_table(columns, rows, width=width - 2, colour=colour):
+            echo("  " + line)
+        for watch in doc["unheld_folders"]:
+            echo("  " + style("!", colour, "FAIL") + f" {watch}: no live node holds it")
 
     rules, row = doc["rules_in_force"], raw["rules"]
     if rules is not None:
