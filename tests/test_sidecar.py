@@ -122,6 +122,20 @@ def test_meta_fields_fill_templates_and_the_sidecar_is_a_component(tmp_path: Pat
     assert wide.try_path(tmp_path / "clip.mxf").outcome == "match"
 
 
+def test_a_folder_drops_sidecar_is_inside_it_and_archived_once(tmp_path: Path) -> None:
+    rule = _rule(tmp_path, mode="folder", match=("*",), sidecar="{folder}.xml",
+                 object_name="{meta.house_id}")  # fmt: skip
+    members = ("REEL/REEL.xml", "REEL/f1.dpx", "REEL/f2.dpx")
+    drop = Drop("news", str(tmp_path), "REEL", "folder", 3, 0, 3, members)
+    assert rule.sidecar_path(drop) == tmp_path / "REEL" / "REEL.xml"
+    body = build_archive_body(rule, drop, meta={"house_id": "H"}, sidecar="REEL/REEL.xml")
+    assert body["components"] == ["REEL/f1.dpx", "REEL/f2.dpx", "REEL/REEL.xml"]
+    kept = _rule(tmp_path, mode="folder", match=("*",), sidecar="{folder}.xml",
+                 object_name="{meta.house_id}", archive_sidecar=False)  # fmt: skip
+    body = build_archive_body(kept, drop, meta={"house_id": "H"}, sidecar="REEL/REEL.xml")
+    assert body["components"] == ["REEL/f1.dpx", "REEL/f2.dpx"]
+
+
 def test_unknown_meta_field_is_a_template_error(tmp_path: Path) -> None:
     with pytest.raises(TemplateError, match="no sidecar field 'title'"):
         _rule(tmp_path, object_name="{meta.title}")
@@ -280,11 +294,11 @@ def test_a_billion_laughs_sidecar_is_rejected_safely(deployment: Deployment) -> 
 def test_a_lost_answer_for_a_drop_with_its_sidecar_is_reconciled_as_ours(
     deployment: Deployment,
 ) -> None:
-    dep = guide = deployment
+    dep = deployment
     # DIVA archives clip.mxf and clip.xml as one object and forgets the request; the
     # answer comes after the client gave up. The object's total size is the two files':
     # it must still be recognised as ours (the drop's own size is the clip's alone).
-    guide.knobs(reply_latency=2.5, forget_after=0.05)
+    dep.knobs(reply_latency=2.5, forget_after=0.05)
     dep.write_config(timeout_seconds=1, max_attempts=3)
     _sidecar_rule(dep, 'house_id = "xml:/Clip/HouseID"\n', sidecar="{stem}.xml",
                   object_name="{meta.house_id}")  # fmt: skip
