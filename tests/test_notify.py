@@ -300,3 +300,23 @@ def test_a_refused_rule_edit_is_notified_and_shown_by_ingest_rules_refused(
             dep.rule(collection="FIXED")
             wait_for(lambda: refused(0), timeout=30)
             assert len(box.received()) == 1  # the fix is no alarm
+
+
+def test_the_sender_drops_the_oldest_when_full_and_what_is_left_at_stop() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from ingest import defaults
+    from ingest.notify.sender import Message, Sender
+
+    registry = CollectorRegistry()
+    # Not started: nothing leaves, so the queue fills.
+    sender = Sender(("json://127.0.0.1:9/a", "json://127.0.0.1:9/b"), registry)
+    for i in range(defaults.NOTIFY_QUEUE_MESSAGES + 3):
+        sender.put(Message(f"m{i}", "body"))
+
+    def dropped() -> float | None:
+        return registry.get_sample_value("ingest_notifications_total", {"outcome": "dropped"})
+
+    assert dropped() == 3 * 2  # the 3 oldest, for each of the 2 URLs
+    sender.stop(within=0)
+    assert dropped() == (defaults.NOTIFY_QUEUE_MESSAGES + 3) * 2

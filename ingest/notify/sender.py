@@ -98,8 +98,11 @@ class Sender:
         """Send what is queued for at most ``within`` seconds more, then drop the rest."""
         self._deadline = time.monotonic() + within
         self._stopping.set()
-        self._thread.join(within + 1)
+        if self._thread.ident is not None:  # started
+            self._thread.join(within + 1)
         left = self._queue.qsize()
+        if left:
+            self.counts.labels("dropped").inc(left * len(self._targets))
         if left or self._thread.is_alive():
             log.warning("stopping: %d notification(s) not sent", left + self._thread.is_alive())
         logging.getLogger("apprise").removeFilter(self._scrub)
@@ -118,9 +121,11 @@ class Sender:
     def _send(self, name: str, target: apprise.Apprise, message: Message) -> None:
         kind = apprise.NotifyType.FAILURE if message.alarm else apprise.NotifyType.INFO
         wait = self.retry_seconds
+        tries = 0
         for attempt in range(1, self.attempts + 1):
             if self._past_deadline():
                 break
+            tries = attempt
             try:
                 sent = target.notify(
                     body=message.body, title=message.title, notify_type=kind,
@@ -145,7 +150,7 @@ class Sender:
                 break
             wait *= 2
         self.counts.labels("dropped").inc()
-        log.error("notification to %s dropped after %d tries: %s", name, attempt, message.title)
+        log.error("notification to %s dropped after %d tries: %s", name, tries, message.title)
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
