@@ -429,3 +429,52 @@ def ack(ids: tuple[int, ...], config_path: Path | None) -> None:
             click.echo(f"drop {drop_id}: no unacknowledged checksum mismatch", err=True)
     if len(todo) != len(rows):
         raise SystemExit(1)
+
+
+@ledger.command()
+@click.option(
+    "--to",
+    "to_url",
+    required=True,
+    metavar="URL",
+    help="The PostgreSQL ledger to fill: postgresql://USER@HOST:PORT/DB (an empty database).",
+)
+@click.option(
+    "--password-env",
+    metavar="NAME",
+    help="The environment variable holding the PostgreSQL password.",
+)
+@click.option(
+    "--password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file (owner-only) holding the PostgreSQL password.",
+)
+@config_option
+def copy(
+    to_url: str, password_env: str | None, password_file: Path | None, config_path: Path | None
+) -> None:
+    """Copy this config's SQLite ledger into an empty PostgreSQL ledger.
+
+    For a move from one machine to several nodes sharing PostgreSQL: stop `ingest run`
+    first (a running daemon refuses the copy), copy, then point every node's [ledger]
+    url at the PostgreSQL. Every drop keeps its id and history; the copy commits whole
+    or not at all, and each table's rows are counted on both sides.
+
+    \b
+    Example:
+      PGPASS=... ingest ledger copy --to postgresql://ingest@db1:5432/ingest \\
+          --password-env PGPASS
+    """
+    from ..config import find_config, load_config
+    from ..ledgercopy import copy_ledger
+    from ..ledgerurl import redact
+    from ..passwords import read_password
+
+    config = load_config(find_config(config_path), warn=False)
+    source = config.ledger.path
+    if source is None:
+        raise click.UsageError("ledger copy: this config's [ledger] is not an SQLite file")
+    password = read_password("ledger copy", password_env, password_file)
+    copied = copy_ledger(source, to_url, password, config.cluster.node_name())
+    parts = ", ".join(f"{n:,} {table}" for table, n in copied.counts.items())
+    click.echo(f"copied {source} into {redact(to_url)}: {parts}")
