@@ -142,6 +142,13 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
                 timeout=60,
             )
             _status_shows_the_split(dep, watches)
+            # A second live node named alpha is refused, naming the first; nothing moves.
+            monkeypatch.setenv("INGEST_NODE", "alpha")
+            twin = dep.daemon(log_name="twin.log")
+            assert twin.wait(timeout=60) == 8
+            refusal = (dep.root / "twin.log").read_text()
+            assert f'node name "alpha" is taken by a live node (pid {alpha.pid} on host' in refusal
+            _status_shows_the_split(dep, watches)
             names = _drop(watches, "first")
             wait_for(lambda: _all_completed(pg_url, 4), timeout=90)
             # Each node archived the drops of its own folders.
