@@ -521,7 +521,11 @@ def load_config(path: Path | str | None, *, warn: bool = True) -> ServiceConfig:
     rule_paths = tuple(_resolve(base, p) for p in given_paths)
     engine = values.get("engine", {})
     http = _http(values.get("http", {}), path, line_of, problems, warnings)
-    notify = _notify(values.get("notify", {}), "notify" in doc, path, line_of, problems)
+    # The read-only commands (warn=False) need only the ledger: they do not pay for
+    # Apprise's plugins (most of a second) to check URLs they never send to.
+    notify = _notify(
+        values.get("notify", {}), "notify" in doc, path, line_of, problems, check_urls=warn
+    )
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         count = len(errors)
@@ -612,6 +616,8 @@ def _notify(
     path: Path,
     line_of: Callable[[str, str | None], int | None],
     problems: list[Problem],
+    *,
+    check_urls: bool = True,
 ) -> NotifyConfig | None:
     """``[notify]``: None unless the section is there. Each URL must be one Apprise can
     send to; a problem names it by its place in the list, never by its text (it may hold
@@ -627,7 +633,7 @@ def _notify(
     if "urls" in values and not urls:
         problem("urls", "is empty: give at least one Apprise URL, or remove [notify]")
     bad = False
-    for index, url in enumerate(urls):
+    for index, url in enumerate(urls if check_urls else ()):
         message = url_problem(url)
         if message:
             problem("urls", f"urls[{index}]: {message}")

@@ -42,7 +42,7 @@ def run(config_path: str | None, until_idle: bool) -> None:
       DIVA_PASSWORD=... ingest --log-format json run --until-idle
     """
     from ..engine import Engine
-    from ..notify import notifying
+    from ..notify.notifier import notifying
     from ..web import serve
 
     config = load_config(find_config(config_path, required=True))

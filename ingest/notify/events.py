@@ -18,12 +18,14 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import defaults, queries
-from ..engine.monitor import Monitor
 from ..follow import Follower
 from ..report import ago_span, iso_utc
+
+if TYPE_CHECKING:
+    from ..engine.monitor import Monitor
 
 __all__ = ["Event", "Lookout", "digest"]
 
