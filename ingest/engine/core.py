@@ -225,12 +225,22 @@ class Engine:
         return replace(job, call=call)
 
     def _regroup(self) -> None:
-        """The folders held changed: watch those, and rebuild memory from the ledger (a
-        folder taken over is recovered as after a crash: in-flight rows reconciled)."""
-        if self.cluster is not None:
-            self.cluster.adopt()
+        """The folders held changed: watch those, and read a folder taken over from the
+        ledger as after a crash (its in-flight rows reconciled with DIVA first). A folder
+        lost rebuilds all of memory, as after a ledger failure: nothing of it may stay."""
+        before = {} if self.cluster is None else dict(self.cluster.working)
+        after = {} if self.cluster is None else self.cluster.adopt()
+        lost = any(after.get(w) != epoch for w, epoch in before.items())
         self._apply_rules(self.book.rules)
-        self._recover()
+        if lost or self.cluster is None:
+            self._recover()
+            return
+        # Only gains: the folders kept, and their calls in flight, are left alone.
+        gained = {w for w, epoch in after.items() if before.get(w) != epoch}
+        now = time.monotonic()
+        for row in self.ledger.rows(*ACTIVE_STATES):
+            if row["watch"] in gained:
+                self._take(Tracked.from_row(row), now)
 
     def _step(self, turn: Turn) -> None:
         self._drain(turn)
