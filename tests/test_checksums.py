@@ -226,3 +226,33 @@ def test_a_mismatch_is_notified_once_until_acknowledged(tmp_path: Path) -> None:
         assert lookout.look(time.time()) == []
     finally:
         ledger.close()
+
+
+def test_a_file_changed_while_hashed_settles_again_and_is_hashed_anew(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest import defaults
+
+    dep = deployment
+    monkeypatch.setattr(defaults, "HASH_PROGRESS_MIN_BYTES", 1024 * 1024)
+    monkeypatch.setattr(defaults, "HASH_PROGRESS_SECONDS", 0.2)
+    with dep.config_path.open("a") as f:
+        f.write("hash_mb_per_second = 2\n")  # 8 MiB: about 4 s of hashing
+    dep.rule(checksum="md5")
+    path = dep.watch / "grow.mxf"
+    content = os.urandom(8 * 1024 * 1024)
+    path.write_bytes(content)
+    dep.start()
+
+    def hashing() -> bool:
+        rows = dep.rows("grow.mxf")
+        return bool(rows) and (rows[-1]["error"] or "").startswith("hashing: ")
+
+    wait_for(hashing, timeout=30)
+    with path.open("ab") as f:  # a copy that was not over after all
+        f.write(b"the rest")
+    row = dep.wait_state("grow.mxf", "COMPLETED", "FAILED", "REJECTED", timeout=60)
+    assert row["state"] == "COMPLETED", row["error"]
+    assert row["size"] == len(content) + len(b"the rest")
+    final = hashlib.md5(content + b"the rest").hexdigest()
+    assert json.loads(row["checksums"]) == {"grow.mxf": final}
