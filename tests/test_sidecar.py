@@ -313,3 +313,22 @@ def test_a_lost_answer_for_a_drop_with_its_sidecar_is_reconciled_as_ours(
     assert "holds the object with our components" in steps
     stats = dep.emulator.stats()["calls"]
     assert stats.get("POST /manager/requests/archive") == 1, "the archive was sent again"
+
+
+def test_rules_explain_prints_the_fields(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ingest.cli import main
+
+    watch = tmp_path / "w"
+    watch.mkdir()
+    rules = _write_rules(tmp_path, RULE.format(watch=watch, extra=""))
+    (watch / "clip.mxf").write_bytes(b"x")
+    (watch / "clip.xml").write_bytes(CLIP_XML)
+    with pytest.raises(SystemExit) as exited:
+        main(["rules", "explain", "--rules", str(rules), str(watch / "clip.mxf")])
+    out = capsys.readouterr().out
+    assert exited.value.code in (0, None), out
+    assert f"sidecar: {watch / 'clip.xml'} (present, archived with the drop)" in out
+    assert "{meta.house_id} <- xml:/Clip/HouseID: 'HX-0042'" in out
+    assert '"objectName": "HX-0042"' in out
