@@ -177,6 +177,9 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
             wait_for(lambda: _all_completed(pg_url, 8), timeout=120)
             names += _drop(watches, "third")
             wait_for(lambda: _all_completed(pg_url, 12), timeout=90)
+    print(
+        f"failover: beta held all 4 folders {failover:.1f} s after the SIGKILL (lease {LEASE:g} s)"
+    )
     assert failover < LEASE + 10, failover
     # Both gone (beta stopped cleanly, giving its folders back): status says so.
     status = ingest(dep, "status", "--json")
