@@ -42,6 +42,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 from .errors import ConfigError, LedgerError
 from .ledgerurl import is_postgresql, postgres_target, postgresql_sql, redact
 from .schema import (
+    FILES_REMAIN,
     MIGRATIONS,
     SCHEMA_MIGRATIONS_DDL,
     DropRow,
@@ -462,22 +463,27 @@ class Ledger:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def settled_by_path(self, watch: str) -> dict[str, tuple[int, int] | None]:
-        """What the ledger settled under ``watch``: path -> (size, mtime_ns) of the path's
-        newest drop when that drop is final, None while it is still active.
+        """What the ledger settled under ``watch`` whose files may remain: path -> (size,
+        mtime_ns) of the path's newest drop when that drop is final, None while it is
+        still active.
 
         What a scan compares the filesystem with: a file whose (size, mtime) equals its
-        entry was archived, rejected or failed as it is, and needs no second look. Plain
-        tuples, shaped like :func:`ingest.watch.scan`'s, to stay small and quick for
-        hundreds of thousands of files.
+        entry was archived, rejected or failed as it is, and needs no second look. A path
+        whose newest drop was COMPLETED with its files deleted has no entry: a file there
+        now is a new drop. Read through the partial index of drops whose files remain,
+        so a start-up costs the present, not the ledger's history. Plain tuples, shaped
+        like :func:`ingest.watch.scan`'s, to stay small and quick for many files.
         """
         final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATES))
         with self._reading() as conn:
             raw = conn.connection.driver_connection
             # The plain DBAPI cursor: SQLAlchemy's per-row processing doubles the cost of
-            # a start-up over a few hundred thousand known paths.
+            # a start-up over a few hundred thousand known paths. An older drop at a path
+            # whose newest one left no files is no longer what is on disk: left out.
             sql = (
-                f"SELECT path, state IN ({final}), size, mtime_ns FROM drops "  # noqa: S608
-                "WHERE watch = ? ORDER BY id"
+                f"SELECT path, state IN ({final}), size, mtime_ns FROM drops d "  # noqa: S608
+                f"WHERE watch = ? AND ({FILES_REMAIN}) AND NOT EXISTS (SELECT 1 FROM drops n "
+                "WHERE n.watch = d.watch AND n.path = d.path AND n.id > d.id) ORDER BY id"
             )
             if not isinstance(raw, sqlite3.Connection):
                 sql = postgresql_sql(sql)

@@ -165,6 +165,12 @@ class Folders(Mapping[str, Folder]):
         if (settled := self.settled.get(watch)) is not None:
             settled[path] = sig
 
+    def forget(self, watch: str, path: str) -> None:
+        """A drop at ``path`` is final and its files are gone: nothing is left to compare
+        a scan with (a file there later is a new drop), so memory keeps no entry."""
+        if (settled := self.settled.get(watch)) is not None:
+            settled.pop(path, None)
+
     # -- watchers ---------------------------------------------------------------------
 
     def apply(
@@ -290,6 +296,8 @@ class Folders(Mapping[str, Folder]):
                 )  # fmt: skip
         folder.unreadable = set(result.errors)
         files = result.files
+        # Files that matched no rule and have left since: their names need no memory.
+        folder.unmatched.intersection_update(files.keys() | result.skipped.keys())
         previous = folder.last_files
         if previous is not None and all(r.mode == "file" for r in folder.rules):
             # Polling an idle share: only what changed since the last cycle needs a look.

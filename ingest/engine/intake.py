@@ -496,15 +496,28 @@ class Intake:
         log.info("%s %s: changed after it settled; settling again", tr.rule, tr.path)
         return False
 
+    def _shed_hints(self, tr: Tracked) -> None:
+        """Forget the watcher's paths that pointed at a drop whose files are gone."""
+        if tr.kind == "file":
+            self._hinted.pop(os.path.join(tr.watch, tr.path), None)
+            return
+        for path in [p for p, (key, _) in self._hinted.items() if key == tr.key]:
+            del self._hinted[path]
+
     def finished(self, turn: Turn, tr: Tracked) -> None:
         """A drop reached a final state: it leaves memory, the settled index keeps it."""
         self.waiting_marker.discard(tr.key)
         self.waiting_sidecar.pop(tr.key, None)
         self.hashing.pop(tr.key, None)
         self.settler.forget(tr.key)
-        size, mtime = tr.size, tr.mtime_ns
-        final = None if size is None or mtime is None else (size, mtime)
-        self.folders.remember(tr.watch, tr.path, final)
+        if tr.state == State.COMPLETED and tr.source_deleted:
+            # Its files are gone: memory keeps nothing of it (nor does a start-up read it).
+            self.folders.forget(tr.watch, tr.path)
+            self._shed_hints(tr)
+        else:
+            size, mtime = tr.size, tr.mtime_ns
+            final = None if size is None or mtime is None else (size, mtime)
+            self.folders.remember(tr.watch, tr.path, final)
         self._fileset_waiting.pop(tr.key, None)
         # (a file set's manifest is its ready marker: removed once COMPLETED, as DIVA
         # keeps the files it was not asked to delete)
