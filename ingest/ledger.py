@@ -511,6 +511,9 @@ class Ledger:
 
 def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cursor = dbapi_conn.cursor()
+    # Freed pages go back to the filesystem after a prune (ingest.prune); a no-op on a
+    # ledger made before, which keeps them for reuse until one full VACUUM.
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     # WAL lets the CLI read while the daemon writes; FULL makes a committed intent survive
     # a power cut, which is what stops a second archive of the same drop.
     cursor.execute("PRAGMA journal_mode=WAL")

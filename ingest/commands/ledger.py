@@ -1,4 +1,4 @@
-"""``ingest ledger list|show|export``: what happened to each drop, read from the ledger."""
+"""``ingest ledger list|show|export|prune``: what happened to each drop, read from the ledger."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from ..report import (
     use_colour,
     write_records,
 )
+from ..states import FINAL_STATES
 
 __all__ = ["ledger"]
 
@@ -385,6 +386,95 @@ def export(
         with output.open("w", encoding="utf-8", newline="") as out:
             count = write_records(records, fmt, queries.RECORD_FIELDS, out)
         click.echo(f"exported {count:,} drop{'s' if count != 1 else ''} to {output}", err=True)
+
+
+@ledger.command()
+@click.option(
+    "--before",
+    required=True,
+    metavar="WHEN",
+    help="Drops finished before then: 90d (ago), or an ISO date or time.",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(sorted(FINAL_STATES), case_sensitive=False),
+    help="Only drops in this final state (repeatable; default: every final state).",
+)
+@click.option(
+    "--export",
+    "export_to",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The new file the pruned drops are written to first: .csv or .jsonl.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be pruned; change nothing.")
+@click.option(
+    "--vacuum",
+    is_flag=True,
+    help="SQLite: rebuild the ledger once for incremental vacuum (stop the daemon first).",
+)
+@config_option
+def prune(
+    before: str,
+    states: tuple[str, ...],
+    export_to: Path | None,
+    dry_run: bool,
+    vacuum: bool,
+    config_path: Path | None,
+) -> None:
+    """Remove old final drops and their history, exporting them to a file first.
+
+    Never an active drop, nor one with a file still in its watch folder (kept and
+    counted), nor one with an unacknowledged checksum mismatch. The export is written
+    and fsynced before anything is deleted; deletion runs in small transactions, so a
+    running daemon is not held up. Freed space goes back to the filesystem (SQLite:
+    incremental vacuum, for ledgers made by this version or after one --vacuum).
+
+    \b
+    Example:
+      ingest ledger prune --before 365d --dry-run
+      ingest ledger prune --before 2025-01-01 --export 2024.jsonl
+    """
+    from .. import prune as retention
+    from ..ledger import Ledger
+
+    if not dry_run and export_to is None:
+        raise click.UsageError("--export FILE is required (or --dry-run)")
+    if export_to is not None:
+        try:
+            retention.export_format(export_to)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        if export_to.exists():
+            raise click.UsageError(f"{export_to} exists: the export goes to a new file")
+    cutoff = parse_when(before)
+    path = queries.ledger_path(config_path)
+    password = None if isinstance(path, Path) else path.password
+    with queries.errors(path):
+        store = Ledger.open(queries.ledger_url(path), migrate=False, password=password)
+        try:
+            if vacuum and not dry_run:
+                retention.full_vacuum(store)
+            done = retention.prune(
+                store,
+                before=cutoff,
+                export=export_to,
+                states=[s.upper() for s in states],
+                dry_run=dry_run,
+            )
+        finally:
+            store.close()
+    s = "s" if done.exported != 1 else ""
+    if done.dry_run:
+        click.echo(f"would prune {done.exported:,} drop{s} finished before {iso_utc(cutoff)}")
+    else:
+        click.echo(
+            f"exported {done.exported:,} drop{s} to {export_to}; removed {done.deleted:,} "
+            f"and {done.transitions:,} transitions ({done.vacuum})"
+        )
+    if done.kept_files_remain:
+        click.echo(f"kept {done.kept_files_remain:,} old drop(s) whose files remain", err=True)
 
 
 @ledger.command()
