@@ -92,6 +92,10 @@ class LedgerConfig:
     url: str = defaults.LEDGER_URL
     password_env: str | None = None
     password_file: Path | None = None
+    #: ``keep_days``: the daemon prunes final drops older than this (ingest.prune); off
+    #: when None. Each prune's export goes to a new file in ``keep_export_dir``.
+    keep_days: float | None = None
+    keep_export_dir: Path | None = None
 
     @property
     def path(self) -> Path | None:
@@ -403,6 +407,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
             Field("url", "str", defaults.LEDGER_URL, check=_ledger_url),
             Field("password_env", "str", None, check=_non_empty),
             Field("password_file", "str", None, check=_non_empty),
+            Field("keep_days", "number", None, check=_positive),
+            Field("keep_export_dir", "str", None, check=_non_empty),
         ]
     },
     "cluster": {
@@ -659,6 +665,14 @@ def _ledger(
 ) -> LedgerConfig:
     url = values.get("url", defaults.LEDGER_URL)
     env, file = values.get("password_env"), values.get("password_file")
+    keep_days, keep_dir = values.get("keep_days"), values.get("keep_export_dir")
+    days = None if keep_days is None else float(keep_days)
+    export_dir = None if keep_dir is None else _resolve(base, keep_dir)
+    if keep_days is not None and keep_dir is None:
+        why = "needs keep_export_dir: what is pruned is exported there first"
+        problems.append(
+            Problem(why, path, line_of("ledger", "keep_days"), section="ledger", key="keep_days")
+        )
     if not is_postgresql(url):
         rest = url.removeprefix("sqlite:///")
         if rest != ":memory:":
@@ -667,7 +681,7 @@ def _ledger(
             key = "password_env" if env is not None else "password_file"
             why = "is for a PostgreSQL ledger: an SQLite ledger has no password"
             problems.append(Problem(why, path, line_of("ledger", key), section="ledger", key=key))
-        return LedgerConfig(url)
+        return LedgerConfig(url, keep_days=days, keep_export_dir=export_dir)
     password_file = None if file is None else _resolve(base, file)
     message: str | None = None
     if env is not None and file is not None:
@@ -677,7 +691,7 @@ def _ledger(
     if message:
         line = line_of("ledger", "password_file")
         problems.append(Problem(message, path, line, section="ledger", key="password_file"))
-    return LedgerConfig(url, env, password_file)
+    return LedgerConfig(url, env, password_file, days, export_dir)
 
 
 def _diva(

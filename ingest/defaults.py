@@ -50,6 +50,9 @@ DIVA_LIST_MARGIN_SECONDS = 3600.0
 # --- [ledger] ---------------------------------------------------------------------------
 #: SQLite ledger; a relative path is resolved against the config file's folder
 LEDGER_URL = "sqlite:///ingest.db"
+#: [ledger] keep_days: the daemon's first prune this long after it starts, then one per period
+LEDGER_PRUNE_FIRST_SECONDS = 60.0
+LEDGER_PRUNE_EVERY_SECONDS = 86_400.0
 #: [cluster] lease_seconds: how long a node holds a watch folder without renewing
 CLUSTER_LEASE_SECONDS = 15.0
 

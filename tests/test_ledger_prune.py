@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from ingest import prune as retention
+from ingest.config import load_config
+from ingest.engine.retention import Retention
 from ingest.ledger import Ledger
 
 from .support.ledgers import invoke, write_config
@@ -135,3 +137,30 @@ def test_status_shows_the_ledger_size_and_rows(ledger: Ledger, tmp_path: Path) -
     _drop(ledger, tmp_path, "a.mxf", "COMPLETED", 1, source_deleted=True)
     size, drops, steps = retention.ledger_size(ledger)
     assert size > 0 and (drops, steps) == (1, 2)
+
+
+def test_keep_days_needs_an_export_dir(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "keep_days = 90\n")
+    result = invoke("status", "--config", str(config))
+    assert result.exit_code != 0 and "keep_export_dir" in result.output
+
+
+def test_the_daemon_prunes_by_keep_days(ledger: Ledger, tmp_path: Path) -> None:
+    write_config(tmp_path, 'keep_days = 30\nkeep_export_dir = "pruned"\n')
+    config = load_config(tmp_path / "ingest.toml")
+    assert config.ledger.keep_days == 30 and config.ledger.keep_export_dir == tmp_path / "pruned"
+    old = _drop(ledger, tmp_path, "old.mxf", "COMPLETED", 40, source_deleted=True)
+    recent = _drop(ledger, tmp_path, "new.mxf", "COMPLETED", 10, source_deleted=True)
+    keeper = Retention(config.ledger, now=0.0, first=5.0, every=100.0)
+    keeper.tick(4.0)
+    keeper.join()
+    assert keeper.last is None  # not yet due
+    keeper.tick(5.0)
+    keeper.join()
+    assert keeper.last == "removed 1"
+    [export] = (tmp_path / "pruned").iterdir()
+    assert [json.loads(line)["id"] for line in export.read_text().splitlines()] == [old]
+    assert _ids(ledger) == {recent}
+    keeper.tick(50.0)  # the next is a period later
+    keeper.join()
+    assert len(list((tmp_path / "pruned").iterdir())) == 1

@@ -172,6 +172,7 @@ def collect(
     ]
     doc = {
         "ledger": str(path),
+        "ledger_bytes": ledger_bytes(conn, path),
         "now": iso_utc(now),
         "healthy": not problems,
         "problems": problems,
@@ -208,6 +209,26 @@ def collect(
         "rules": rules_row,
     }
     return doc, raw
+
+
+def ledger_bytes(conn: sqlite3.Connection, path: Path | queries.LedgerAt) -> int | None:
+    """The ledger's size on disk: an SQLite file with its WAL, or the PostgreSQL
+    database; None when it cannot be told (pruning is what makes it smaller)."""
+    try:
+        if queries.is_pg(conn):
+            return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
+        if isinstance(path, Path):
+            return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    except (OSError, sqlite3.Error):
+        pass
+    return None
+
+
+def _bytes(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 def cluster_doc(
@@ -307,7 +328,8 @@ def _print(
     verdict = "healthy" if doc["healthy"] else "NEEDS ATTENTION"
     head = style(verdict, colour, "OK" if doc["healthy"] else "FAIL", bold=True)
     echo(f"{head}: {total:,} drop{'s' if total != 1 else ''} in the ledger")
-    echo(f"ledger: {doc['ledger']}")
+    size = doc.get("ledger_bytes")
+    echo(f"ledger: {doc['ledger']}" + ("" if size is None else f" ({_bytes(size)})"))
     for problem in doc["problems"]:
         echo("  " + style("!", colour, "FAIL") + " " + problem)
 

@@ -43,6 +43,7 @@ from .drops import Tracked
 from .folders import Folders, Hint
 from .intake import Intake
 from .monitor import Monitor
+from .retention import Retention
 from .rulestate import RulesRecord
 from .submissions import Tracker
 
@@ -119,6 +120,7 @@ class Engine:
         self._needs_recover = False
         #: what the status page and /metrics read (ingest.web); never waits for this loop
         self.monitor = Monitor()
+        self.retention = Retention(config.ledger, time.monotonic())  # [ledger] keep_days
 
     def __repr__(self) -> str:
         return f"<Engine folders={len(self.folders)} live={len(self.tracker.drops)}>"
@@ -314,6 +316,7 @@ class Engine:
         if self.cluster is not None:
             self.cluster.stop()
         self.hasher.shutdown()
+        self.retention.join(timeout=30)  # a batch in hand commits (or rolls back) whole
         self.client.close()
         self.ledger.close()
         log.info("ingest engine stopped")
@@ -419,6 +422,7 @@ class Engine:
                 self._apply_rules(self.book.rules)
             self._adopt_external(turn.tx, now)
         self.rules_record.publish(turn.tx, now)
+        self.retention.tick(now)
         for folder in self.folders.values():
             self.folders.revive(folder, now)
             if now >= folder.next_scan:
