@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from ingest.engine.retention import Retention
 from ingest.ledger import Ledger
 
 from .support.ledgers import invoke, write_config
+from .support.postgres import PASSWORD_ENV
 
 DAY = 86_400.0
 
@@ -164,3 +166,22 @@ def test_the_daemon_prunes_by_keep_days(ledger: Ledger, tmp_path: Path) -> None:
     keeper.tick(50.0)  # the next is a period later
     keeper.join()
     assert len(list((tmp_path / "pruned").iterdir())) == 1
+
+
+def test_prune_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    store = Ledger.open(pg_url, password=os.environ[PASSWORD_ENV])
+    try:
+        old = _drop(store, tmp_path, "old.mxf", "COMPLETED", 40, source_deleted=True)
+        kept = _drop(store, tmp_path, "kept.mxf", "COMPLETED", 40, source_deleted=False)
+        (tmp_path / "kept.mxf").write_bytes(b"DIVA kept it")
+        assert set(store.settled_by_path(str(tmp_path))) == {"kept.mxf"}
+        export = tmp_path / "out.jsonl"
+        done = retention.prune(store, before=time.time() - DAY, export=export)
+        assert (done.exported, done.deleted, done.transitions) == (1, 1, 2)
+        assert done.vacuum == "VACUUM"
+        assert json.loads(export.read_text())["id"] == old
+        assert _ids(store) == {kept}
+        size, drops, steps = retention.ledger_size(store)
+        assert size > 0 and (drops, steps) == (1, 2)
+    finally:
+        store.close()
