@@ -90,6 +90,8 @@ def fence(tx: Batch, node: str, held: Mapping[str, int], watches: Iterable[str])
     lost = [w for w in wanted if w not in held or mine.get(w) != held[w]]
     if lost:
         raise LeaseLost(lost)
+    # Each step the transaction writes names this node and the epoch just checked.
+    tx.stamp(node, {w: held[w] for w in wanted})
 
 
 class Leases:
@@ -226,6 +228,12 @@ class Leases:
                 (self.node, self.lease_seconds, watch),
             ).fetchone()[0]
             gained[watch] = self.held[watch] = int(epoch)
+            # The lease row keeps only the latest holder: the history is kept beside it.
+            _write(
+                tx,
+                "INSERT INTO lease_takes (watch, epoch, holder, taken_at) VALUES (?, ?, ?, @now)",
+                (watch, int(epoch), self.node),
+            )
         return gained
 
     def leave(self) -> None:

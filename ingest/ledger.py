@@ -105,6 +105,8 @@ class Batch:
     now: float
     #: whether this transaction wrote (a list, so that the frozen batch can note it)
     _wrote: list[bool] = field(default_factory=list, repr=False)
+    #: (node, JSON {watch: epoch}) stamped on this transaction's steps; see :meth:`stamp`
+    _stamp: list[tuple[str, str]] = field(default_factory=list, repr=False)
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """``sql`` (``?`` placeholders) on the transaction's own DBAPI connection.
@@ -126,6 +128,15 @@ class Batch:
     def _postgresql(self) -> bool:
         return bool(self.conn.dialect.name == "postgresql")
 
+    def stamp(self, node: str, epochs: Mapping[str, int]) -> None:
+        """Record ``node`` and its lease epoch on the drop's folder (from ``epochs``) on
+        every step this transaction writes from now on (PostgreSQL: a shared ledger), so
+        that who wrote an intent, at which epoch, can be checked against the lease history."""
+        self._stamp[:] = [(node, json.dumps(dict(epochs)))]
+
+    def _stamps(self) -> tuple[str | None, str | None]:
+        return self._stamp[0] if self._stamp else (None, None)
+
     @property
     def wrote(self) -> bool:
         """Whether anything was written in this transaction so far."""
@@ -142,7 +153,8 @@ class Batch:
         step = (self.now, None, fields["state"], detail)
         if self._postgresql:
             # One round trip to the server for the row and its first step.
-            drop_id = self._write(_pg_add_sql(keys), (*values, *step)).fetchone()[0]
+            row = self._write(_pg_add_sql(keys), (*values, *step, *self._stamps())).fetchone()
+            drop_id = row[0]
             if not isinstance(drop_id, int):
                 raise LedgerError("the ledger did not give the new drop an id")
             return drop_id
@@ -162,7 +174,8 @@ class Batch:
             fields["updated_at"] = self.now
             keys = tuple(fields)
             step = (self.now, from_state, to_state, detail)
-            self._write(_pg_transition_sql(keys), (*(fields[k] for k in keys), drop_id, *step))
+            values = (*(fields[k] for k in keys), drop_id, *step, *self._stamps())
+            self._write(_pg_transition_sql(keys), values)
             return
         self.update(drop_id, **fields)
         self._write(_TRANSITION_SQL, (drop_id, self.now, from_state, to_state, detail))
@@ -299,19 +312,19 @@ def _update_sql(keys: tuple[str, ...]) -> str:
 # which SQLite lacks): every statement is a round trip to the server, and a burst's turn
 # makes thousands. The step's values follow the row's.
 _PG_STEP = (
-    "INSERT INTO transitions (drop_id, at, from_state, to_state, detail) "
-    "SELECT id, ?, ?, ?, ? FROM d"
+    "INSERT INTO transitions (drop_id, at, from_state, to_state, detail, node, epoch) "
+    "SELECT id, ?, ?, ?, ?, ?, CAST(CAST(? AS jsonb) ->> watch AS BIGINT) FROM d"
 )
 
 
 @functools.lru_cache(maxsize=256)
 def _pg_add_sql(keys: tuple[str, ...]) -> str:
-    return f"WITH d AS ({_insert_sql(keys)}) {_PG_STEP} RETURNING drop_id"
+    return f"WITH d AS ({_insert_sql(keys)}, watch) {_PG_STEP} RETURNING drop_id"
 
 
 @functools.lru_cache(maxsize=256)
 def _pg_transition_sql(keys: tuple[str, ...]) -> str:
-    return f"WITH d AS ({_update_sql(keys)} RETURNING id) {_PG_STEP}"
+    return f"WITH d AS ({_update_sql(keys)} RETURNING id, watch) {_PG_STEP}"
 
 
 def _check_fields(fields: Mapping[str, Any]) -> None:

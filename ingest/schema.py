@@ -22,6 +22,7 @@ __all__ = [
     "TABLES",
     "DropRow",
     "LeaseRow",
+    "LeaseTakeRow",
     "MigrationRow",
     "NodeRow",
     "RulesStateRow",
@@ -135,6 +136,10 @@ class TransitionRow(SQLModel, table=True):
     from_state: str | None = None
     to_state: str
     detail: str = Field(default="", sa_column_kwargs={"server_default": ""})
+    #: on a shared ledger, the node that wrote the step and its lease epoch on the drop's
+    #: folder (null on SQLite, and for an operator's step)
+    node: str | None = None
+    epoch: int | None = None
 
 
 class WatcherRow(SQLModel, table=True):
@@ -214,6 +219,18 @@ class LeaseRow(SQLModel, table=True):
     taken_at: float | None = None
 
 
+class LeaseTakeRow(SQLModel, table=True):
+    """Each change of a folder's holder: which node took it at which epoch. The lease row
+    keeps only the latest; this history is what a node's stamped steps are checked against."""
+
+    __tablename__ = "lease_takes"
+
+    watch: str = Field(primary_key=True)
+    epoch: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    holder: str
+    taken_at: float
+
+
 class MigrationRow(SQLModel, table=True):
     __tablename__ = "schema_migrations"
 
@@ -233,6 +250,7 @@ TABLES = [
         RulesStateRow,
         NodeRow,
         LeaseRow,
+        LeaseTakeRow,
     )
 ]
 
@@ -331,6 +349,17 @@ CREATE TABLE leases (
 )
 """
 
+_CLUSTER_STAMPS = """
+ALTER TABLE transitions ADD COLUMN node TEXT;
+ALTER TABLE transitions ADD COLUMN epoch INTEGER;
+CREATE TABLE lease_takes (
+    watch TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    taken_at REAL NOT NULL,
+    PRIMARY KEY (watch, epoch)
+)
+"""
 
 #: The migrations' DDL is written once, in SQLite's words; on PostgreSQL these become
 #: their equivalents. An epoch timestamp needs double precision (PostgreSQL's ``real``
@@ -414,4 +443,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
             f"CREATE INDEX ix_drops_files_remain ON drops (watch, path, id) WHERE {FILES_REMAIN}"
         ),
     ),
+    ("0011_cluster_stamps", _run_script(_CLUSTER_STAMPS)),
 ]

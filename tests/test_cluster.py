@@ -26,6 +26,15 @@ from tests.test_ledger_postgresql import ingest, rows, use_postgresql
 FOLDERS = ["w1", "w2", "w3", "w4"]
 LEASE = 2.0
 
+#: Intents (steps into SUBMITTING) not written by the node that took the drop's folder at
+#: the epoch the step names, by the lease history (lease_takes): unstamped ones count.
+UNLEASED_INTENTS_SQL = (
+    "SELECT count(*) FROM transitions t JOIN drops d ON d.id = t.drop_id "
+    "LEFT JOIN lease_takes k ON k.watch = d.watch AND k.epoch = t.epoch "
+    "WHERE t.to_state = 'SUBMITTING' AND (t.node IS NULL OR k.holder IS NULL "
+    "OR k.holder <> t.node)"
+)
+
 
 def _setup(dep: Deployment, pg_url: str, settle: float = 0.5) -> dict[str, str]:
     """Four watch folders (NAS/w1..w4), one rule each; ``[cluster] lease_seconds`` short."""
@@ -109,6 +118,24 @@ def _all_rows(url: str) -> list[dict[str, Any]]:
         return conn.execute("SELECT * FROM drops ORDER BY id").fetchall()
 
 
+def _unleased_intents(url: str) -> tuple[int, int]:
+    """(intents by a node without the folder's lease at their epoch, all intents)."""
+    with _connect(url) as conn:
+        bad = conn.execute(UNLEASED_INTENTS_SQL).fetchone()
+        total = conn.execute(
+            "SELECT count(*) FROM transitions WHERE to_state = 'SUBMITTING'"
+        ).fetchone()
+    return int(bad[0]) if bad else -1, int(total[0]) if total else 0
+
+
+def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    target = url.removeprefix("postgresql://")
+    user, _, rest = target.partition("@")
+    hostport, _, dbname = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    return psycopg.connect(host=host, port=int(port), user=user, dbname=dbname, password=PASSWORD)
+
+
 def _status_shows_the_split(dep: Deployment, watches: dict[str, str]) -> None:
     status = ingest(dep, "status", "--json")
     doc = json.loads(status.stdout)
@@ -187,6 +214,8 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
     assert [(n["name"], n["alive"]) for n in doc["nodes"]] == [("alpha", False), ("beta", False)]
     assert sorted(doc["unheld_folders"]) == sorted(watches.values())
     _archived_once(dep, names)
+    unleased, intents = _unleased_intents(pg_url)
+    assert (unleased, intents) == (0, 12)
     epochs = {w: e for w, (_, e, _) in _leases(pg_url).items()}
     assert all(epochs[watches[f]] >= 2 for f in FOLDERS), epochs  # each passed hands
     assert dep.intents is not None

@@ -15,6 +15,7 @@ from ingest.leases import LeaseLost, Leases, NodeNameTaken, fence
 from ingest.ledger import Ledger, State
 from tests.support.postgres import PASSWORD
 from tests.support.wait import wait_for
+from tests.test_cluster import UNLEASED_INTENTS_SQL
 
 WATCHES = ["/nas/a", "/nas/b", "/nas/c", "/nas/d"]
 
@@ -141,3 +142,41 @@ def test_a_second_live_node_of_one_name_is_refused(ledger: Ledger) -> None:
     twin.join()
     with pytest.raises(NodeNameTaken, match="taken over"):
         first.tick(WATCHES)  # the old incarnation learns it was replaced
+
+
+def test_each_intent_names_its_node_and_epoch_as_the_lease_history_has_them(
+    ledger: Ledger,
+) -> None:
+    a, b = Leases(ledger, "a", 30), Leases(ledger, "b", 30)
+    a.join()
+    a.tick(WATCHES)
+    b.join()
+    a.tick(WATCHES)
+    b.tick(WATCHES)  # b took c and d at epoch 2
+    _intent(ledger, a, a.held, "/nas/a")
+    _intent(ledger, b, b.held, "/nas/c")
+    with ledger.batch() as tx:
+        steps = tx._execute(
+            "SELECT d.watch, t.to_state, t.node, t.epoch FROM transitions t "
+            "JOIN drops d ON d.id = t.drop_id ORDER BY t.id"
+        ).fetchall()
+        takes = tx._execute(
+            "SELECT watch, epoch, holder FROM lease_takes ORDER BY watch, epoch"
+        ).fetchall()
+        unleased = tx._execute(UNLEASED_INTENTS_SQL).fetchone()[0]
+    assert [tuple(s) for s in steps] == [
+        ("/nas/a", "DETECTED", "a", 1),
+        ("/nas/a", "SUBMITTING", "a", 1),
+        ("/nas/c", "DETECTED", "b", 2),
+        ("/nas/c", "SUBMITTING", "b", 2),
+    ]
+    assert [tuple(t) for t in takes] == [
+        ("/nas/a", 1, "a"), ("/nas/b", 1, "a"), ("/nas/c", 1, "a"), ("/nas/c", 2, "b"),
+        ("/nas/d", 1, "a"), ("/nas/d", 2, "b"),
+    ]  # fmt: skip
+    assert unleased == 0
+    # The counter sees a step whose node did not take the folder at that epoch.
+    with ledger.batch() as tx:
+        tx._write("UPDATE transitions SET node = 'a' WHERE epoch = 2 AND to_state = 'SUBMITTING'")
+    with ledger.batch() as tx:
+        assert tx._execute(UNLEASED_INTENTS_SQL).fetchone()[0] == 1

@@ -38,7 +38,7 @@ from ingest.ledger import (
     TransitionRow,
     WatcherRow,
 )
-from ingest.schema import LeaseRow, NodeRow
+from ingest.schema import LeaseRow, LeaseTakeRow, NodeRow
 from tests.support.postgres import PASSWORD_ENV, PostgresServer
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -55,6 +55,7 @@ MODEL_TABLES = [
         RulesStateRow,
         NodeRow,
         LeaseRow,
+        LeaseTakeRow,
     )
 ]
 
@@ -213,6 +214,7 @@ def test_the_model_declares_what_the_queries_rely_on(model: set[Fact]) -> None:
         "rules_state",
         "nodes",
         "leases",
+        "lease_takes",
     }
 
 
