@@ -50,6 +50,9 @@ class NodeLock:
         naming the daemon that holds it."""
         path = lock_path(ledger)
         try:
+            # The lock is taken before the ledger opens: on a first start, its folder is
+            # made here, private, as the ledger would make it.
+            path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise LedgerError(f"cannot open the ledger's lock file {path}: {exc.strerror}") from exc

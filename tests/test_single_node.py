@@ -32,6 +32,15 @@ def test_a_second_lock_on_one_ledger_is_refused_naming_the_first(tmp_path: Path)
     assert oct(lock_path(ledger).stat().st_mode & 0o777) == "0o600"
 
 
+def test_the_lock_makes_a_first_start_s_ledger_folder_private(tmp_path: Path) -> None:
+    """The lock is taken before the ledger opens, so on a first start its folder does
+    not exist yet (found by the disk-full chaos test, whose ledger sits in a new folder)."""
+    ledger = tmp_path / "not" / "yet" / "ingest.db"
+    NodeLock.acquire(ledger, "alpha").release()
+    assert oct(ledger.parent.stat().st_mode & 0o777) == "0o700"
+    assert lock_path(ledger).exists()
+
+
 def _lock_holder_pid(dep: Deployment) -> int | None:
     path = lock_path(dep.ledger_path)
     return _pid_in(path.read_text()) if path.exists() else None
