@@ -163,19 +163,35 @@ class Leases:
                 ).fetchall()
             )
             lost = {w for w, epoch in self.held.items() if renewed.get(w) != epoch}
+            lost |= set(self.held) - set(watches)  # no rule names them any more
             for watch in lost:
                 del self.held[watch]
+            self._retire(tx, watches)
             for watch in sorted(watches):
+                # A folder named again goes on from its last epoch (lease_takes): an epoch
+                # is never given twice, even across its row's removal.
                 _write(
                     tx,
-                    "INSERT INTO leases (watch) VALUES (?) ON CONFLICT (watch) DO NOTHING",
-                    (watch,),
+                    "INSERT INTO leases (watch, epoch) VALUES (?, (SELECT coalesce(max(epoch), "
+                    "0) FROM lease_takes WHERE watch = ?)) ON CONFLICT (watch) DO NOTHING",
+                    (watch, watch),
                 )
             live = _read(tx, "SELECT count(*) FROM nodes WHERE expires_at > @now").fetchone()[0]
             share = math.ceil(len(watches) / max(1, live))
             self._give_back(tx, watches, share, lost)
             gained = self._take(tx, watches, share - len(self.held))
         return Tick(gained, frozenset(lost))
+
+    def _retire(self, tx: Batch, watches: Sequence[str]) -> None:
+        """Remove the lease rows of folders no rule of this node names, unless another
+        node holds one live (its rules may name it still: a reload not yet everywhere);
+        else ``ingest status`` would show them as folders nobody holds."""
+        _write(
+            tx,
+            "DELETE FROM leases WHERE NOT watch = ANY(?) "
+            "AND (expires_at <= @now OR holder IS NULL OR holder = ?)",
+            (sorted(watches), self.node),
+        )
 
     def _give_back(self, tx: Batch, watches: Sequence[str], share: int, lost: set[str]) -> None:
         excess = len(self.held) - share

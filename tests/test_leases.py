@@ -180,3 +180,38 @@ def test_each_intent_names_its_node_and_epoch_as_the_lease_history_has_them(
         tx._write("UPDATE transitions SET node = 'a' WHERE epoch = 2 AND to_state = 'SUBMITTING'")
     with ledger.batch() as tx:
         assert tx._execute(UNLEASED_INTENTS_SQL).fetchone()[0] == 1
+
+
+def _unheld(ledger: Ledger) -> list[str]:
+    """The folders ``ingest status`` reports with no live holder (queries.cluster's read)."""
+    with ledger.batch() as tx:
+        rows = tx._execute(
+            "SELECT watch FROM leases WHERE NOT expires_at > EXTRACT(EPOCH FROM now()) "
+            "OR holder IS NULL ORDER BY watch"
+        ).fetchall()
+    return [str(w) for (w,) in rows]
+
+
+def test_folders_no_rule_names_are_released_and_leave_status(ledger: Ledger) -> None:
+    a, b = Leases(ledger, "a", 30), Leases(ledger, "b", 30)
+    a.join()
+    a.tick(WATCHES)
+    # The rules no longer name c and d: a lets them go, and their rows leave the ledger.
+    assert a.tick(WATCHES[:2]).lost == {"/nas/c", "/nas/d"}
+    assert sorted(a.held) == ["/nas/a", "/nas/b"]
+    with ledger.batch() as tx:
+        rows = tx._execute("SELECT watch FROM leases ORDER BY watch").fetchall()
+    assert [w for (w,) in rows] == ["/nas/a", "/nas/b"]
+    assert _unheld(ledger) == []
+    # Named again, each goes on from its last epoch: no epoch is given twice.
+    assert a.tick(WATCHES).gained == {"/nas/c": 2, "/nas/d": 2}
+    # A folder another node holds live stays, though this node's rules do not name it
+    # (a reload that has not reached every node yet).
+    b.join()
+    b.tick(["/nas/x"])
+    assert b.held == {"/nas/x": 1}
+    a.tick(WATCHES)
+    assert b.tick(["/nas/x"]).lost == frozenset()
+    with ledger.batch() as tx:
+        held = tx._execute("SELECT holder, epoch FROM leases WHERE watch = '/nas/x'").fetchall()
+    assert [tuple(r) for r in held] == [("b", 1)]
