@@ -23,17 +23,10 @@ from typing import Any
 
 from . import defaults
 from .errors import RulesError
+from .globs import Glob, pattern_problem
 from .hashing import ALGORITHMS, xxh64_available
 from .protocol import DELETE_ON_SOURCE, QOS_NAMES
-from .rules import (
-    _MARKER_FILE_FIELDS,
-    _MARKER_FOLDER_FIELDS,
-    Rule,
-    RuleSet,
-    _Glob,
-    _norm,
-    _pattern_problem,
-)
+from .rules import _MARKER_FILE_FIELDS, _MARKER_FOLDER_FIELDS, Rule, RuleSet, _norm
 from .ruleversions import Refusal, RulesVersion, diff_rules
 from .sidecar import FieldSpec
 from .templates import (
@@ -112,7 +105,7 @@ def _non_empty(value: str) -> str | None:
 
 def _patterns(value: tuple[str, ...]) -> str | None:
     for pattern in value:
-        problem = _pattern_problem(pattern)
+        problem = pattern_problem(pattern)
         if problem:
             return problem
     return None
@@ -131,7 +124,7 @@ def _checksum(value: str) -> str | None:
 
 
 def _patterns_one(value: str) -> str | None:
-    return _pattern_problem(value) if value else None
+    return pattern_problem(value) if value else None
 
 
 def _positive(value: float) -> str | None:
@@ -439,8 +432,8 @@ def _overlaps(rules: Sequence[Rule]) -> list[Problem]:
                 pa, pb = a[len(b.rstrip("/")) + 1 :], ""
             else:
                 continue
-            ga = [_Glob.compile(g, True) for g in _file_globs(first, pa)]
-            gb = [_Glob.compile(g, True) for g in _file_globs(second, pb)]
+            ga = [Glob.compile(g, True) for g in _file_globs(first, pa)]
+            gb = [Glob.compile(g, True) for g in _file_globs(second, pb)]
             clash = any(x.hit(s) for x in ga for y in gb for s in _samples(y.pattern)) or any(
                 y.hit(s) for x in ga for y in gb for s in _samples(x.pattern)
             )

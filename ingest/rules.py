@@ -3,9 +3,10 @@
 A :class:`Rule` is one ``[[rule]]`` table of a rule file, compiled once: its globs, its
 ignores, its templates. Rules are tried in a stable order (the paths in the order given,
 file name, order in the file) and the first rule that matches a path wins
-(:meth:`RuleSet.match`); :func:`build_archive_body` turns a drop into the exact body of
-DIVA's archive call. Loading and checking rule files, and hot reload, are in
-:mod:`ingest.rulefiles`.
+(:meth:`RuleSet.match`). The globs are in :mod:`ingest.globs`; the archive request a drop
+makes (:func:`build_archive_body`) in :mod:`ingest.archivebody`; ``rules explain``'s
+:class:`Explanation` in :mod:`ingest.explain`. Loading and checking rule files, and hot
+reload, are in :mod:`ingest.rulefiles`.
 
 >>> rules = load_rules(["rules"], base_dir=Path("/etc/ingest"))  # doctest: +SKIP
 >>> m = rules.match(Path("/mnt/nas/news/clip.mxf"))  # doctest: +SKIP
@@ -16,16 +17,18 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from . import defaults
-from .manifest import Manifest
+from .archivebody import build_archive_body, build_fileset_body
+from .explain import Explanation, explain_fileset, explain_sidecar
+from .globs import Glob, Ignores, glob_regex
 from .members import FileSet, fileset_members, folder_members
 from .protocol import DELETE_ON_SOURCE, QOS_NAMES
-from .sidecar import FieldSpec, SidecarError, read_fields
+from .sidecar import FieldSpec, read_fields
 from .templates import (
     FILE_FIELDS,
     FOLDER_FIELDS,
@@ -34,9 +37,6 @@ from .templates import (
     Kind,
     Template,
     UnsafeNameError,
-    check_component,
-    check_name,
-    clean_comment,
 )
 from .tomlcheck import Problem
 
@@ -54,116 +54,6 @@ __all__ = [
     "build_fileset_body",
     "glob_regex",
 ]
-
-# ---------------------------------------------------------------------------------------
-# globs
-
-
-def glob_regex(pattern: str) -> str:
-    """The regex (for ``fullmatch``) of a glob: ``**`` spans folders, ``*`` and ``?`` do not.
-
-    ``**/`` also matches no folder at all, so ``**/*.mov`` matches ``a.mov`` and ``x/y/a.mov``.
-
-    >>> bool(re.fullmatch(glob_regex("**/*.mov"), "a/b/c.mov")), bool(re.fullmatch(glob_regex("*.mov"), "a/c.mov"))
-    (True, False)
-    """  # noqa: E501
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            if pattern.startswith("**/", i):
-                out.append("(?:.*/)?")
-                i += 3
-            else:
-                out.append(".*")
-                i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            j = i + 1
-            if j < n and pattern[j] in "!^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                out.append(re.escape(c))
-                i += 1
-                continue
-            body = pattern[i + 1 : j]
-            negate = body[:1] in ("!", "^")
-            body = body[1:] if negate else body
-            body = body.replace("\\", "\\\\").replace("^", "\\^")
-            out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
-            i = j + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return "".join(out)
-
-
-def _pattern_problem(pattern: str) -> str | None:
-    if not pattern.strip():
-        return "an empty pattern matches nothing"
-    if "\\" in pattern:
-        return f"{pattern!r}: use '/' to separate folders (backslash is not allowed)"
-    if ".." in pattern.split("/"):
-        return f"{pattern!r}: '..' would reach outside the watch folder"
-    if pattern.startswith("/"):
-        return f"{pattern!r}: patterns are relative to the watch folder; drop the leading '/'"
-    return None
-
-
-@dataclass(frozen=True)
-class _Glob:
-    pattern: str
-    regex: re.Pattern[str]
-
-    @classmethod
-    def compile(cls, pattern: str, ignore_case: bool) -> _Glob:
-        flags = re.IGNORECASE if ignore_case else 0
-        return cls(pattern, re.compile(glob_regex(pattern), flags | re.DOTALL))
-
-    def hit(self, text: str) -> bool:
-        return self.regex.fullmatch(text) is not None
-
-
-class _Ignores:
-    """Built-in ignores and a rule's own, and why a path is hidden.
-
-    Built-ins and slash-free user globs match any single path component's name (so
-    ``.DS_Store`` or ``proxy`` hide themselves and all below them at any depth, like
-    ``.gitignore``); user globs with a ``/`` match the path from the watch folder, or one
-    of its parent folders' paths.
-    """
-
-    def __init__(self, user: Sequence[str], ignore_case: bool) -> None:
-        self.builtin = [_Glob.compile(p, False) for p in defaults.BUILTIN_IGNORES]
-        self.names = [_Glob.compile(p, ignore_case) for p in user if "/" not in p]
-        self.paths = [_Glob.compile(p.rstrip("/"), ignore_case) for p in user if "/" in p]
-
-    def hit(self, relpath: str) -> str | None:
-        parts = relpath.split("/")
-        for index, part in enumerate(parts):
-            for glob in self.builtin:
-                if glob.hit(part):
-                    return f"built-in ignore {glob.pattern!r} (matches {part!r})"
-            for glob in self.names:
-                if glob.hit(part):
-                    return f"ignore {glob.pattern!r} (matches {part!r})"
-            if self.paths:
-                prefix = "/".join(parts[: index + 1])
-                for glob in self.paths:
-                    if glob.hit(prefix):
-                        return f"ignore {glob.pattern!r} (matches {prefix!r})"
-        return None
-
 
 # ---------------------------------------------------------------------------------------
 # the rule
@@ -229,8 +119,8 @@ class Rule:
     line: int | None = field(default=None, compare=False)
 
     # compiled once, at construction (templates were checked by the loader)
-    _globs: tuple[_Glob, ...] = field(init=False, compare=False)
-    _ignores: _Ignores = field(init=False, compare=False)
+    _globs: tuple[Glob, ...] = field(init=False, compare=False)
+    _ignores: Ignores = field(init=False, compare=False)
     _templates: dict[str, Template] = field(init=False, compare=False)
     _marker_rx: re.Pattern[str] | None = field(init=False, compare=False)
     _sidecar_rx: re.Pattern[str] | None = field(init=False, compare=False)
@@ -271,15 +161,15 @@ class Rule:
         setter(self, "_field_specs", specs)
         setter(self, "_sidecar_rx", sidecar_rx)
         setter(self, "watch", Path(_norm(self.watch)))
-        setter(self, "_globs", tuple(_Glob.compile(p, self.ignore_case) for p in self.match))
-        setter(self, "_ignores", _Ignores(self.ignore, self.ignore_case))
+        setter(self, "_globs", tuple(Glob.compile(p, self.ignore_case) for p in self.match))
+        setter(self, "_ignores", Ignores(self.ignore, self.ignore_case))
         setter(self, "_templates", templates)
         setter(self, "_marker_rx", marker_rx)
         setter(self, "_watch", str(self.watch))
         setter(self, "_watch_real", os.path.realpath(self.watch))
         if self.mode == "fileset" and not self.match and self.manifest:
             setter(self, "match", (self.manifest,))
-            setter(self, "_globs", (_Glob.compile(self.manifest, self.ignore_case),))
+            setter(self, "_globs", (Glob.compile(self.manifest, self.ignore_case),))
 
     def __repr__(self) -> str:
         where = f", from {self.source.name}:{self.line}" if self.source is not None else ""
@@ -523,170 +413,7 @@ class Trial:
 
 
 # ---------------------------------------------------------------------------------------
-# the archive request
-
-
-def build_archive_body(
-    rule: Rule,
-    drop: Drop,
-    now: float | None = None,
-    *,
-    meta: dict[str, str] | None = None,
-    sidecar: str | None = None,
-) -> dict[str, Any]:
-    """The exact JSON body of ``POST /requests/archive`` for ``drop``.
-
-    ``meta`` holds the sidecar's field values (a field not given renders empty);
-    ``sidecar`` is the relpath of the sidecar found for a file drop, archived with it
-    unless the rule says ``archive_sidecar = false``.
-
-    Raises :class:`DropRefused` (or its :class:`UnsafeNameError`) with a reason when the
-    drop cannot be archived safely: an unsafe rendered name, an undecodable or control
-    character in a file path, a folder with nothing to archive.
-    """
-    fields = drop.fields(now)
-    fields.update({f"meta.{s.name}": (meta or {}).get(s.name, "") for s in rule._field_specs})
-    object_name = rule._templates["object_name"].render(fields)
-    problem = check_name(object_name, defaults.OBJECT_NAME_MAX_CHARS)
-    if problem:
-        raise UnsafeNameError("object name", object_name, problem)
-    collection = rule._templates["collection"].render(fields)
-    problem = check_name(collection, defaults.COLLECTION_MAX_CHARS)
-    if problem:
-        raise UnsafeNameError("collection", collection, problem)
-    components = list(drop.members) if drop.kind == "folder" else [drop.relpath]
-    if rule.sidecar:
-        own = rule.sidecar_relpath(drop)
-        components = [c for c in components if c != own]
-        if sidecar is not None and rule.archive_sidecar:
-            components.append(sidecar)
-    if not components:
-        raise DropRefused(f"folder {drop.relpath!r} holds no file to archive")
-    for component in components:
-        problem = check_component(component)
-        if problem:
-            raise UnsafeNameError("file", component, problem)
-    return {
-        "objectName": object_name,
-        "collectionName": collection,
-        "components": components,
-        "media": rule.media,
-        "sourceServer": rule.source_server,
-        "filePathRoot": rule.file_path_root,
-        "qos": rule.wire_qos,
-        "priority": rule.priority,
-        "comments": clean_comment(rule._templates["comments"].render(fields)),
-        "options": rule.options,
-    }
-
-
-#: a manifest's values -> the archive body's keys they set
-_MANIFEST_BODY_KEYS = {
-    "object_name": "objectName",
-    "collection": "collectionName",
-    "priority": "priority",
-    "comments": "comments",
-    "source_server": "sourceServer",
-    "file_path_root": "filePathRoot",
-    "media": "media",
-}
-
-
-def build_fileset_body(
-    rule: Rule, drop: Drop, fileset: FileSet, now: float | None = None
-) -> dict[str, Any]:
-    """The archive body of a file set: its manifest's files, with the manifest's values
-    over the rule's (``manifest_priority = "primary"``, DFM's default) or under them.
-
-    Raises :class:`DropRefused` when the manifest cannot be read as written (naming the
-    line), still lacks files, or gives an unsafe name.
-    """
-    if fileset.error is not None or fileset.manifest is None:
-        raise DropRefused(f"manifest {drop.relpath!r}: {fileset.error}")
-    if fileset.missing:
-        raise DropRefused(
-            f"manifest {drop.relpath!r} lists files not there: " + "; ".join(fileset.missing)
-        )
-    body = build_archive_body(rule, drop, now)
-    components = list(fileset.members.files)
-    if not components:
-        raise DropRefused(f"manifest {drop.relpath!r} lists no file to archive")
-    for component in components:
-        problem = check_component(component)
-        if problem:
-            raise UnsafeNameError("file", component, problem)
-    body["components"] = components
-    _apply_manifest(body, fileset.manifest, rule)
-    return body
-
-
-def _apply_manifest(body: dict[str, Any], manifest: Manifest, rule: Rule) -> None:
-    # Secondary: the rule's values win, so the manifest only fills what the rule leaves
-    # at its default (its required keys, collection, media and source_server, always win).
-    unset = {
-        "object_name": rule.object_name == defaults.RULE_OBJECT_NAME,
-        "priority": rule.priority == defaults.RULE_PRIORITY,
-        "comments": rule.comments == defaults.RULE_COMMENTS,
-        "file_path_root": rule.file_path_root == defaults.RULE_FILE_PATH_ROOT,
-    }
-    for key, value in manifest.values.items():
-        if rule.manifest_priority == "secondary" and not unset.get(key, False):
-            continue
-        if key == "object_name":
-            problem = check_name(str(value), defaults.OBJECT_NAME_MAX_CHARS)
-            if problem:
-                raise UnsafeNameError("object name", str(value), problem)
-        elif key == "collection":
-            problem = check_name(str(value), defaults.COLLECTION_MAX_CHARS)
-            if problem:
-                raise UnsafeNameError("collection", str(value), problem)
-        elif key == "comments":
-            value = clean_comment(str(value))
-        body[_MANIFEST_BODY_KEYS[key]] = value
-
-
-# ---------------------------------------------------------------------------------------
 # the rule set
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """Why ``path`` is (or is not) a drop: every rule tried, the match, and the request body."""
-
-    path: Path
-    trials: tuple[Trial, ...]
-    match: Match | None
-    drop: Drop | None = None
-    body: dict[str, Any] | None = None
-    refused: str | None = None
-    marker: Path | None = None
-    #: the sidecar: its path, whether present, the fields read (name: {source, value})
-    sidecar: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        drop = self.drop
-        return {
-            "path": str(self.path),
-            "matched": self.match is not None,
-            "rule": self.match.rule.name if self.match else None,
-            "drop": None
-            if drop is None
-            else {
-                "kind": drop.kind,
-                "watch": str(drop.watch),
-                "relpath": drop.relpath,
-                "size": drop.size,
-                "mtime": drop.mtime,
-                "members": list(drop.members) if drop.kind != "file" else None,
-            },
-            "ready_marker": None
-            if self.marker is None
-            else {"path": str(self.marker), "present": os.path.lexists(self.marker)},
-            "sidecar": self.sidecar,
-            "body": self.body,
-            "refused": self.refused,
-            "trials": [t.as_dict() for t in self.trials],
-        }
 
 
 class RuleSet:
@@ -755,53 +482,11 @@ class RuleSet:
         except OSError as exc:
             return Explanation(path, tuple(trials), winner, refused=f"cannot read: {exc}")
         if winner.kind == "fileset":
-            return _explain_fileset(Explanation(path, tuple(trials), winner, drop), now)
+            return explain_fileset(Explanation(path, tuple(trials), winner, drop), now)
         marker = rule.marker_path(drop)
-        sidecar, meta, found = _explain_sidecar(rule, drop)
+        sidecar, meta, found = explain_sidecar(rule, drop)
         try:
             body = build_archive_body(rule, drop, now, meta=meta, sidecar=found)
         except DropRefused as exc:
             return Explanation(path, tuple(trials), winner, drop, None, exc.reason, marker, sidecar)
         return Explanation(path, tuple(trials), winner, drop, body, None, marker, sidecar)
-
-
-def _explain_sidecar(
-    rule: Rule, drop: Drop
-) -> tuple[dict[str, Any] | None, dict[str, str], str | None]:
-    """What ``rules explain`` shows of a drop's sidecar: its path, whether it is there,
-    each field with where it is read and its value; and the values and sidecar relpath
-    the archive body is built with (as the daemon would, were it settled now)."""
-    path = rule.sidecar_path(drop)
-    if path is None:
-        return None, {}, None
-    present = os.path.isfile(path) and not os.path.islink(path)
-    values: dict[str, str] = {}
-    error = None
-    if present:
-        try:
-            values = rule.read_sidecar(drop)
-        except SidecarError as exc:
-            error = str(exc)
-    shown = {
-        "path": str(path),
-        "present": present,
-        "required": rule.sidecar_required,
-        "archived": rule.archive_sidecar,
-        "error": error,
-        "fields": {name: {"source": spec, "value": values.get(name)} for name, spec in rule.fields},
-    }
-    return shown, values, rule.sidecar_relpath(drop) if present else None
-
-
-def _explain_fileset(ex: Explanation, now: float | None) -> Explanation:
-    """A manifest explained: the files it would archive, or why not yet (or never)."""
-    assert ex.match is not None and ex.drop is not None
-    rule, drop = ex.match.rule, ex.drop
-    fileset = rule.read_fileset(drop.relpath)
-    if fileset is None:
-        return replace(ex, refused=f"the manifest {drop.relpath!r} is gone")
-    try:
-        body = build_fileset_body(rule, drop, fileset, now)
-    except DropRefused as exc:
-        return replace(ex, refused=exc.reason)
-    return replace(ex, body=body)
