@@ -204,10 +204,20 @@ class IntentChecker:
         """An archive call for ``object_name`` in ``collection`` has just reached DIVA."""
         with self._lock:
             at = time.time()
-            drops = self._drops(object_name, collection)
-            # A drop whose new intent is still being committed is in a new attempt: its
-            # older intents were answered (or their calls never left), not this call's.
-            pending = _pending_intents(self._ledger())
+            for attempt in range(120):
+                try:
+                    drops = self._drops(object_name, collection)
+                    # A drop whose new intent is still being committed is in a new attempt:
+                    # its older intents were answered (or their calls never left), not this
+                    # call's.
+                    pending = _pending_intents(self._ledger())
+                    break
+                except psycopg.OperationalError:
+                    # A PostgreSQL ledger restarting (a chaos fault): no commit happens
+                    # while it is down, so what it holds once back is what it held then.
+                    if attempt == 119:
+                        raise
+                    time.sleep(0.5)
             arrival = Arrival(at, object_name, collection, "unseen")
             for drop_id, _state, intents, _detected in drops:
                 if drop_id not in pending and intents > self._used[drop_id]:
