@@ -4,6 +4,7 @@ Found by :func:`find_config` (``--config`` flag, then env ``INGEST_CONFIG``, the
 ``./ingest.toml``), loaded and checked by :func:`load_config`: every problem at once,
 each naming file, line, section and key, raised as one :class:`~ingest.errors.ConfigError`.
 Relative paths in the file (ledger, rules, CA bundle) are relative to the file's folder.
+Each section's keys, defaults and checks are in :mod:`ingest.configspec`.
 
 The DIVA password is never stored: :meth:`DivaConfig.password` reads it from the
 environment or the password file each time it is asked for, so it cannot leak through a
@@ -16,9 +17,7 @@ repr, a log line or an exception.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import math
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -27,10 +26,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import defaults
+from .configspec import SECTIONS, is_loopback, split_listen
 from .errors import ConfigError
-from .ledgerurl import check_url, is_postgresql
+from .ledgerurl import is_postgresql
 from .passwords import password_file_problem, read_password
-from .tomlcheck import Field, Problem, TableLines, check_table, did_you_mean, parse_toml
+from .tomlcheck import Problem, TableLines, check_table, did_you_mean, parse_toml
 
 __all__ = [
     "ClusterConfig",
@@ -43,6 +43,7 @@ __all__ = [
     "ServiceConfig",
     "find_config",
     "load_config",
+    "split_listen",
 ]
 
 log = logging.getLogger("ingest.config")
@@ -165,7 +166,7 @@ class HttpConfig:
 
     @property
     def loopback(self) -> bool:
-        return _is_loopback(self.host)
+        return is_loopback(self.host)
 
     @property
     def has_token(self) -> bool:
@@ -248,221 +249,6 @@ def find_config(flag: str | Path | None, *, required: bool = False) -> Path | No
             f"or create ./{defaults.CONFIG_FILE_NAME}"
         )
     return None
-
-
-# ---------------------------------------------------------------------------------------
-# checks
-
-
-def _positive(value: float) -> str | None:
-    return None if math.isfinite(value) and value > 0 else f"must be > 0, got {value}"
-
-
-def _at_least(minimum: int) -> Any:
-    def check(value: int) -> str | None:
-        return None if value >= minimum else f"must be >= {minimum}, got {value}"
-
-    return check
-
-
-def _poll(value: float) -> str | None:
-    if math.isfinite(value) and value >= defaults.DIVA_POLL_SECONDS_MIN:
-        return None
-    return f"must be >= {defaults.DIVA_POLL_SECONDS_MIN:g}, got {value}"
-
-
-def _url(value: str) -> str | None:
-    if value.startswith(("http://", "https://")) and len(value) > len("https://"):
-        return None
-    return f"must be an http:// or https:// URL, got {value!r}"
-
-
-def _non_empty(value: str) -> str | None:
-    return None if value.strip() else "must not be empty"
-
-
-def _scheme(value: str) -> str | None:
-    if value in ("raw", "bearer"):
-        return None
-    return f"must be 'raw' or 'bearer', got {value!r}" + did_you_mean(value, ["raw", "bearer"])
-
-
-def _info_path(value: str) -> str | None:
-    if value in ("/object/info", "/objects/info"):
-        return None
-    return (
-        "must be '/object/info' (the guide's) or '/objects/info' (seen in production), "
-        f"got {value!r}" + did_you_mean(value, ["/object/info", "/objects/info"])
-    )
-
-
-def _session(value: float) -> str | None:
-    low, high = defaults.DIVA_SESSION_MINUTES_MIN, defaults.DIVA_SESSION_MINUTES_MAX
-    if low <= value <= high:
-        return None
-    return f"must be {low}..{high} minutes (DIVA's range), got {value!r}"
-
-
-def _ledger_url(value: str) -> str | None:
-    return check_url(value, defaults.LEDGER_URL)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def split_listen(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:9180"`` or ``"[::1]:9180"`` as (host, port); ValueError saying why not.
-
-    >>> split_listen("[::1]:0")
-    ('::1', 0)
-    """
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(
-            f"must be HOST:PORT with a port 0..65535 (e.g. {defaults.HTTP_LISTEN_EXAMPLE!r}), "
-            f"got {value!r}"
-        )
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"an IPv6 address goes in brackets ('[::1]:9180'), got {value!r}")
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(
-                f"the host must be an IP address or 'localhost' (a name could resolve to "
-                f"anything), got {host!r}"
-            ) from None
-    return host, int(port)
-
-
-def _listen(value: str) -> str | None:
-    try:
-        split_listen(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _token(value: str) -> str | None:
-    # Never echo the value: it is a secret.
-    if len(value) >= defaults.HTTP_TOKEN_MIN_CHARS and value.strip() == value:
-        return None
-    return (
-        f"must be at least {defaults.HTTP_TOKEN_MIN_CHARS} characters, without leading or "
-        "trailing spaces (e.g. the output of `openssl rand -hex 24`)"
-    )
-
-
-def _not_negative(value: float) -> str | None:
-    return None if value >= 0 and math.isfinite(value) else "must be 0 or more"
-
-
-def _events(value: tuple[str, ...]) -> str | None:
-    unknown = [v for v in value if v.lower() not in defaults.NOTIFY_EVENTS]
-    if unknown:
-        near = did_you_mean(unknown[0].lower(), defaults.NOTIFY_EVENTS)
-        return f"unknown event {unknown[0]!r}{near}: the events are " + ", ".join(
-            defaults.NOTIFY_EVENTS
-        )
-    return None
-
-
-SECTIONS: dict[str, dict[str, Field]] = {
-    "diva": {
-        f.name: f
-        for f in [
-            Field("url", "str", check=_url),
-            Field("data_url", "str", None, check=_url),
-            Field("manager_url", "str", None, check=_url),
-            Field("username", "str", check=_non_empty),
-            Field("password_env", "str", None, check=_non_empty),
-            Field("password_file", "str", None, check=_non_empty),
-            Field("auth_scheme", "str", defaults.DIVA_AUTH_SCHEME, check=_scheme),
-            Field("verify", "bool_or_str", defaults.DIVA_VERIFY),
-            Field("timeout_seconds", "number", defaults.DIVA_TIMEOUT_SECONDS, check=_positive),
-            Field("poll_seconds", "number", defaults.DIVA_POLL_SECONDS, check=_poll),
-            Field("max_in_flight", "int", defaults.DIVA_MAX_IN_FLIGHT, check=_at_least(1)),
-            Field("max_attempts", "int", defaults.DIVA_MAX_ATTEMPTS, check=_at_least(1)),
-            Field("object_info_path", "str", None, check=_info_path),
-            Field("session_minutes", "number", defaults.DIVA_SESSION_MINUTES, check=_session),
-            Field(
-                "stuck_after_seconds",
-                "number",
-                defaults.DIVA_STUCK_AFTER_SECONDS,
-                check=_positive,
-            ),
-        ]
-    },
-    "ledger": {
-        f.name: f
-        for f in [
-            Field("url", "str", defaults.LEDGER_URL, check=_ledger_url),
-            Field("password_env", "str", None, check=_non_empty),
-            Field("password_file", "str", None, check=_non_empty),
-            Field("keep_days", "number", None, check=_positive),
-            Field("keep_export_dir", "str", None, check=_non_empty),
-        ]
-    },
-    "cluster": {
-        f.name: f
-        for f in [
-            Field("node", "str", None, check=_non_empty),
-            Field("lease_seconds", "number", defaults.CLUSTER_LEASE_SECONDS, check=_positive),
-        ]
-    },
-    "rules": {
-        "paths": Field("paths", "str_list", defaults.RULES_PATHS),
-        "confirm_new_matches": Field(
-            "confirm_new_matches", "bool", defaults.RULES_CONFIRM_NEW_MATCHES
-        ),
-    },
-    "engine": {
-        f.name: f
-        for f in [
-            Field("rescan_seconds", "number", defaults.ENGINE_RESCAN_SECONDS, check=_positive),
-            Field("reload_seconds", "number", defaults.ENGINE_RELOAD_SECONDS, check=_positive),
-            Field(
-                "watch_poll_seconds", "number", defaults.ENGINE_WATCH_POLL_SECONDS, check=_positive
-            ),
-            Field(
-                "hash_mb_per_second",
-                "number",
-                defaults.ENGINE_HASH_MB_PER_SECOND,
-                check=lambda v: None if v >= 0 else f"must be >= 0 (0: no limit), got {v}",
-            ),
-        ]
-    },
-    "http": {
-        f.name: f
-        for f in [
-            Field("listen", "str", None, check=_listen),
-            Field("token", "str", None, check=_token),
-            Field("token_env", "str", None, check=_non_empty),
-        ]
-    },
-    "notify": {
-        f.name: f
-        for f in [
-            Field("urls", "str_list"),
-            Field("events", "str_list", defaults.NOTIFY_EVENTS, check=_events),
-            Field("digest_seconds", "number", defaults.NOTIFY_DIGEST_SECONDS, check=_not_negative),
-            Field(
-                "outage_after_seconds",
-                "number",
-                defaults.NOTIFY_OUTAGE_AFTER_SECONDS,
-                check=_not_negative,
-            ),
-        ]
-    },
-}
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -593,7 +379,7 @@ def _http(
         host, port = split_listen(listen)
     except ValueError:
         return None  # reported by the field's check
-    if not _is_loopback(host) and token is None and token_env is None:
+    if not is_loopback(host) and token is None and token_env is None:
         problem(
             "listen",
             f"{listen} is not a loopback address: anyone who can reach it would see every "
