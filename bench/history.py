@@ -3,8 +3,10 @@
 An empty watch folder; a ledger holding N historical COMPLETED drops whose files DIVA
 deleted long ago (built straight into SQLite with ``executemany``, not through the engine),
 against the same start-up with an empty ledger. Figures: ``ingest run --until-idle``'s
-wall time and peak RSS in both (the median of a few runs each). Target: within +10 MB and
-+0.2 s of the empty ledger: a start-up reads the drops whose files remain, not history.
+wall time and peak RSS in both: the fastest of five interleaved runs each, after one
+warm-up run (the medians are shown too), and the start-up's read of the settled paths,
+timed in-process. Target: within +10 MB and +0.2 s of the empty ledger: a start-up reads
+the drops whose files remain, not history.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .common import (
 
 NAME = "history"
 SIZES = {"full": 1_000_000, "quick": 100_000}
-RUNS = 3
+RUNS = 5
 TARGET_MB = 10.0
 TARGET_SECONDS = 0.2
 
@@ -72,14 +74,33 @@ def fill_history(dep: Deployment, n: int) -> None:
                 )
 
 
-def _start_up(dep: Deployment) -> tuple[float, float]:
-    """Median wall seconds and peak RSS (MB) of ``ingest run --until-idle``."""
-    walls, peaks = [], []
+def _start_ups(deps: list[Deployment]) -> list[tuple[list[float], list[float]]]:
+    """Each deployment's ``ingest run --until-idle`` wall seconds and peak RSS (MB), the
+    runs interleaved (so a neighbour's load falls on both alike), after one untimed run
+    each (the page cache warm, as for any daemon restart)."""
+    env = python_env()
+    for dep in deps:
+        timed_child(dep.run_command("--until-idle"), env=env)
+    out: list[tuple[list[float], list[float]]] = [([], []) for _ in deps]
     for _ in range(RUNS):
-        wall, rss, _ = timed_child(dep.run_command("--until-idle"), env=python_env())
-        walls.append(wall)
-        peaks.append(rss)
-    return median(walls), median(peaks)
+        for dep, (walls, peaks) in zip(deps, out, strict=True):
+            wall, rss, _ = timed_child(dep.run_command("--until-idle"), env=env)
+            walls.append(wall)
+            peaks.append(rss)
+    return out
+
+
+def _read_ms(dep: Deployment) -> tuple[float, int]:
+    """The start-up's read of the settled paths, in this process: (ms, entries)."""
+    from ingest.ledger import Ledger
+
+    ledger = Ledger.open(dep.ledger_url, migrate=False)
+    try:
+        began = time.perf_counter()
+        entries = len(ledger.settled_by_path(str(dep.watch)))
+        return (time.perf_counter() - began) * 1000, entries
+    finally:
+        ledger.close()
 
 
 def run(size: int) -> Result:
@@ -88,13 +109,15 @@ def run(size: int) -> Result:
         (root / "full").mkdir()
         empty = deployment(root / "empty", emu.url, emu.nas / "empty")
         fill_history(empty, 0)  # the schema only: neither start-up runs the migrations
-        base_wall, base_rss = _start_up(empty)
         full = deployment(root / "full", emu.url, emu.nas / "full")
         began = time.perf_counter()
         fill_history(full, size)
         build = time.perf_counter() - began
         ledger_mb = full.ledger.stat().st_size / 1e6
-        wall, rss = _start_up(full)
+        (base_walls, base_peaks), (walls, peaks) = _start_ups([empty, full])
+        read_ms, entries = _read_ms(full)
+    # The fastest run is the least disturbed by a loaded machine; the medians are shown.
+    base_wall, base_rss, wall, rss = min(base_walls), min(base_peaks), min(walls), min(peaks)
     extra_mb, extra_s = rss - base_rss, wall - base_wall
     met = extra_mb <= TARGET_MB and extra_s <= TARGET_SECONDS
     return Result(
@@ -107,8 +130,15 @@ def run(size: int) -> Result:
             "extra_mb": round(extra_mb, 1),
             "ledger_mb": round(ledger_mb, 1),
             "build_s": round(build, 1),
+            "median_s": round(median(walls), 3),
+            "settled_read_ms": round(read_ms, 1),
+            "settled_entries": entries,
         },
-        {"start_up_s": round(base_wall, 3), "peak_rss_mb": round(base_rss, 1)},
+        {
+            "start_up_s": round(base_wall, 3),
+            "peak_rss_mb": round(base_rss, 1),
+            "median_s": round(median(base_walls), 3),
+        },
         round(wall / base_wall, 3) if base_wall else None,
         f"<= +{TARGET_MB:g} MB and +{TARGET_SECONDS:g} s over an empty ledger",
         met,
