@@ -212,10 +212,11 @@ class IntentChecker:
                     # call's.
                     pending = _pending_intents(self._ledger())
                     break
-                except psycopg.OperationalError:
+                except Exception as exc:
                     # A PostgreSQL ledger restarting (a chaos fault): no commit happens
                     # while it is down, so what it holds once back is what it held then.
-                    if attempt == 119:
+                    down = psycopg.OperationalError
+                    if attempt == 119 or not isinstance(exc.__cause__ or exc, down):
                         raise
                     time.sleep(0.5)
             arrival = Arrival(at, object_name, collection, "unseen")
