@@ -33,7 +33,7 @@ from .common import (
 )
 
 NAME = "burst"
-SIZES = {"full": 10_000, "quick": 1_000}
+SIZES = {"full": 10_000, "quick": 400}
 SETTLE = 0.2
 TARGET_RATIO = 0.8
 

@@ -22,7 +22,7 @@ from .burst import SETTLE, _stage
 from .common import PASSWORD_ENV, USER, Result, deployment, emulator, median, wait_until, workdir
 
 NAME = "http_load"
-SIZES = {"full": 5_000, "quick": 500}
+SIZES = {"full": 5_000, "quick": 200}
 TRIALS = 3  # of each kind
 TARGET_RATIO = 0.95
 SCRAPE_SECONDS = 1.0
