@@ -44,9 +44,10 @@ _SHOWN_COMPONENTS = 10
 
 @click.group()
 def ledger() -> None:
-    """List, show and export the drops recorded in the ledger.
+    """List, show, export and prune the drops recorded in the ledger.
 
-    Every command reads the ledger read-only and never blocks the running daemon.
+    list, show and export read the ledger read-only and never block the running daemon;
+    prune writes in small batches, so the daemon waits for one batch at most.
     Tables show local time; --json, --nl and --csv show ISO 8601 UTC.
 
     \b
@@ -54,6 +55,7 @@ def ledger() -> None:
       ingest ledger list --state FAILED --since 24h
       ingest ledger show 42
       ingest ledger export --since 30d > audit.csv
+      ingest ledger prune --before 365d --export pruned.jsonl
     """
 
 
