@@ -254,11 +254,28 @@ def test_read_commands_do_not_import_sqlalchemy(setup: Setup, args: list[str]) -
 # --watch: refreshed until Ctrl-C
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _ended(proc: subprocess.Popen[bytes]) -> int:
+    """The watch's exit code once Ctrl-C has been sent; killed (not left running into
+    the next test) when it does not end."""
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def _watching(config: Path, **popen: object) -> subprocess.Popen[bytes]:
+    """``status --watch``, started with SIGINT ignored, as a script's background job
+    starts it (Python then installs no handler of its own): Ctrl-C must still end it."""
     cmd = [sys.executable, "-m", "ingest", "status", "--watch", "--interval", "0.2"]
     with (config.parent / "stderr.txt").open("ab") as err:
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            [*cmd, "--config", str(config)], stderr=err, **popen
+            [*cmd, "--config", str(config)], stderr=err, preexec_fn=_ignore_sigint, **popen
         )
 
 
@@ -282,7 +299,7 @@ def test_watch_refreshes_until_ctrl_c_and_exits_0(tmp_path: Path) -> None:
         wait_for(lambda: "failures in the last 24 h: 1" in text(), timeout=30)
     finally:
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
+        code = _ended(proc)
         reader.join(10)
         proc.stdout.close()
     assert code == 0, (tmp_path / "stderr.txt").read_text()
@@ -305,7 +322,7 @@ def test_watch_on_a_terminal_redraws_in_place(tmp_path: Path) -> None:
                 seen += os.read(main_fd, 65536)
     finally:
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
+        code = _ended(proc)
         os.close(main_fd)
     assert code == 0, (tmp_path / "stderr.txt").read_text()
     # Each frame: cursor home, each line cleared to its end, the rest of the screen cleared.

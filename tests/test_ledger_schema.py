@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.types import TypeEngine
 
 from ingest import ledger as ledger_module
@@ -179,8 +179,17 @@ def test_the_oldest_ledger_migrated_is_the_model(
     with monkeypatch.context() as patch:
         patch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS[:1])
         old = open_ledger(url)
-        with old.batch(now=1.0) as tx:
-            tx.add(rule="news", watch="/w", path="a.mxf", size=3, mtime_ns=7)
+        # Written as the first release wrote it (today's Batch writes columns, such as a
+        # transition's node, that this schema does not have yet).
+        with old.engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO drops (rule, watch, path, state, size, mtime_ns, detected_at, "
+                "updated_at) VALUES ('news', '/w', 'a.mxf', 'DETECTED', 3, 7, 1.0, 1.0)"
+            ))  # fmt: skip
+            conn.execute(text(
+                "INSERT INTO transitions (drop_id, at, from_state, to_state, detail) "
+                "SELECT id, 1.0, NULL, 'DETECTED', 'detected' FROM drops"
+            ))  # fmt: skip
         old.close()
     ledger = open_ledger(url, migrate=False)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import sys
 import time
@@ -283,6 +284,10 @@ def _watch(path: queries.LedgerAt, stuck_after: float, fmt: str, interval: float
     frame and looked at again: a daemon being restarted does not end the watch."""
     terminal = sys.stdout.isatty()
     colour = use_colour(sys.stdout)
+    # Ctrl-C (or a SIGTERM from a supervisor) ends the watch, even when started with
+    # SIGINT ignored (a script's background job, nohup): Python installs no handler then.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             now = time.time()
