@@ -348,7 +348,12 @@ def wait_all_final(
     except AssertionError:
         rows = latest(dep)
         late = Counter(rows[k]["state"] if k in rows else "UNSEEN" for k in want)
-        raise AssertionError(f"not every drop reached {finals} in {timeout} s: {late}") from None
+        # The newest daemon log's end, so that a daemon that never ran says why.
+        logs = sorted(dep.root.glob("daemon*.log"), key=lambda p: p.stat().st_mtime)
+        tail = logs[-1].read_text(errors="replace").splitlines()[-25:] if logs else []
+        raise AssertionError(
+            f"not every drop reached {finals} in {timeout} s: {late}\n" + "\n".join(tail)
+        ) from None
 
 
 def check_deleted_only_if_archived(diva: Diva, drops: Drops) -> int:

@@ -52,6 +52,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ingest import pgread
+from ingest.errors import ConfigError
 from ingest.pgread import PgConnection, PostgresLedger
 
 __all__ = ["Arrival", "IntentChecker", "intent_commits_delayed"]
@@ -215,8 +216,12 @@ class IntentChecker:
                 except Exception as exc:
                     # A PostgreSQL ledger restarting (a chaos fault): no commit happens
                     # while it is down, so what it holds once back is what it held then.
-                    down = psycopg.OperationalError
-                    if attempt == 119 or not isinstance(exc.__cause__ or exc, down):
+                    # (ingest's own connect says so as a ConfigError, chained to nothing
+                    # so that no password can ride along.)
+                    down = isinstance(exc.__cause__ or exc, psycopg.OperationalError) or (
+                        isinstance(exc, ConfigError) and "cannot reach PostgreSQL" in str(exc)
+                    )
+                    if attempt == 119 or not down:
                         raise
                     time.sleep(0.5)
             arrival = Arrival(at, object_name, collection, "unseen")
