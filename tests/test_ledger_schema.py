@@ -31,33 +31,15 @@ from ingest.ledger import (
     MIGRATIONS,
     DropRow,
     Ledger,
-    MigrationRow,
-    RulesStateRow,
-    RulesVersionRow,
     State,
-    TransitionRow,
-    WatcherRow,
 )
-from ingest.schema import LeaseRow, LeaseTakeRow, NodeRow
+from ingest.schema import TABLES
 from tests.support.postgres import PASSWORD_ENV, PostgresServer
 
 BACKENDS = ["sqlite", "postgresql"]
 
 #: every table the ledger's migrations create, as the code declares it
-MODEL_TABLES = [
-    m.__table__  # type: ignore[union-attr]
-    for m in (
-        DropRow,
-        TransitionRow,
-        WatcherRow,
-        MigrationRow,
-        RulesVersionRow,
-        RulesStateRow,
-        NodeRow,
-        LeaseRow,
-        LeaseTakeRow,
-    )
-]
+MODEL_TABLES = TABLES
 
 
 def family(sql_type: TypeEngine[Any]) -> str:
