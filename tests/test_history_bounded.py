@@ -3,11 +3,17 @@ deleted leaves nothing in memory, and a start-up does not read it back."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from ingest.ledger import Ledger
+import pytest
+
+from ingest.ledger import Ledger, settled_sql
 from ingest.schema import FILES_REMAIN
+from tests.support.postgres import PASSWORD
 
 from .support.deployment import Deployment
 from .support.wait import wait_for
@@ -21,25 +27,65 @@ def _drop(ledger: Ledger, path: str, state: str, *, deleted: bool | None, sig: i
         )  # fmt: skip
 
 
-def test_start_up_reads_only_drops_whose_files_remain(tmp_path: Path) -> None:
-    ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
-    try:
-        _drop(ledger, "gone.mxf", "COMPLETED", deleted=True, sig=1)
-        _drop(ledger, "kept.mxf", "COMPLETED", deleted=False, sig=2)
-        _drop(ledger, "refused.mxf", "REJECTED", deleted=None, sig=3)
-        _drop(ledger, "failed.mxf", "FAILED", deleted=None, sig=4)
-        _drop(ledger, "skipped.mxf", "SKIPPED", deleted=None, sig=5)
-        _drop(ledger, "live.mxf", "SUBMITTED", deleted=None, sig=6)
-        # An older drop at a path whose newest drop took its files away is not on disk.
-        _drop(ledger, "again.mxf", "REJECTED", deleted=None, sig=7)
-        _drop(ledger, "again.mxf", "COMPLETED", deleted=True, sig=8)
-        settled = ledger.settled_by_path("/w")
-    finally:
-        ledger.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """A new, empty ledger on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database()
+    opened = Ledger.open(url, password=PASSWORD)
+    yield opened
+    opened.close()
+
+
+def test_start_up_reads_only_drops_whose_files_remain(ledger: Ledger) -> None:
+    _drop(ledger, "gone.mxf", "COMPLETED", deleted=True, sig=1)
+    _drop(ledger, "kept.mxf", "COMPLETED", deleted=False, sig=2)
+    _drop(ledger, "refused.mxf", "REJECTED", deleted=None, sig=3)
+    _drop(ledger, "failed.mxf", "FAILED", deleted=None, sig=4)
+    _drop(ledger, "skipped.mxf", "SKIPPED", deleted=None, sig=5)
+    _drop(ledger, "live.mxf", "SUBMITTED", deleted=None, sig=6)
+    # An older drop at a path whose newest drop took its files away is not on disk.
+    _drop(ledger, "again.mxf", "REJECTED", deleted=None, sig=7)
+    _drop(ledger, "again.mxf", "COMPLETED", deleted=True, sig=8)
+    settled = ledger.settled_by_path("/w")
     assert settled == {
         "kept.mxf": (2, 2), "refused.mxf": (3, 3), "failed.mxf": (4, 4),
         "skipped.mxf": (5, 5), "live.mxf": None,
     }  # fmt: skip
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
+
+
+def test_the_start_up_read_on_postgresql_is_linear_before_any_analyze(
+    postgres: Any,
+) -> None:
+    """Before its first ANALYZE, PostgreSQL guesses a table of a handful of rows. The
+    read must not then compare every drop of the watch with every other (a nested loop:
+    2,000 drops took 0.85 s, 200 times SQLite's time), whatever plan it picks."""
+    count = 400
+    ledger = Ledger.open(postgres.create_database(), password=PASSWORD)
+    try:
+        with ledger.batch() as tx:
+            for i in range(count):
+                tx.add(rule="r", watch="/w", path=f"f{i}", size=i, mtime_ns=i, state="FAILED")
+        with ledger.engine.connect() as conn:
+            sql = "EXPLAIN (ANALYZE, FORMAT JSON) " + settled_sql(postgresql=True)
+            (plan,) = conn.exec_driver_sql(sql, ("/w",)).one()
+        assert len(ledger.settled_by_path("/w")) == count
+    finally:
+        ledger.close()
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    nodes = list(_plan_nodes(plan[0]["Plan"]))
+    compared = sum(
+        n.get("Rows Removed by Join Filter", 0) + n.get("Rows Removed by Filter", 0) for n in nodes
+    )
+    assert compared < count, [n["Node Type"] for n in nodes]
 
 
 def test_the_start_up_read_goes_through_the_partial_index(tmp_path: Path) -> None:
