@@ -187,6 +187,20 @@ class Batch:
         keys = tuple(fields)
         self._write(_update_sql(keys), (*(fields[k] for k in keys), drop_id))
 
+    def files_gone(self, watch: str, path: str, detail: str) -> list[int]:
+        """Record that the files at ``path`` are gone from ``watch``: each final drop
+        there whose files remained gets ``files_gone_at`` and a step saying ``detail``
+        (its state stays). Its ids; none when nothing there was thought to remain."""
+        final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATES))
+        found = self._execute(
+            f"SELECT id, state FROM drops WHERE watch = ? AND path = ? "  # noqa: S608
+            f"AND ({FILES_REMAIN}) AND state IN ({final})",
+            (watch, path),
+        ).fetchall()
+        for drop_id, state in found:
+            self.transition(drop_id, state, state, detail, files_gone_at=self.now)
+        return [drop_id for drop_id, _ in found]
+
     def requeue(self, drop_id: int, from_state: str, detail: str) -> bool:
         """Put a final drop back in RETRY_WAIT, due now with a fresh count of attempts,
         if it is still in ``from_state`` (one of :data:`REQUEUEABLE_STATES`); records the
@@ -196,7 +210,7 @@ class Batch:
         # Conditional on the state it was seen in: the engine may have moved it since.
         changed = self._write(
             "UPDATE drops SET state = ?, next_attempt_at = ?, attempts = 0, error = NULL, "
-            "updated_at = ? WHERE id = ? AND state = ?",
+            "files_gone_at = NULL, updated_at = ? WHERE id = ? AND state = ?",
             (State.RETRY_WAIT, self.now, self.now, drop_id, from_state),
         ).rowcount
         if not changed:

@@ -36,9 +36,12 @@ __all__ = [
 _CHECKSUM_OPEN = "checksum_mismatch IS NOT NULL AND checksum_acked_at IS NULL"
 
 #: A drop whose files may still be in its watch folder: every drop but one COMPLETED
-#: with its sources gone (DIVA deleted them). Public: the ledger's start-up read names
-#: it word for word, as SQLite uses a partial index only for a query that repeats it.
-FILES_REMAIN = "state <> 'COMPLETED' OR source_deleted IS NOT TRUE"
+#: with its sources gone (DIVA deleted them) or one whose files a scan found gone (an
+#: operator removed a refused file). Public: the ledger's start-up read names it word
+#: for word, as SQLite uses a partial index only for a query that repeats it.
+FILES_REMAIN = "(state <> 'COMPLETED' OR source_deleted IS NOT TRUE) AND files_gone_at IS NULL"
+#: What FILES_REMAIN was before ``files_gone_at`` (migration 0010 builds its index so).
+_FILES_REMAIN_0010 = "state <> 'COMPLETED' OR source_deleted IS NOT TRUE"
 
 
 class DropRow(SQLModel, table=True):
@@ -122,6 +125,9 @@ class DropRow(SQLModel, table=True):
     #: {component: {"ours", "diva"}}); ``ingest status`` exits 1 until acknowledged
     checksum_mismatch: str | None = None
     checksum_acked_at: float | None = None
+    #: when a scan found the files of this final drop gone from its folder (a refused
+    #: or failed file an operator removed): a start-up no longer reads it back
+    files_gone_at: float | None = None
 
 
 class TransitionRow(SQLModel, table=True):
@@ -440,8 +446,17 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     (
         "0010_drops_files_remain",
         _run_script(
-            f"CREATE INDEX ix_drops_files_remain ON drops (watch, path, id) WHERE {FILES_REMAIN}"
+            "CREATE INDEX ix_drops_files_remain ON drops (watch, path, id) "
+            f"WHERE {_FILES_REMAIN_0010}"
         ),
     ),
     ("0011_cluster_stamps", _run_script(_CLUSTER_STAMPS)),
+    (
+        "0012_drops_files_gone",
+        _run_script(
+            "ALTER TABLE drops ADD COLUMN files_gone_at REAL;"
+            "DROP INDEX ix_drops_files_remain;"
+            f"CREATE INDEX ix_drops_files_remain ON drops (watch, path, id) WHERE {FILES_REMAIN}"
+        ),
+    ),
 ]

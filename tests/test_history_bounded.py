@@ -56,6 +56,29 @@ def test_start_up_reads_only_drops_whose_files_remain(ledger: Ledger) -> None:
     }  # fmt: skip
 
 
+def test_files_found_gone_leave_the_start_up_read_until_a_retry(ledger: Ledger) -> None:
+    refused = _drop(ledger, "refused.mxf", "REJECTED", deleted=None, sig=1)
+    _drop(ledger, "gone.mxf", "COMPLETED", deleted=True, sig=2)
+    live = _drop(ledger, "live.mxf", "SUBMITTED", deleted=None, sig=3)
+    with ledger.batch() as tx:
+        assert tx.files_gone("/w", "refused.mxf", "removed from the folder") == [refused]
+        # Nothing of these was thought to remain, or it is not final: untouched.
+        assert tx.files_gone("/w", "gone.mxf", "removed") == []
+        assert tx.files_gone("/w", "live.mxf", "removed") == []
+    assert ledger.settled_by_path("/w") == {"live.mxf": None}
+    row = ledger.get(refused)
+    assert row is not None
+    assert (row["state"], row["files_gone_at"] is not None) == ("REJECTED", True)
+    last = ledger.history(refused)[-1]
+    assert (last["from_state"], last["to_state"], last["detail"]) == (
+        "REJECTED", "REJECTED", "removed from the folder",
+    )  # fmt: skip
+    assert ledger.get(live)["files_gone_at"] is None  # type: ignore[index]
+    # An operator's retry puts it back among the drops whose files count.
+    assert ledger.requeue({refused: "REJECTED"}, "retried") == {refused}
+    assert ledger.settled_by_path("/w") == {"live.mxf": None, "refused.mxf": None}
+
+
 def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):
