@@ -34,7 +34,7 @@ _COLUMNS = (
     "source_deleted, size, mtime_ns, file_count, body, error, detected_at, settled_at, "
     "submitted_at, finished_at, next_attempt_at, updated_at"
 )
-#: What ``ingest status`` asks (ingest/queries.py), as one script for the sqlite3 tool.
+#: What ``ingest status`` asks (ingest/overview.py), as one script for the sqlite3 tool.
 STATUS_SQL = f"""
 SELECT state, rule, count(*) FROM drops GROUP BY state, rule;
 SELECT {_COLUMNS} FROM drops WHERE state = 'SUBMITTED' ORDER BY id LIMIT 100;

@@ -1,6 +1,6 @@
 """The operator commands' read side on a PostgreSQL ledger: psycopg 3, no SQLAlchemy.
 
-:mod:`ingest.queries` writes each query once, for SQLite (``?`` placeholders, rows read
+:mod:`ingest.queries` and :mod:`ingest.overview` write each query once, for SQLite (``?`` placeholders, rows read
 by name or position). :class:`PgConnection` lets the same text and the same callers run
 on PostgreSQL: it turns the placeholders into psycopg's (:func:`ingest.ledgerurl.postgresql_sql`, as
 the engine's writes do) and gives

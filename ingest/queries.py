@@ -5,7 +5,8 @@ start and answer in a fraction of a second on a million-row ledger. Every query 
 shaped for an index of the schema (see ``ingest.schema``); unbounded queries return
 cursors, not lists. The ledger is in WAL mode, so these reads never block the daemon,
 nor wait for it. A PostgreSQL ledger is read through psycopg (:mod:`ingest.pgread`), with
-the same query texts: where the two backends' SQL differs, :func:`_pg` says which.
+the same query texts: where the two backends' SQL differs, :func:`is_pg` says which.
+What ``ingest status`` and the status page read is :mod:`ingest.overview`.
 
 ::
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,12 +44,14 @@ __all__ = [
     "ACTIVE_STATES",
     "FAILED_STATES",
     "RECORD_FIELDS",
+    "SELECT_RECORDS",
     "STATES",
     "DropFilter",
     "drop_known",
     "drop_record",
     "find_by_path",
     "get_drop",
+    "has_table",
     "history",
     "ledger_path",
     "open_ledger",
@@ -59,7 +61,6 @@ __all__ = [
     "rules_version_record",
     "rules_versions",
     "select_drops",
-    "state_rule_counts",
 ]
 
 #: The ledger's states, in the order a drop goes through them, as plain strings.
@@ -109,7 +110,8 @@ _TIME_FIELDS = frozenset(f for f in RECORD_FIELDS if f.endswith("_at"))
 _COLUMNS = ", ".join(RECORD_FIELDS)
 # Only constant column names and placeholders are ever put into SQL text; every value
 # is bound. Hence the S608 (SQL built from strings) exemptions below.
-_SELECT = f"SELECT {_COLUMNS} FROM drops"  # noqa: S608
+#: drops' rows as :func:`drop_record` reads them (here and in :mod:`ingest.overview`)
+SELECT_RECORDS = f"SELECT {_COLUMNS} FROM drops"  # noqa: S608
 
 #: How long a read waits for a lock before giving up (WAL readers rarely wait at all:
 #: only while a checkpoint resets the log).
@@ -337,7 +339,7 @@ def select_drops(
             clause = " AND ".join(["state = ?", *where])
             alias = f" AS s{n}" if pg else ""  # PostgreSQL 15 names every subquery
             parts.append(
-                f"SELECT * FROM ({_SELECT} WHERE {clause} ORDER BY id DESC LIMIT ?){alias}"  # noqa: S608
+                f"SELECT * FROM ({SELECT_RECORDS} WHERE {clause} ORDER BY id DESC LIMIT ?){alias}"  # noqa: S608
             )
             all_params += [state, *params, limit]
         sql = " UNION ALL ".join(parts) + " ORDER BY id DESC LIMIT ?"
@@ -351,7 +353,7 @@ def select_drops(
         plus = "" if pg else "+"
         where.insert(0, f"{plus}state IN ({', '.join('?' * len(states))})")
         params[:0] = states
-    sql = _SELECT
+    sql = SELECT_RECORDS
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY id DESC"
@@ -440,148 +442,10 @@ def newer_for_path(conn: sqlite3.Connection, row: sqlite3.Row) -> sqlite3.Row | 
 
 
 # ---------------------------------------------------------------------------------------
-# status
-
-
-def state_rule_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
-    """``(state, rule, count)`` for every pair: one pass over the ``(state, rule)`` index."""
-    return [
-        (r[0], r[1], r[2])
-        for r in conn.execute("SELECT state, rule, count(*) FROM drops GROUP BY state, rule")
-    ]
-
-
-def in_flight(conn: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:
-    """Requests DIVA is working on (SUBMITTED, RUNNING), oldest first."""
-    rows: list[sqlite3.Row] = []
-    for state in IN_FLIGHT_STATES:
-        rows += conn.execute(
-            f"{_SELECT} WHERE state = ? ORDER BY id LIMIT ?", (state, limit)
-        ).fetchall()
-    rows.sort(key=lambda r: r["id"])
-    return rows[:limit]
-
-
-def stuck(conn: sqlite3.Connection, before: float, limit: int) -> tuple[int, list[sqlite3.Row]]:
-    """In-flight requests DIVA has kept waiting (queued, for resources, for an operator)
-    since before ``before``: their count and the longest-waiting ``limit``. The cost is
-    the number of requests in flight (the ``(state, id)`` index), not of drops."""
-    total = 0
-    rows: list[sqlite3.Row] = []
-    for state in IN_FLIGHT_STATES:
-        total += conn.execute(
-            "SELECT count(*) FROM drops WHERE state = ? AND waiting_since < ?", (state, before)
-        ).fetchone()[0]
-        rows += conn.execute(
-            f"{_SELECT} WHERE state = ? AND waiting_since < ? ORDER BY waiting_since LIMIT ?",
-            (state, before, limit),
-        ).fetchall()
-    rows.sort(key=lambda r: r["waiting_since"])
-    return total, rows[:limit]
-
-
-def oldest_waiting(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    """The oldest drop of each waiting state (DETECTED, SUBMITTING, RETRY_WAIT), oldest first."""
-    rows: list[sqlite3.Row] = []
-    for state in ("DETECTED", "SUBMITTING", "RETRY_WAIT"):
-        row = conn.execute(f"{_SELECT} WHERE state = ? ORDER BY id LIMIT 1", (state,)).fetchone()
-        if row is not None:
-            rows.append(row)
-    rows.sort(key=lambda r: (r["detected_at"], r["id"]))
-    return rows
-
-
-def waiting_reason(row: sqlite3.Row | dict[str, Any]) -> str:
-    """Why a waiting drop waits, in a few words."""
-    state = row["state"]
-    if state == "DETECTED":
-        if row["settled_at"] is None:
-            return "settling (still changing, or not unchanged long enough yet)"
-        error = str(row["error"] or "")
-        if error.startswith(("waiting for the ready marker", "waiting for its sidecar", "hashing")):
-            return error
-        return "queued: settled, waiting for a free slot to submit"
-    if state == "SUBMITTING":
-        return "submitting: waiting for DIVA's answer to the archive request"
-    if state == "RETRY_WAIT":
-        at = row["next_attempt_at"]
-        when = "now" if at is None else f"at {_local(at)}"
-        why = f" after: {row['error']}" if row["error"] else ""
-        return f"retry {when}{why}"
-    return str(state).lower()
-
-
-def _local(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
-
-
-def recent_failures(
-    conn: sqlite3.Connection, since: float, limit: int
-) -> tuple[int, list[sqlite3.Row]]:
-    """FAILED/REJECTED drops finished since ``since``: their count and the newest ``limit``.
-
-    Each state is a range of the ``(state, finished_at)`` index (migration 0002), so the
-    cost is the number of failures, not of drops finished.
-    """
-    total = 0
-    rows: list[sqlite3.Row] = []
-    for state in FAILED_STATES:
-        total += conn.execute(
-            "SELECT count(*) FROM drops WHERE state = ? AND finished_at >= ?", (state, since)
-        ).fetchone()[0]
-        rows += conn.execute(
-            f"{_SELECT} WHERE state = ? AND finished_at >= ? ORDER BY finished_at DESC LIMIT ?",
-            (state, since, limit),
-        ).fetchall()
-    rows.sort(key=lambda r: r["finished_at"], reverse=True)
-    return total, rows[:limit]
-
-
-def checksum_mismatches(conn: sqlite3.Connection, limit: int) -> tuple[int, list[sqlite3.Row]]:
-    """Drops whose checksums DIVA reported differently, not acknowledged (``ingest ledger
-    ack``): their count and the newest ``limit``."""
-    where = "WHERE checksum_mismatch IS NOT NULL AND checksum_acked_at IS NULL"
-    total = conn.execute(f"SELECT count(*) FROM drops {where}").fetchone()[0]  # noqa: S608
-    rows = conn.execute(f"{_SELECT} {where} ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-    return total, rows
-
-
-def watchers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    """The engine's last word on each watch folder."""
-    return conn.execute(
-        "SELECT watch, observer, health, detail, last_scan_at, updated_at FROM watchers "
-        "ORDER BY watch"
-    ).fetchall()
-
-
-def cluster(conn: sqlite3.Connection, now: float) -> tuple[list[Any], list[Any]]:
-    """The nodes on a shared (PostgreSQL) ledger and the folder leases (ingest.leases):
-    (nodes: name, host, pid, heartbeat_at, alive, folders; leases: watch, holder, epoch,
-    live). Liveness is by the database's clock on PostgreSQL (the nodes' own), ``now``
-    elsewhere. Empty on a ledger no node has shared."""
-    if not _has_table(conn, "nodes"):
-        return [], []
-    clock = "CAST(EXTRACT(EPOCH FROM now()) AS DOUBLE PRECISION)" if is_pg(conn) else "?"
-    times = () if is_pg(conn) else (now,)
-    nodes = conn.execute(
-        f"SELECT n.name, n.host, n.pid, n.heartbeat_at, n.expires_at > {clock} AS alive, "  # noqa: S608
-        f"(SELECT count(*) FROM leases l WHERE l.holder = n.name AND l.expires_at > {clock}) "
-        "AS folders FROM nodes n ORDER BY n.name",
-        times * 2,
-    ).fetchall()
-    leases = conn.execute(
-        f"SELECT watch, holder, epoch, expires_at > {clock} AS live FROM leases "  # noqa: S608
-        "ORDER BY watch",
-        times,
-    ).fetchall()
-    return nodes, leases
-
-
-# ---------------------------------------------------------------------------------------
 # rules versions (written by the daemon: ingest.engine.rulestate)
 
 
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
     # A ledger the daemon has not migrated yet (an older ingest wrote it) has none.
     if is_pg(conn):
         return conn.execute("SELECT to_regclass(?)", (name,)).fetchone()[0] is not None
@@ -593,7 +457,7 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 def rules_versions(conn: sqlite3.Connection, limit: int | None = None) -> list[sqlite3.Row]:
     """The rules versions the daemon loaded, the one last put in force first."""
-    if not _has_table(conn, "rules_versions"):
+    if not has_table(conn, "rules_versions"):
         return []
     sql = "SELECT * FROM rules_versions ORDER BY last_loaded_at DESC, loaded_at DESC"
     if limit is not None:
@@ -616,7 +480,7 @@ def rules_version_prefix(text: str) -> str:
 def resolve_rules_versions(conn: sqlite3.Connection, prefix: str) -> list[sqlite3.Row]:
     """The rules versions whose hash starts with ``prefix`` (a few hex digits do)."""
     text = rules_version_prefix(prefix)
-    if not _has_table(conn, "rules_versions"):
+    if not has_table(conn, "rules_versions"):
         return []
     match, param = _glob(is_pg(conn), "version", text + "*")
     return conn.execute(
@@ -627,7 +491,7 @@ def resolve_rules_versions(conn: sqlite3.Connection, prefix: str) -> list[sqlite
 
 def rules_state(conn: sqlite3.Connection) -> sqlite3.Row | None:
     """The daemon's word on its rules: the version in force and any refused edit."""
-    if not _has_table(conn, "rules_state"):
+    if not has_table(conn, "rules_state"):
         return None
     row: sqlite3.Row | None = conn.execute("SELECT * FROM rules_state WHERE id = 1").fetchone()
     return row

@@ -183,7 +183,7 @@ def test_each_intent_names_its_node_and_epoch_as_the_lease_history_has_them(
 
 
 def _unheld(ledger: Ledger) -> list[str]:
-    """The folders ``ingest status`` reports with no live holder (queries.cluster's read)."""
+    """The folders ``ingest status`` reports with no live holder (overview.cluster's read)."""
     with ledger.batch() as tx:
         rows = tx._execute(
             "SELECT watch FROM leases WHERE NOT expires_at > EXTRACT(EPOCH FROM now()) "

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .. import queries
+from .. import overview, queries
 from ..errors import NotFoundError
 from ..report import (
     Column,
@@ -221,7 +221,7 @@ def _note(row: sqlite3.Row) -> str:
         gone = {1: ", source deleted", 0: ", source still there"}.get(row["source_deleted"], "")
         return f"{row['object_name'] or ''}{gone}"
     if state in ("DETECTED", "SUBMITTING", "RETRY_WAIT"):
-        return queries.waiting_reason(row)
+        return overview.waiting_reason(row)
     return str(row["error"] or "")
 
 

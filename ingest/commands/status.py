@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .. import defaults, queries
+from .. import defaults, overview, queries
 from ..config import find_config, load_config
 from ..errors import LedgerError
 from ..report import (
@@ -106,15 +106,15 @@ def collect(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The status document (``--json``'s, and the status page's) and its raw rows."""
     with queries.snapshot(conn):
-        stuck_count, stuck = queries.stuck(conn, now - stuck_after, SHOWN)
-        pairs = queries.state_rule_counts(conn)
-        flying = queries.in_flight(conn, SHOWN * 10)
-        waiting = queries.oldest_waiting(conn)
-        failed_count, failed = queries.recent_failures(conn, now - FAILURE_WINDOW_SECONDS, SHOWN)
-        watcher_rows = queries.watchers(conn)
+        stuck_count, stuck = overview.stuck(conn, now - stuck_after, SHOWN)
+        pairs = overview.state_rule_counts(conn)
+        flying = overview.in_flight(conn, SHOWN * 10)
+        waiting = overview.oldest_waiting(conn)
+        failed_count, failed = overview.recent_failures(conn, now - FAILURE_WINDOW_SECONDS, SHOWN)
+        watcher_rows = overview.watchers(conn)
         rules_row = queries.rules_state(conn)
-        mismatch_count, mismatched = queries.checksum_mismatches(conn, SHOWN)
-        node_rows, lease_rows = queries.cluster(conn, now)
+        mismatch_count, mismatched = overview.checksum_mismatches(conn, SHOWN)
+        node_rows, lease_rows = overview.cluster(conn, now)
     states = dict.fromkeys(queries.STATES, 0)
     rules: dict[str, dict[str, int]] = {}
     for state, rule, count in pairs:
@@ -169,7 +169,7 @@ def collect(
             " (stuck: see DIVA's queue; ingest does not resubmit them)"
         )
     waiting_docs = [
-        {**queries.drop_record(r), "reason": queries.waiting_reason(r)} for r in waiting
+        {**queries.drop_record(r), "reason": overview.waiting_reason(r)} for r in waiting
     ]
     doc = {
         "ledger": str(path),
@@ -418,7 +418,7 @@ def _print(
             f"{local_time(oldest['detected_at'], seconds=True)} "
             f"({ago(oldest['detected_at'])})"
         )
-        echo(f"  why: {queries.waiting_reason(oldest)}")
+        echo(f"  why: {overview.waiting_reason(oldest)}")
     else:
         echo("oldest waiting: nothing waits")
 

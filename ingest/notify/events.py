@@ -4,7 +4,7 @@
 the ledger's new transitions (:class:`~ingest.follow.Follower`: drops FAILED or
 REJECTED), the engine's snapshot (:attr:`Monitor.snapshot <ingest.engine.monitor.Monitor>`:
 folders paused or down, DIVA unreachable), the requests DIVA keeps waiting
-(:func:`ingest.queries.stuck`) and the ``rules_state`` row (a refused rule edit). Each
+(:func:`ingest.overview.stuck`) and the ``rules_state`` row (a refused rule edit). Each
 thing is told once: a folder when it goes down, a request when it first counts as
 stuck, an outage once it has lasted ``outage_after_seconds``, a refused edit once per
 refusal. :func:`digest` turns what a window gathered into one message, however many.
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import defaults, queries
+from .. import defaults, overview, queries
 from ..follow import Follower
 from ..report import ago_span, iso_utc
 
@@ -94,9 +94,9 @@ class Lookout:
         if self.events & {"stuck", "rules", "checksum"}:
             with queries.open_ledger(self.ledger) as conn, queries.errors(self.ledger):
                 with queries.snapshot(conn):
-                    _, stuck = queries.stuck(conn, now - self.stuck_after, 1000)
+                    _, stuck = overview.stuck(conn, now - self.stuck_after, 1000)
                     rules = queries.rules_state(conn)
-                    _, mismatched = queries.checksum_mismatches(conn, 1000)
+                    _, mismatched = overview.checksum_mismatches(conn, 1000)
             found += self._stuck(stuck)
             found += self._rules(rules)
             found += self._mismatches(mismatched)

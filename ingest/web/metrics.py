@@ -24,7 +24,7 @@ from prometheus_client import Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .. import queries
+from .. import overview, queries
 from ..engine.monitor import Monitor
 from ..follow import Follower
 
@@ -131,7 +131,7 @@ class _Now(Collector):
 def _read(ledger: queries.LedgerAt) -> tuple[dict[str, dict[str, int]], bool]:
     """rule -> state -> drops, and whether the daemon refuses the rule files on disk."""
     with queries.open_ledger(ledger) as conn, queries.errors(ledger):
-        pairs = queries.state_rule_counts(conn)
+        pairs = overview.state_rule_counts(conn)
         rules = queries.rules_state(conn)
     counts: dict[str, dict[str, int]] = {}
     for state, rule, n in pairs:

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from .. import defaults, queries
+from .. import defaults, overview, queries
 from ..commands.status import collect, rules_doc
 from ..engine.monitor import Snapshot
 from ..errors import LedgerError
@@ -129,7 +129,7 @@ def page_data(
             failed = queries.DropFilter(states=queries.FAILED_STATES)
             failures = list(queries.select_drops(conn, failed, limit=rows))
             hourly = hourly_completed(conn, now)
-            scans = {w["watch"]: w["last_scan_at"] for w in queries.watchers(conn)}
+            scans = {w["watch"]: w["last_scan_at"] for w in overview.watchers(conn)}
     code, healthz = health(snap, now)
     return {
         "status": doc,
