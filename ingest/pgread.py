@@ -1,10 +1,10 @@
 """The operator commands' read side on a PostgreSQL ledger: psycopg 3, no SQLAlchemy.
 
-:mod:`ingest.queries` and :mod:`ingest.overview` write each query once, for SQLite (``?`` placeholders, rows read
-by name or position). :class:`PgConnection` lets the same text and the same callers run
-on PostgreSQL: it turns the placeholders into psycopg's (:func:`ingest.ledgerurl.postgresql_sql`, as
-the engine's writes do) and gives
-rows that read like :class:`sqlite3.Row`. Every session is read-only, as SQLite's
+:mod:`ingest.queries` and :mod:`ingest.overview` write each query once, for SQLite
+(``?`` placeholders, rows read by name or position). :class:`PgConnection` lets the same
+text and the same callers run on PostgreSQL: it turns the placeholders into psycopg's
+(:func:`ingest.ledgerurl.postgresql_sql`, as the engine's writes do) and gives rows that
+read like :class:`sqlite3.Row`. Every session is read-only, as SQLite's
 ``mode=ro`` is: only ``ingest retry`` writes, through the engine's own ledger code.
 """
 
