@@ -89,7 +89,7 @@ def _m(
 ENGINE = "ingest/engine/core.py"
 DISPATCH = "ingest/engine/dispatch.py"
 SUBMISSIONS = "ingest/engine/submissions.py"
-INTAKE = "ingest/engine/intake.py"
+WAITS = "ingest/engine/waits.py"
 FOLDERS = "ingest/engine/folders.py"
 CLIENT = "ingest/client.py"
 AUTH = "ingest/auth.py"
@@ -256,7 +256,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "vanished-drop-skipped",
         "Ask before resubmitting: a drop whose call may have reached DIVA is reconciled when "
         "its files vanish, never SKIPPED",
-        INTAKE,
+        WAITS,
         [
             T_FAILSAFE + "test_an_operator_retry_of_a_drop_diva_archived_meanwhile_completes_it",
             T_FAILSAFE

@@ -140,7 +140,7 @@ def test_caches_hold_nothing_of_drops_archived_and_deleted(deployment: Deploymen
     assert engine.folders.settled[watch] == {}
     assert engine.tracker.drops == {}
     assert not engine.intake._hinted
-    assert not engine.intake.waiting_sidecar and not engine.intake.hashing
+    assert not engine.intake.waits.sidecar and not engine.intake.waits.hashing
 
     # A new file of an archived name is a new drop, with today's conflict handling.
     (dep.watch / "clip0.mxf").write_bytes(b"second take")
