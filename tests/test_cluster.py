@@ -19,21 +19,17 @@ import psycopg
 import pytest
 
 from tests.support.deployment import Deployment
-from tests.support.postgres import PASSWORD
+from tests.support.pgledger import (
+    UNLEASED_INTENTS_SQL,
+    all_rows,
+    connect,
+    ingest,
+    use_postgresql,
+)
 from tests.support.wait import wait_for
-from tests.test_ledger_postgresql import ingest, rows, use_postgresql
 
 FOLDERS = ["w1", "w2", "w3", "w4"]
 LEASE = 2.0
-
-#: Intents (steps into SUBMITTING) not written by the node that took the drop's folder at
-#: the epoch the step names, by the lease history (lease_takes): unstamped ones count.
-UNLEASED_INTENTS_SQL = (
-    "SELECT count(*) FROM transitions t JOIN drops d ON d.id = t.drop_id "
-    "LEFT JOIN lease_takes k ON k.watch = d.watch AND k.epoch = t.epoch "
-    "WHERE t.to_state = 'SUBMITTING' AND (t.node IS NULL OR k.holder IS NULL "
-    "OR k.holder <> t.node)"
-)
 
 
 def _setup(dep: Deployment, pg_url: str, settle: float = 0.5) -> dict[str, str]:
@@ -55,13 +51,7 @@ def _setup(dep: Deployment, pg_url: str, settle: float = 0.5) -> dict[str, str]:
 
 def _leases(url: str) -> dict[str, tuple[str | None, int, bool]]:
     """watch -> (holder, epoch, live) from PostgreSQL."""
-    target = url.removeprefix("postgresql://")
-    user, _, rest = target.partition("@")
-    hostport, _, dbname = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    with psycopg.connect(
-        host=host, port=int(port), user=user, dbname=dbname, password=PASSWORD
-    ) as conn:
+    with connect(url) as conn:
         try:
             found = conn.execute(
                 "SELECT watch, holder, epoch, expires_at > EXTRACT(EPOCH FROM now()) FROM leases"
@@ -102,38 +92,18 @@ def _drop(watches: dict[str, str], tag: str) -> list[str]:
 
 
 def _all_completed(url: str, count: int) -> bool:
-    states = [r["state"] for r in _all_rows(url)] if rows(url) else []
+    states = [r["state"] for r in all_rows(url)]
     return len(states) == count and all(s == "COMPLETED" for s in states)
-
-
-def _all_rows(url: str) -> list[dict[str, Any]]:
-    target = url.removeprefix("postgresql://")
-    user, _, rest = target.partition("@")
-    hostport, _, dbname = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    with psycopg.connect(
-        host=host, port=int(port), user=user, dbname=dbname, password=PASSWORD,
-        row_factory=psycopg.rows.dict_row,
-    ) as conn:  # fmt: skip
-        return conn.execute("SELECT * FROM drops ORDER BY id").fetchall()
 
 
 def _unleased_intents(url: str) -> tuple[int, int]:
     """(intents by a node without the folder's lease at their epoch, all intents)."""
-    with _connect(url) as conn:
+    with connect(url) as conn:
         bad = conn.execute(UNLEASED_INTENTS_SQL).fetchone()
         total = conn.execute(
             "SELECT count(*) FROM transitions WHERE to_state = 'SUBMITTING'"
         ).fetchone()
     return int(bad[0]) if bad else -1, int(total[0]) if total else 0
-
-
-def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
-    target = url.removeprefix("postgresql://")
-    user, _, rest = target.partition("@")
-    hostport, _, dbname = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    return psycopg.connect(host=host, port=int(port), user=user, dbname=dbname, password=PASSWORD)
 
 
 def _status_shows_the_split(dep: Deployment, watches: dict[str, str]) -> None:
@@ -179,7 +149,7 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
             names = _drop(watches, "first")
             wait_for(lambda: _all_completed(pg_url, 4), timeout=90)
             # Each node archived the drops of its own folders.
-            by_folder = {r["watch"]: r for r in _all_rows(pg_url)}
+            by_folder = {r["watch"]: r for r in all_rows(pg_url)}
             assert set(by_folder) == set(watches.values())
 
             # alpha dies with drops of its folders in hand.
@@ -189,7 +159,7 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
             wait_for(
                 lambda: any(
                     r["state"] not in ("DETECTED", "COMPLETED")
-                    for r in _all_rows(pg_url)
+                    for r in all_rows(pg_url)
                     if r["watch"] in alphas
                 ),
                 timeout=60,
@@ -235,7 +205,7 @@ def test_a_node_frozen_past_its_lease_submits_nothing_for_the_folders_it_lost(
         alphas = _held_by(pg_url, "alpha")
         names = _drop(watches, "frozen")
         # alpha has seen its drops (rows DETECTED, settling): then it freezes.
-        wait_for(lambda: sum(r["watch"] in alphas for r in _all_rows(pg_url)) == 2, timeout=60)
+        wait_for(lambda: sum(r["watch"] in alphas for r in all_rows(pg_url)) == 2, timeout=60)
         alpha.send_signal(signal.SIGSTOP)
         try:
             wait_for(lambda: len(_held_by(pg_url, "beta")) == 4, timeout=30)

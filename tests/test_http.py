@@ -17,13 +17,11 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.config import load_config
 from ingest.errors import ConfigError
@@ -31,41 +29,11 @@ from ingest.errors import ConfigError
 from .leakcheck import PASSWORD, SECRET_FORMS, TOKEN
 from .support.deployment import DIVA_PASSWORD_ENV, Deployment
 from .support.emulator import DivaApi
+from .support.http import daemon, enable_http, samples
 from .support.wait import wait_for
 
 #: a token as an admin would make one (``openssl rand -hex 24``)
 HTTP_TOKEN = "5f0c1b7e9a2d4c6e8f10a3b5c7d9e1f2a4b6c8d0e2f4a6b8"
-ADDRESS = re.compile(r"status page, API and metrics at (http://\S+/)")
-
-
-def enable_http(dep: Deployment, **keys: str) -> None:
-    """Add ``[http]`` to the deployment's config (``listen`` on a free loopback port)."""
-    values = {"listen": "127.0.0.1:0", **keys}
-    table = "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
-    dep.config_path.write_text(dep.config_path.read_text() + "[http]\n" + table)
-
-
-@contextlib.contextmanager
-def daemon(dep: Deployment, password: str = "operator") -> Iterator[str]:  # noqa: S107
-    """``ingest run`` with the deployment's config; yields the endpoint's base URL."""
-    log_path = dep.root / "daemon.log"
-    env = {**os.environ, DIVA_PASSWORD_ENV: password}
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest", "run", "--config", str(dep.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    try:
-
-        def address() -> str | None:
-            assert proc.poll() is None, log_path.read_text()
-            found = ADDRESS.search(log_path.read_text())
-            return found.group(1) if found else None
-
-        yield wait_for(address, timeout=30)
-    finally:
-        proc.terminate()
-        assert proc.wait(timeout=30) == 0, log_path.read_text()
 
 
 def ledger_counts(dep: Deployment) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
@@ -77,16 +45,6 @@ def ledger_counts(dep: Deployment) -> tuple[dict[tuple[str, str], int], dict[tup
             "JOIN drops d ON d.id = t.drop_id GROUP BY 1, 2"
         ).fetchall()
     return {(r, s): n for r, s, n in drops}, {(r, s): n for r, s, n in steps}
-
-
-def samples(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Every sample of a scrape: name -> sorted labels -> value."""
-    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = tuple(sorted(sample.labels.items()))
-            found.setdefault(sample.name, {})[labels] = sample.value
-    return found
 
 
 def cli_json(dep: Deployment, *args: str) -> Any:

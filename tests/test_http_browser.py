@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from .support.deployment import Deployment
-from .test_http import daemon, enable_http
+from .support.http import daemon, enable_http
 from .unprivileged import cannot_run_here
 
 #: seconds any one thing the browser should see may take, on a loaded 2-core machine

@@ -13,9 +13,9 @@ import pytest
 
 from ingest.leases import LeaseLost, Leases, NodeNameTaken, fence
 from ingest.ledger import Ledger, State
+from tests.support.pgledger import UNLEASED_INTENTS_SQL
 from tests.support.postgres import PASSWORD
 from tests.support.wait import wait_for
-from tests.test_cluster import UNLEASED_INTENTS_SQL
 
 WATCHES = ["/nas/a", "/nas/b", "/nas/c", "/nas/d"]
 

@@ -7,66 +7,18 @@ The server is a throwaway PostgreSQL (tests/support/postgres.py), one database p
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
-from ingest.ledgerurl import postgres_target
-from ingest.pgread import PostgresLedger
-from tests.support.deployment import DIVA_PASSWORD_ENV, Deployment
+from tests.support.deployment import Deployment
+from tests.support.http import ADDRESS
+from tests.support.pgledger import ingest, rows, use_postgresql
 from tests.support.postgres import PASSWORD, PASSWORD_ENV, PostgresServer, start_server
 from tests.support.wait import wait_for
-
-ADDRESS = re.compile(r"status page, API and metrics at (http://\S+/)")
-
-
-def use_postgresql(dep: Deployment, url: str, **ledger: str) -> None:
-    """Point the deployment's config at the PostgreSQL ledger ``url``."""
-    text = dep.config_path.read_text()
-    keys = {"password_env": PASSWORD_ENV, **ledger}
-    table = f"[ledger]\nurl = {json.dumps(url)}\n" + "".join(
-        f"{k} = {json.dumps(v)}\n" for k, v in keys.items()
-    )
-    text, n = re.subn(r"\[ledger\]\nurl = [^\n]*\n", table, text)
-    assert n == 1
-    dep.config_path.write_text(text)
-    # The archive hook judges each call against what this ledger has committed.
-    dep.ledger_at = PostgresLedger(postgres_target(url), PASSWORD)
-
-
-def rows(url: str) -> dict[str, dict[str, Any]]:
-    """path -> its newest drop, read straight from PostgreSQL."""
-    target = url.removeprefix("postgresql://")
-    user, _, rest = target.partition("@")
-    hostport, _, dbname = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    with psycopg.connect(
-        host=host, port=int(port), user=user, dbname=dbname, password=PASSWORD,
-        row_factory=dict_row,
-    ) as conn:  # fmt: skip
-        try:
-            found = conn.execute("SELECT * FROM drops ORDER BY id").fetchall()
-        except psycopg.errors.UndefinedTable:  # the daemon has not migrated it yet
-            return {}
-    return {r["path"]: r for r in found}
-
-
-def ingest(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, PASSWORD_ENV: PASSWORD, DIVA_PASSWORD_ENV: "operator"}
-    return subprocess.run(
-        [sys.executable, "-m", "ingest", *args, "--config", str(dep.config_path)],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
 
 
 def test_ingest_run_archives_on_postgresql_and_the_commands_read_it(

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from ingest.cli import cli
 
-from .conftest import Deployment
+from .support.deployment import Deployment
 
 #: the members of REEL_1 below, as the rules define them
 MEMBERS = [

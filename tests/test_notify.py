@@ -29,8 +29,8 @@ from ingest.notify.events import Event, Lookout, digest
 from ingest.notify.urls import Scrub, secrets_of, shown
 
 from .support.deployment import Deployment
+from .support.http import daemon, enable_http, samples
 from .support.wait import wait_for
-from .test_http import daemon, enable_http, samples
 
 #: a credential in the notification URL: it must never reach the daemon's log
 URL_PASSWORD = "n0tify-s3cret-pw"

@@ -19,7 +19,7 @@ from ingest.config import load_config
 from ingest.engine import Engine
 from ingest.ledger import Ledger
 
-from .test_cli_ledger import invoke
+from .support.ledgers import invoke
 
 RULE = """
 [[rule]]
