@@ -14,6 +14,8 @@ import sqlite3
 import time
 from typing import Any
 
+from . import defaults
+from .config import ServiceConfig
 from .queries import FAILED_STATES, IN_FLIGHT_STATES, SELECT_RECORDS, has_table, is_pg
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "recent_failures",
     "state_rule_counts",
     "stuck",
+    "stuck_after",
     "waiting_reason",
     "watchers",
 ]
@@ -46,6 +49,12 @@ def in_flight(conn: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:
         ).fetchall()
     rows.sort(key=lambda r: r["id"])
     return rows[:limit]
+
+
+def stuck_after(config: ServiceConfig) -> float:
+    """How long DIVA may keep a request waiting before it counts as stuck, in seconds
+    (``[diva] stuck_after_seconds``): for :func:`stuck`'s ``before``."""
+    return config.diva.stuck_after_seconds if config.diva else defaults.DIVA_STUCK_AFTER_SECONDS
 
 
 def stuck(conn: sqlite3.Connection, before: float, limit: int) -> tuple[int, list[sqlite3.Row]]:

@@ -125,14 +125,20 @@ def ledger_path(config_path: Path | None) -> LedgerAt:
 
 def config_ledger_path(config: ServiceConfig) -> LedgerAt:
     """The ledger of a loaded service config: its file, or its PostgreSQL server."""
+    ledger = readable_ledger(config)
+    if ledger is None:
+        raise UsageError("the ledger is in memory ([ledger] url): no other process can read it")
+    return ledger
+
+
+def readable_ledger(config: ServiceConfig) -> LedgerAt | None:
+    """The ledger of a loaded service config, or None when it is in memory (only the
+    engine's own connection sees it: the status page and the notifier stay off)."""
     if is_postgresql(config.ledger.url):
         from .pgread import PostgresLedger
 
         return PostgresLedger(postgres_target(config.ledger.url), config.ledger.password())
-    path = config.ledger.path
-    if path is None:
-        raise UsageError("the ledger is in memory ([ledger] url): no other process can read it")
-    return path
+    return config.ledger.path
 
 
 def ledger_url(ledger: LedgerAt) -> str:

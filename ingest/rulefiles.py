@@ -24,8 +24,8 @@ from . import defaults
 from .errors import RulesError
 from .globs import Glob
 from .protocol import QOS_NAMES
-from .rulekeys import RULE_FIELDS, fileset_problems, sidecar_problems
-from .rules import _MARKER_FILE_FIELDS, _MARKER_FOLDER_FIELDS, Rule, RuleSet, _norm
+from .rulekeys import RULE_FIELDS, beside_problems, fileset_problems, sidecar_problems
+from .rules import Rule, RuleSet, _norm
 from .ruleversions import Refusal, RulesVersion, diff_rules
 from .templates import (
     FILE_FIELDS,
@@ -155,15 +155,7 @@ def _check_rule(
             )
     marker = values.get("ready_marker")
     if marker:
-        allowed = _MARKER_FOLDER_FIELDS if mode == "folder" else _MARKER_FILE_FIELDS
-        try:
-            compiled = Template.compile(marker, allowed)
-            if "/" in marker or "\\" in marker:
-                report("ready_marker", "must be a file name, not a path")
-            elif not "".join(lit for lit, _, _ in compiled.pieces).strip():
-                report("ready_marker", 'must add text to the name, e.g. "{name}.ready"')
-        except TemplateError as exc:
-            report("ready_marker", f"bad template: {exc}")
+        beside_problems("ready_marker", marker, mode, "{name}.ready", report)
     watch: Path | None = None
     if "watch" in values:
         watch = Path(values["watch"]).expanduser()

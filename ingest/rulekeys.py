@@ -21,7 +21,7 @@ from .sidecar import FieldSpec
 from .templates import Template, TemplateError, check_component
 from .tomlcheck import Field, did_you_mean
 
-__all__ = ["RULE_FIELDS", "fileset_problems", "sidecar_problems"]
+__all__ = ["RULE_FIELDS", "beside_problems", "fileset_problems", "sidecar_problems"]
 
 
 def _one_of(*choices: str) -> Any:
@@ -211,13 +211,19 @@ def sidecar_problems(values: dict[str, Any], mode: str, report: Any) -> frozense
     if values.get("fields") and not sidecar:
         report("fields", 'needs a sidecar to read them from, e.g. sidecar = "{stem}.xml"')
     if sidecar:
-        allowed = _MARKER_FOLDER_FIELDS if mode == "folder" else _MARKER_FILE_FIELDS
-        try:
-            compiled = Template.compile(sidecar, allowed)
-            if "/" in sidecar or "\\" in sidecar:
-                report("sidecar", "must be a file name, not a path")
-            elif not "".join(lit for lit, _, _ in compiled.pieces).strip():
-                report("sidecar", 'must add text to the name, e.g. "{stem}.xml"')
-        except TemplateError as exc:
-            report("sidecar", f"bad template: {exc}")
+        beside_problems("sidecar", sidecar, mode, "{stem}.xml", report)
     return frozenset(names)
+
+
+def beside_problems(key: str, text: str, mode: str, example: str, report: Any) -> None:
+    """Check the template of a file that sits beside the drop (``ready_marker``,
+    ``sidecar``): a file name, not a path, with some text of its own."""
+    allowed = _MARKER_FOLDER_FIELDS if mode == "folder" else _MARKER_FILE_FIELDS
+    try:
+        compiled = Template.compile(text, allowed)
+        if "/" in text or "\\" in text:
+            report(key, "must be a file name, not a path")
+        elif not "".join(lit for lit, _, _ in compiled.pieces).strip():
+            report(key, f'must add text to the name, e.g. "{example}"')
+    except TemplateError as exc:
+        report(key, f"bad template: {exc}")

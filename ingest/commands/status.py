@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .. import defaults, overview, queries
+from .. import overview, queries
 from ..config import find_config, load_config
 from ..errors import LedgerError
 from ..report import (
@@ -85,9 +85,7 @@ def status(config_path: Path | None, fmt: str, watch: bool, interval: float) -> 
     """
     config = load_config(find_config(config_path), warn=False)
     path = queries.config_ledger_path(config)
-    stuck_after = (
-        config.diva.stuck_after_seconds if config.diva else defaults.DIVA_STUCK_AFTER_SECONDS
-    )
+    stuck_after = overview.stuck_after(config)
     if watch:
         _watch(path, stuck_after, fmt, interval)
         return

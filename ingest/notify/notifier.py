@@ -25,10 +25,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from .. import defaults, queries
+from .. import defaults, overview, queries
 from ..config import NotifyConfig, ServiceConfig
 from ..errors import LedgerError
-from ..ledgerurl import is_postgresql
 from .events import Event, Lookout, digest
 from .sender import Message, Sender
 from .urls import shown
@@ -121,16 +120,13 @@ class Notifier:
 @contextmanager
 def notifying(config: ServiceConfig, monitor: Monitor) -> Iterator[Notifier | None]:
     """The notifier for ``config``'s ``[notify]`` while the block runs (None when off)."""
-    in_memory = config.ledger.path is None and not is_postgresql(config.ledger.url)
-    if config.notify is None or in_memory:
+    ledger = queries.readable_ledger(config)
+    if config.notify is None or ledger is None:
         if config.notify is not None:
             log.warning("[notify]: the ledger is in memory; notifications need a ledger file")
         yield None
         return
-    stuck_after = (
-        config.diva.stuck_after_seconds if config.diva else defaults.DIVA_STUCK_AFTER_SECONDS
-    )
-    ledger = queries.config_ledger_path(config)
+    stuck_after = overview.stuck_after(config)
     notifier = Notifier(config.notify, monitor, ledger, stuck_after=stuck_after).start()
     try:
         yield notifier

@@ -37,11 +37,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .. import defaults, queries
+from .. import defaults, overview, queries
 from ..config import HttpConfig, ServiceConfig
 from ..engine.monitor import Monitor
 from ..errors import ConfigError, LedgerError, UsageError
-from ..ledgerurl import is_postgresql
 from ..report import dumps
 from . import page, views
 from .metrics import LedgerMetrics
@@ -155,16 +154,13 @@ def _session(token: str) -> str:
 @contextmanager
 def serve(config: ServiceConfig, monitor: Monitor) -> Iterator[WebServer | None]:
     """The endpoint for ``config``'s ``[http]`` while the block runs (None when it is off)."""
-    in_memory = config.ledger.path is None and not is_postgresql(config.ledger.url)
-    if config.http is None or in_memory:
+    ledger = queries.readable_ledger(config)
+    if config.http is None or ledger is None:
         if config.http is not None:
             log.warning("[http]: the ledger is in memory; the status page needs a ledger file")
         yield None
         return
-    stuck_after = (
-        config.diva.stuck_after_seconds if config.diva else defaults.DIVA_STUCK_AFTER_SECONDS
-    )
-    ledger = queries.config_ledger_path(config)
+    stuck_after = overview.stuck_after(config)
     server = WebServer(config.http, monitor, ledger, stuck_after=stuck_after).start()
     try:
         yield server
