@@ -13,25 +13,33 @@ outside a watch folder can be reached through it.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import logging
 import os
 import re
+import select
 import stat
+import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from fnmatch import translate
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from . import defaults
 
 __all__ = [
     "NETWORK_FILESYSTEMS",
+    "TRUSTED_FOLDER_MTIMES",
+    "Listing",
     "NativeWatcher",
     "Observer",
     "ObserverSetting",
     "Scan",
+    "Stamp",
     "filesystem_type",
     "ignored_name",
     "resolve_observer",
@@ -71,6 +79,15 @@ def ignored_name(name: str) -> bool:
     return _IGNORED.match(name) is not None
 
 
+#: A folder's stamp: (mtime_ns, ctime_ns, inode). Adding, removing or renaming an entry
+#: moves the first two; ``touch -d`` cannot set ctime, and a folder replaced by another
+#: (``rsync -a``, ``mv``) has another inode.
+Stamp = tuple[int, int, int]
+#: A folder as a poll last listed it: (its stamp before that listing, whether the stamp
+#: was already the same one poll earlier, the relpaths of its entries but ignored ones)
+Listing = tuple[Stamp, bool, tuple[str, ...]]
+
+
 @dataclass
 class Scan:
     """What one walk of a watch folder saw."""
@@ -80,28 +97,98 @@ class Scan:
     errors: dict[str, str] = field(default_factory=dict)  # relpath -> error reading it
     dev: int | None = None  # st_dev of the watch folder itself
     entries: int = 0  # directory entries looked at
+    #: each folder's listing, for the next poll (only when the scan was given listings)
+    listings: dict[str, Listing] | None = None
 
 
-def scan(root: Path | str, *, prefix: str = "") -> Scan:
+#: Filesystems whose folder mtimes a poll trusts: local ones, where creating, removing or
+#: renaming an entry always moves its folder's mtime (fine-grained, by the one clock
+#: that also stamps the entries). Never SMB/CIFS or FUSE (a server's or a program's word,
+#: often coarse or cached), nor NFS (the client caches a folder's attributes for up to
+#: ``acdirmax``, 60 s by default: new entries would be seen that much later).
+TRUSTED_FOLDER_MTIMES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs"})
+
+
+def scan(
+    root: Path | str,
+    *,
+    prefix: str = "",
+    on_folder: Callable[[str], object] | None = None,
+    listings: dict[str, Listing] | None = None,
+) -> Scan:
     """Walk ``root`` (or only ``root/prefix``): every regular file's size and mtime.
 
-    Ignored names (:func:`ignored_name`) are pruned, folders included. Raises
-    ``OSError`` when ``root`` itself cannot be read: the engine treats that as the folder
-    being away (a mount blip), not as every file having gone.
+    Ignored names (:func:`ignored_name`) are pruned, folders included. ``on_folder`` is
+    called with each folder below the start just before it is listed (a native watcher
+    watches it then: :meth:`NativeWatcher.add`). Raises ``OSError`` when ``root`` itself
+    cannot be read: the engine treats that as the folder being away (a mount blip), not
+    as every file having gone.
+
+    ``listings`` (a poll on a filesystem in :data:`TRUSTED_FOLDER_MTIMES`): the previous
+    poll's :data:`Listing` of each folder. A folder whose :data:`Stamp` has not moved
+    since a listing that was itself made at least one poll after that stamp was first
+    seen is not listed again: its entries are the same, and each is still ``lstat``-ed (a
+    file rewritten in place does not move its folder's mtime, so every size and mtime is
+    read on every poll). The "one poll after" rule keeps an entry added in the same clock
+    tick as the listing from being missed. ``Scan.listings`` holds this walk's listings
+    for the next.
     """
     root = os.fspath(root)
     result = Scan()
-    result.dev = os.stat(root).st_dev
+    top = os.stat(root)
+    result.dev = top.st_dev
     start = os.path.join(root, prefix) if prefix else root
     files = result.files
     ignored = _IGNORED.match
-    stack: list[tuple[str, str]] = [(start, prefix + "/" if prefix else "")]
+    lstat, o_dir = os.lstat, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    keep = listings is not None
+    listed: dict[str, Listing] = {}
+    stack: list[tuple[str, str, Stamp]] = [
+        (start, prefix + "/" if prefix else "", (top.st_mtime_ns, top.st_ctime_ns, top.st_ino))
+    ]
     first = True
     entries = 0
     # The loop runs once per entry of trees of hundreds of thousands: locals, the stat
     # type bits compared inline, and the ignore regex only for names that could match.
     while stack:
-        folder, rel = stack.pop()
+        folder, rel, stamp = stack.pop()
+        if on_folder is not None and not first:
+            on_folder(folder)
+        known = listings.get(folder) if listings is not None else None
+        if known is not None and known[0] == stamp and known[1]:
+            # Unchanged since a trusted listing: the same entries, each lstat-ed anew.
+            try:
+                fd = os.open(folder, o_dir)
+            except OSError as exc:
+                if first:
+                    raise
+                result.errors[rel.rstrip("/")] = exc.strerror or str(exc)
+                continue
+            first = False
+            listed[folder] = known
+            cut = len(rel)
+            try:
+                for relpath in known[2]:
+                    entries += 1
+                    try:
+                        st = lstat(relpath[cut:], dir_fd=fd)
+                    except OSError as exc:
+                        if exc.errno != 2:
+                            result.errors[relpath] = exc.strerror or str(exc)
+                        continue
+                    kind = st.st_mode & _S_IFMT
+                    if kind == _S_IFREG:
+                        files[relpath] = (st.st_size, st.st_mtime_ns)
+                    elif kind == _S_IFDIR:
+                        sub = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                        stack.append((folder + "/" + relpath[cut:], relpath + "/", sub))
+                    elif kind == _S_IFLNK:
+                        result.skipped[relpath] = "a symlink (never followed)"
+                    else:
+                        result.skipped[relpath] = "not a regular file (FIFO, socket or device)"
+            finally:
+                os.close(fd)
+            continue
         try:
             iterator = os.scandir(folder)
         except OSError as exc:
@@ -110,28 +197,37 @@ def scan(root: Path | str, *, prefix: str = "") -> Scan:
             result.errors[rel.rstrip("/")] = exc.strerror or str(exc)
             continue
         first = False
+        names: list[str] = []
         with iterator:
             for entry in iterator:
                 entries += 1
                 name = entry.name
                 if (name[0] in _IGNORABLE_FIRST or name[-1] in _IGNORABLE_LAST) and ignored(name):
                     continue
+                relpath = rel + name
+                if keep:
+                    names.append(relpath)
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError as exc:  # vanished between readdir and lstat, or no access
                     if exc.errno != 2:
-                        result.errors[rel + name] = exc.strerror or str(exc)
+                        result.errors[relpath] = exc.strerror or str(exc)
                     continue
                 kind = st.st_mode & _S_IFMT
                 if kind == _S_IFREG:
-                    files[rel + name] = (st.st_size, st.st_mtime_ns)
+                    files[relpath] = (st.st_size, st.st_mtime_ns)
                 elif kind == _S_IFDIR:
-                    stack.append((entry.path, rel + name + "/"))
+                    sub = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                    stack.append((entry.path, relpath + "/", sub))
                 elif kind == _S_IFLNK:
-                    result.skipped[rel + name] = "a symlink (never followed)"
+                    result.skipped[relpath] = "a symlink (never followed)"
                 else:
-                    result.skipped[rel + name] = "not a regular file (FIFO, socket or device)"
+                    result.skipped[relpath] = "not a regular file (FIFO, socket or device)"
+        if keep:
+            # Trusted from the next poll on only if the mtime was this one a poll ago too.
+            listed[folder] = (stamp, known is not None and known[0] == stamp, tuple(names))
     result.entries = entries
+    result.listings = listed if keep else None
     return result
 
 
@@ -210,48 +306,63 @@ def _by_filesystem(fstype: str) -> tuple[Literal["native", "polling"], str]:
 
 
 class NativeWatcher:
-    """One watchdog observer (inotify on Linux) per watch folder, recursive.
+    """One inotify instance per watch folder, recursive, that only reports paths.
 
-    Calls ``report(watch, path)`` from watchdog's thread for each path an event names
-    (both ends of a move). The engine owns what happens next.
+    Calls ``report(watch, path)`` from its own thread for each path an event names (both
+    ends of a move, every entry of a folder created or moved in, the watch folder itself
+    when it is deleted, moved or unmounted, or when the kernel's event queue overflowed:
+    the engine rescans it then). The engine owns what happens next.
+
+    ``start()`` watches the folder itself and, unless ``walk=False``, every folder below
+    it. The engine passes ``walk=False`` and lets its full scan place the watches
+    (:func:`scan`'s ``on_folder`` is :meth:`add`), so a start-up walks the tree once, not
+    twice: each folder is watched before it is listed, so nothing written there after the
+    listing goes unseen. Folders created or moved in later are watched (and listed) by
+    this thread. A watch that cannot be placed for lack of kernel resources (ENOSPC:
+    ``fs.inotify.max_user_watches``) ends the watcher (``alive`` turns false, ``error``
+    says why): a folder watched in part must not vouch for what it cannot see.
+
+    The inotify calls are watchdog's own ctypes bindings (``watchdog.observers.inotify_c``,
+    the dependency the project already has for filesystem events); the recursion, which
+    watchdog's observer does by walking the whole tree again in its own thread, is ours.
     """
 
     def __init__(self, watch: str, report: Callable[[str, str], None]) -> None:
         self.watch = watch
         self._report = report
-        self._observer: Any = None
+        self._observer: _InotifyThread | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"NativeWatcher({self.watch!r}, alive={self.alive})"
 
-    def start(self) -> None:
+    def start(self, *, walk: bool = True) -> None:
         """Start watching; raises ``OSError`` (e.g. ENOSPC: inotify watch limit) on failure."""
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        report, watch = self._report, self.watch
-
-        class _Handler(FileSystemEventHandler):
-            def on_any_event(self, event: FileSystemEvent) -> None:
-                if event.event_type in ("opened", "closed_no_write"):
-                    return
-                if event.is_directory and event.event_type == "modified":
-                    # A folder "modified" only because an entry in it came or went: that
-                    # entry has its own event. Reporting it would make the engine rescan
-                    # the whole folder for every file of a burst.
-                    return
-                report(watch, os.fsdecode(event.src_path))
-                dest = getattr(event, "dest_path", "")
-                if dest:
-                    report(watch, os.fsdecode(dest))
-
-        observer = Observer()
-        observer.daemon = True
-        observer.schedule(_Handler(), watch, recursive=True)
-        observer.start()
+        thread = _InotifyThread(self.watch, self._report)
+        try:
+            thread.add(self.watch, root=True)
+            if walk:
+                thread.add_tree(self.watch)
+                if thread.error is not None:
+                    raise thread.error
+        except BaseException:
+            thread.close()
+            raise
+        thread.start()
         with self._lock:
-            self._observer = observer
+            self._observer = thread
+
+    def add(self, folder: str) -> None:
+        """Watch ``folder`` (a folder below the watch folder, about to be listed)."""
+        observer = self._observer
+        if observer is not None:
+            observer.add(folder)
+
+    @property
+    def error(self) -> OSError | None:
+        """Why a watch could not be placed (the watcher then stops), else None."""
+        observer = self._observer
+        return None if observer is None else observer.error
 
     @property
     def alive(self) -> bool:
@@ -265,3 +376,173 @@ class NativeWatcher:
             observer.stop()
             if observer.is_alive() and threading.current_thread() is not observer:
                 observer.join(timeout=5)
+
+
+_EVENT = struct.Struct("iIII")
+
+
+class _InotifyThread(threading.Thread):
+    """The inotify file descriptor of one watch folder, its watches, and the thread
+    reading its events."""
+
+    def __init__(self, watch: str, report: Callable[[str, str], None]) -> None:
+        from watchdog.observers import inotify_c
+
+        super().__init__(name=f"inotify {watch}", daemon=True)
+        self._c = inotify_c
+        k = inotify_c.InotifyConstants
+        self._k = k
+        self._mask = (
+            k.IN_MODIFY | k.IN_ATTRIB | k.IN_CLOSE_WRITE | k.IN_MOVED_FROM | k.IN_MOVED_TO
+            | k.IN_CREATE | k.IN_DELETE | k.IN_DELETE_SELF | k.IN_MOVE_SELF
+            | k.IN_DONT_FOLLOW | k.IN_ONLYDIR
+        )  # fmt: skip
+        self.watch = watch
+        self._report = report
+        fd = inotify_c.inotify_init()
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        os.set_inheritable(fd, False)
+        self._fd = fd
+        self._wake_r, self._wake_w = os.pipe()
+        self._lock = threading.Lock()
+        self._paths: dict[int, str] = {}  # wd -> folder path
+        self._wds: dict[str, int] = {}  # folder path -> wd
+        self._root_wd = -1
+        self._stopping = False
+        self._closed = False
+        self.error: OSError | None = None
+
+    # -- watches (any thread) ---------------------------------------------------------
+
+    def add(self, folder: str, *, root: bool = False) -> bool:
+        """Watch ``folder``; False when it cannot be (gone, not a folder, unreadable).
+        Lack of kernel resources is remembered in ``error`` and ends the thread."""
+        wd = self._c.inotify_add_watch(self._fd, os.fsencode(folder), self._mask)
+        if wd < 0:
+            err = ctypes.get_errno()
+            exc = OSError(err, f"cannot watch {folder}: {os.strerror(err)}")
+            if root:
+                raise exc
+            if err in (errno.ENOSPC, errno.ENOMEM) and self.error is None:
+                self.error = exc
+                log.error("%s; events in %s are no longer watched", exc, self.watch)
+                self.stop()
+            return False
+        with self._lock:
+            old = self._paths.get(wd)
+            if old is not None and old != folder:
+                self._wds.pop(old, None)
+            self._paths[wd] = folder
+            self._wds[folder] = wd
+            if root:
+                self._root_wd = wd
+        return True
+
+    def add_tree(self, top: str, *, report: bool = False) -> None:
+        """Watch every folder below ``top`` (each before it is listed); with ``report``,
+        report every entry found (a folder just created or moved in)."""
+        stack = [top]
+        while stack and not self._stopping:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        if report:
+                            self._report(self.watch, entry.path)
+                        try:
+                            is_dir = entry.is_dir(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if is_dir and self.add(entry.path):
+                            stack.append(entry.path)
+            except OSError:
+                continue
+
+    def _forget_tree(self, top: str) -> None:
+        """Stop watching ``top`` and every folder below it (moved out, or moved within
+        the tree: watched again at its new place)."""
+        prefix = top + "/"
+        with self._lock:
+            gone = [(p, wd) for p, wd in self._wds.items() if p == top or p.startswith(prefix)]
+            for path, wd in gone:
+                del self._wds[path]
+                self._paths.pop(wd, None)
+        for _path, wd in gone:
+            self._c.inotify_rm_watch(self._fd, self._c.WatchDescriptor(wd))
+
+    # -- the thread -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"!")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for fd in (self._fd, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def run(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            while not self._stopping:
+                ready = poller.poll()
+                if self._stopping:
+                    break
+                if any(fd == self._fd for fd, _ in ready):
+                    try:
+                        buffer = os.read(self._fd, 256 * 1024)
+                    except InterruptedError:
+                        continue
+                    self._handle(buffer)
+        finally:
+            self.close()
+
+    def _handle(self, buffer: bytes) -> None:
+        k, report, watch = self._k, self._report, self.watch
+        offset, end = 0, len(buffer)
+        while offset + 16 <= end:
+            wd, mask, _cookie, length = _EVENT.unpack_from(buffer, offset)
+            name = buffer[offset + 16 : offset + 16 + length].rstrip(b"\0")
+            offset += 16 + length
+            if mask & k.IN_Q_OVERFLOW:
+                log.warning("%s: inotify queue overflowed, events lost: rescanning", watch)
+                report(watch, watch)  # the engine rescans; the scan places any watch missing
+                continue
+            with self._lock:
+                folder = self._paths.get(wd)
+                if mask & k.IN_IGNORED:
+                    if folder is not None:
+                        del self._paths[wd]
+                        if self._wds.get(folder) == wd:
+                            del self._wds[folder]
+                    folder = None
+            if folder is None:
+                continue  # a watch removed (or moved out) with its events still queued
+            if not name:
+                # The watched folder itself: only the watch folder's own fate matters (a
+                # subfolder deleted or moved has its event in its parent).
+                gone = k.IN_DELETE_SELF | k.IN_MOVE_SELF | k.IN_UNMOUNT
+                if wd == self._root_wd and mask & gone:
+                    report(watch, watch)
+                continue
+            path = os.path.join(folder, os.fsdecode(name))
+            if mask & k.IN_ISDIR:
+                if mask & (k.IN_MODIFY | k.IN_ATTRIB):
+                    continue  # a folder's own metadata: its entries have their events
+                if mask & k.IN_MOVED_FROM:
+                    self._forget_tree(path)
+                elif mask & (k.IN_CREATE | k.IN_MOVED_TO):
+                    report(watch, path)
+                    if self.add(path):
+                        self.add_tree(path, report=True)
+                    continue
+            report(watch, path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest import watch
 from ingest.client import DivaClient
 from ingest.emulator.server import EmulatorProcess
 
@@ -408,6 +409,63 @@ def test_a_dead_native_watcher_is_restarted(
     assert "died; restarting it" in caplog.text
     (dep.watch / "after.mxf").write_bytes(b"after")
     dep.wait_state("after.mxf", "COMPLETED")
+
+
+def test_a_folder_below_that_cannot_be_watched_puts_the_folder_on_polling_with_backoff(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up scan places the watches of the folders below; one refused for lack
+    of inotify watches (ENOSPC) leaves the folder polled, not half-watched, and what is
+    dropped in the unwatched folder is still archived."""
+    import ctypes
+    import errno
+
+    from watchdog.observers import inotify_c
+
+    real = inotify_c.inotify_add_watch
+
+    def add_watch(fd: int, path: bytes, mask: int) -> int:
+        if path.endswith(b"/full"):
+            ctypes.set_errno(errno.ENOSPC)
+            return -1
+        return real(fd, path, mask)
+
+    monkeypatch.setattr(inotify_c, "inotify_add_watch", add_watch)
+    dep = deployment
+    (dep.watch / "full").mkdir()
+    dep.rule()
+    engine = dep.start()
+    folder = wait_for(lambda: engine.folders.get(str(dep.watch)))
+    wait_for(lambda: folder.health == "down" and folder.watcher_failures >= 1)
+    assert folder.polled
+    assert "native watcher failed" in folder.detail and "No space left" in folder.detail
+    (dep.watch / "full" / "late.mxf").write_bytes(b"late")
+    dep.wait_state("full/late.mxf", "COMPLETED")
+    assert "cannot watch" in caplog.text
+
+
+def test_a_poll_that_lists_only_changed_folders_still_sees_a_file_rewritten_in_place(
+    deployment: Deployment,
+) -> None:
+    """Polled on a local filesystem, an unchanged folder is not listed again, but every
+    file in it is still lstat-ed: a file archived (and kept) that is then rewritten in
+    place, which moves no folder's mtime, is a new drop."""
+    dep = deployment
+    (dep.watch / "sub").mkdir()
+    (dep.watch / "sub" / "clip.mxf").write_bytes(b"first take")
+    dep.rule(observer="polling", delete_on_source=False)
+    engine = dep.start()
+    dep.wait_state("sub/clip.mxf", "COMPLETED")
+    folder = wait_for(lambda: engine.folders.get(str(dep.watch)))
+    assert folder.fstype in watch.TRUSTED_FOLDER_MTIMES  # the test's tmp is local
+    sub = str(dep.watch / "sub")
+    wait_for(lambda: folder.listings and sub in folder.listings and folder.listings[sub][1])
+    stamp = os.stat(sub).st_mtime_ns
+    with open(dep.watch / "sub" / "clip.mxf", "ab") as fh:
+        fh.write(b", and a second one appended")
+    assert os.stat(sub).st_mtime_ns == stamp
+    wait_for(lambda: len(dep.rows("sub/clip.mxf")) == 2, timeout=30)
+    assert folder.listings is not None and folder.listings[sub][0][0] == stamp
 
 
 def test_a_drop_finished_this_turn_is_not_taken_for_an_operator_retry(

@@ -127,3 +127,221 @@ def test_native_watcher_reports_creations_moves_and_deep_folders(tmp_path: Path)
     finally:
         watcher.stop()
     assert not watcher.alive
+
+
+def _recorder() -> tuple[list[str], object]:
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def report(watch: str, path: str) -> None:
+        with lock:
+            seen.append(path)
+
+    return seen, report
+
+
+def test_the_engines_scan_places_the_watches_of_a_watcher_started_without_a_walk(
+    tmp_path: Path,
+) -> None:
+    """The engine starts its watcher on the folder alone and lets its full scan watch
+    every folder below, each before it is listed: one walk of the tree, not two."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    seen, report = _recorder()
+    watcher = NativeWatcher(str(tmp_path), report)  # type: ignore[arg-type]
+    watcher.start(walk=False)
+    try:
+        offered: list[str] = []
+
+        def on_folder(folder: str) -> None:
+            offered.append(folder)
+            watcher.add(folder)
+
+        scan(tmp_path, on_folder=on_folder)
+        assert sorted(offered) == [str(tmp_path / "a"), str(tmp_path / "a" / "b")]
+        (tmp_path / "a" / "b" / "deep.mxf").write_bytes(b"x")
+        wait_for(lambda: str(tmp_path / "a" / "b" / "deep.mxf") in seen)
+    finally:
+        watcher.stop()
+
+
+def test_a_started_watcher_watches_folders_already_there_and_follows_folder_moves(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "old" / "inner").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    watch_root = tmp_path / "w"
+    watch_root.mkdir()
+    (tmp_path / "old").rename(watch_root / "old")
+    seen, report = _recorder()
+    watcher = NativeWatcher(str(watch_root), report)  # type: ignore[arg-type]
+    watcher.start()
+    try:
+        (watch_root / "old" / "inner" / "a.mxf").write_bytes(b"x")
+        wait_for(lambda: str(watch_root / "old" / "inner" / "a.mxf") in seen)
+        # Renamed within the tree: events below it name its new place, never the old one.
+        (watch_root / "old").rename(watch_root / "new")
+        wait_for(lambda: str(watch_root / "new") in seen and str(watch_root / "old") in seen)
+        wait_for(lambda: str(watch_root / "new" / "inner" / "a.mxf") in seen)
+        (watch_root / "new" / "inner" / "b.mxf").write_bytes(b"x")
+        wait_for(lambda: str(watch_root / "new" / "inner" / "b.mxf") in seen)
+        # Moved out: nothing that happens there is reported any more.
+        (watch_root / "new").rename(tmp_path / "outside" / "gone")
+        (tmp_path / "outside" / "gone" / "inner" / "c.mxf").write_bytes(b"x")
+        (watch_root / "marker.mxf").write_bytes(b"x")
+        wait_for(lambda: str(watch_root / "marker.mxf") in seen)
+        assert not [p for p in seen if p.endswith("c.mxf")]
+        # A folder moved in with content: watched, and everything in it reported.
+        (tmp_path / "outside" / "gone").rename(watch_root / "back")
+        wait_for(lambda: str(watch_root / "back" / "inner" / "c.mxf") in seen)
+        (watch_root / "back" / "inner" / "d.mxf").write_bytes(b"x")
+        wait_for(lambda: str(watch_root / "back" / "inner" / "d.mxf") in seen)
+    finally:
+        watcher.stop()
+    assert not watcher.alive
+
+
+def test_a_queue_overflow_and_the_folders_own_removal_report_the_folder_itself(
+    tmp_path: Path,
+) -> None:
+    """The engine rescans the watch folder when the watcher names the folder itself."""
+    from watchdog.observers.inotify_c import InotifyConstants as K
+
+    from ingest.watch import _InotifyThread
+
+    seen, report = _recorder()
+    thread = _InotifyThread(str(tmp_path), report)  # type: ignore[arg-type]
+    try:
+        thread.add(str(tmp_path), root=True)
+        thread._handle(watch._EVENT.pack(-1, K.IN_Q_OVERFLOW, 0, 0))
+        assert seen == [str(tmp_path)]
+    finally:
+        thread.close()
+    seen2, report2 = _recorder()
+    root = tmp_path / "share"
+    root.mkdir()
+    watcher = NativeWatcher(str(root), report2)  # type: ignore[arg-type]
+    watcher.start()
+    try:
+        root.rmdir()
+        wait_for(lambda: str(root) in seen2)
+    finally:
+        watcher.stop()
+
+
+def test_a_folder_that_cannot_be_watched_for_lack_of_watches_ends_the_watcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC (fs.inotify.max_user_watches) on a folder below: a watcher that sees only
+    part of the tree must not go on as if it saw it all."""
+    import ctypes
+    import errno
+
+    from watchdog.observers import inotify_c
+
+    real = inotify_c.inotify_add_watch
+
+    def add_watch(fd: int, path: bytes, mask: int) -> int:
+        if path.endswith(b"/full"):
+            ctypes.set_errno(errno.ENOSPC)
+            return -1
+        return real(fd, path, mask)
+
+    monkeypatch.setattr(inotify_c, "inotify_add_watch", add_watch)
+    (tmp_path / "full").mkdir()
+    _seen, report = _recorder()
+    with pytest.raises(OSError, match="No space left"):
+        NativeWatcher(str(tmp_path), report).start()  # type: ignore[arg-type]
+    watcher = NativeWatcher(str(tmp_path), report)  # type: ignore[arg-type]
+    watcher.start(walk=False)
+    try:
+        assert watcher.alive and watcher.error is None
+        scan(tmp_path, on_folder=watcher.add)
+        assert watcher.error is not None and watcher.error.errno == errno.ENOSPC
+        wait_for(lambda: not watcher.alive)
+    finally:
+        watcher.stop()
+
+
+def _counting_scandir(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    listed: list[str] = []
+    real = os.scandir
+
+    def counting(path: str) -> os.ScandirIterator[str]:  # type: ignore[type-var]
+        listed.append(os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(watch.os, "scandir", counting)
+    return listed
+
+
+def test_a_poll_lists_a_folder_again_only_once_its_stamp_moved_but_lstats_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "one.mxf").write_bytes(b"1")
+    (tmp_path / "b" / "two.mxf").write_bytes(b"22")
+    listed = _counting_scandir(monkeypatch)
+    first = scan(tmp_path, listings={})
+    second = scan(tmp_path, listings=first.listings)
+    # The first listing of a stamp is never trusted (an entry may have come in the same
+    # clock tick, after it); the one made a poll later is.
+    assert len(listed) == 6
+    listed.clear()
+    third = scan(tmp_path, listings=second.listings)
+    assert listed == [] and third.files == second.files
+    # A file rewritten in place: its folder's stamp does not move, its own size does.
+    with open(tmp_path / "b" / "two.mxf", "ab") as fh:
+        fh.write(b"more")
+    fourth = scan(tmp_path, listings=third.listings)
+    assert listed == [] and fourth.files["b/two.mxf"][0] == 6
+    # An entry added: that folder (only) is listed again.
+    (tmp_path / "a" / "three.mxf").write_bytes(b"3")
+    fifth = scan(tmp_path, listings=fourth.listings)
+    assert listed == [str(tmp_path / "a")] and "a/three.mxf" in fifth.files
+    # An entry added and the folder's mtime set back (touch -d): its ctime moved.
+    listed.clear()
+    sixth = scan(tmp_path, listings=scan(tmp_path, listings=fifth.listings).listings)
+    assert listed == [str(tmp_path / "a")]
+    listed.clear()
+    st = os.stat(tmp_path / "b")
+    (tmp_path / "b" / "four.mxf").write_bytes(b"4")
+    os.utime(tmp_path / "b", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "b/four.mxf" in scan(tmp_path, listings=sixth.listings).files
+    # A folder removed, another made in its place with the same name.
+    for name in os.listdir(tmp_path / "a"):
+        os.unlink(tmp_path / "a" / name)
+    os.rmdir(tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "new.mxf").write_bytes(b"n")
+    assert sorted(scan(tmp_path, listings=sixth.listings).files) == [
+        "a/new.mxf", "b/four.mxf", "b/two.mxf"
+    ]  # fmt: skip
+
+
+def test_a_listing_made_when_its_stamp_was_first_seen_is_not_reused(tmp_path: Path) -> None:
+    """The race the "one poll later" rule closes: an entry created just after a folder
+    was listed, within the same tick of the filesystem's clock, leaves its stamp as it
+    was. A listing that missed it (forged here) must not be trusted on the next poll."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "old.mxf").write_bytes(b"o")
+    (tmp_path / "a" / "raced.mxf").write_bytes(b"r")
+    first = scan(tmp_path, listings={})
+    assert first.listings is not None
+    stamp, stable, names = first.listings[str(tmp_path / "a")]
+    assert not stable
+    first.listings[str(tmp_path / "a")] = (
+        stamp,
+        stable,
+        tuple(n for n in names if "raced" not in n),
+    )
+    second = scan(tmp_path, listings=first.listings)
+    assert "a/raced.mxf" in second.files
+    assert "a/raced.mxf" in scan(tmp_path, listings=second.listings).files
+
+
+def test_only_local_filesystems_folder_mtimes_are_trusted() -> None:
+    assert {"ext4", "xfs", "btrfs", "tmpfs"} <= watch.TRUSTED_FOLDER_MTIMES
+    assert not {"cifs", "smb3", "nfs", "nfs4", "fuse.sshfs", "vfat", "unknown"} & (
+        watch.TRUSTED_FOLDER_MTIMES
+    )

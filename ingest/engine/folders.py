@@ -31,7 +31,7 @@ from ..members import fileset_members, folder_members
 from ..rulefiles import RuleBook
 from ..rules import Match, Rule
 from ..settle import Signature
-from ..watch import NativeWatcher, resolve_observer, scan
+from ..watch import TRUSTED_FOLDER_MTIMES, Listing, NativeWatcher, resolve_observer, scan
 from .dispatch import Key
 from .drops import Tracked
 
@@ -77,6 +77,11 @@ class Folder:
     reported_at: float = 0.0
     #: the last scan's files, kept only while the folder is polled (to diff the next one)
     last_files: Files | None = None
+    #: the filesystem type of the folder's mount
+    fstype: str = "unknown"
+    #: each folder's listing by the last poll, kept only while polled on a filesystem
+    #: whose folder mtimes are trusted (:data:`ingest.watch.TRUSTED_FOLDER_MTIMES`)
+    listings: dict[str, Listing] | None = None
 
     @property
     def settle_max(self) -> float:
@@ -194,6 +199,12 @@ class Folders(Mapping[str, Folder]):
                 if old is not None and old.watcher is not None:
                     old.watcher.stop()
                 folder = self._folders[watch] = Folder(watch, rules, observer, why)
+                folder.fstype = chosen.fstype
+                if observer == "polling" and chosen.fstype not in TRUSTED_FOLDER_MTIMES:
+                    log.info(
+                        "%s: folder mtimes on %s are not trusted: every poll lists every "
+                        "folder", watch, chosen.fstype,
+                    )  # fmt: skip
                 self.settled[watch] = self.ledger.settled_by_path(watch) if load else {}
                 if observer == "native":
                     self._start_watcher(folder, now)
@@ -208,25 +219,35 @@ class Folders(Mapping[str, Folder]):
         report = self._report
         watcher = NativeWatcher(folder.watch, lambda watch, path: report(Hint(watch, path)))
         try:
-            watcher.start()
+            # The folder itself now; the folders below it as the full scan, due now,
+            # lists them (one walk of the tree, not two).
+            watcher.start(walk=False)
         except OSError as exc:
-            folder.watcher_failures += 1
-            delay = min(
-                defaults.ENGINE_WATCHER_RETRY_MAX_SECONDS,
-                defaults.ENGINE_WATCHER_RETRY_SECONDS * 2 ** (folder.watcher_failures - 1),
-            )
-            folder.watcher_retry_at = now + delay
-            folder.health, folder.detail = "down", f"native watcher failed: {exc}"
-            log.error(
-                "cannot watch %s natively (%s); scanning it every %.0f s instead, and trying "
-                "again in %.0f s", folder.watch, exc, self.watch_poll_seconds, delay,
-            )  # fmt: skip
+            self._watcher_failed(folder, now, exc)
             return
         folder.watcher = watcher
-        folder.watcher_failures = 0
+        folder.next_scan = now
         if folder.health == "down":
             folder.health, folder.detail = "ok", ""
             log.info("watching %s natively again", folder.watch)
+
+    def _watcher_failed(self, folder: Folder, now: float, exc: OSError) -> None:
+        """The native watcher could not start, or could not watch a folder below: the
+        folder is polled, and watched again after a backoff."""
+        if folder.watcher is not None:
+            folder.watcher.stop()
+            folder.watcher = None
+        folder.watcher_failures += 1
+        delay = min(
+            defaults.ENGINE_WATCHER_RETRY_MAX_SECONDS,
+            defaults.ENGINE_WATCHER_RETRY_SECONDS * 2 ** (folder.watcher_failures - 1),
+        )
+        folder.watcher_retry_at = now + delay
+        folder.health, folder.detail = "down", f"native watcher failed: {exc}"
+        log.error(
+            "cannot watch %s natively (%s); scanning it every %.0f s instead, and trying "
+            "again in %.0f s", folder.watch, exc, self.watch_poll_seconds, delay,
+        )  # fmt: skip
 
     def revive(self, folder: Folder, now: float) -> None:
         """Restart a native watcher that died (or never started), once its backoff is over."""
@@ -257,8 +278,18 @@ class Folders(Mapping[str, Folder]):
         looks away: it is paused. ``expects_files``: should drops there be on disk?"""
         polling = folder.polled
         folder.next_scan = now + (self.watch_poll_seconds if polling else self.rescan_seconds)
+        watcher = folder.watcher if folder.observer == "native" else None
+        # A poll of a folder whose mtimes can be trusted lists only the folders that
+        # changed (and still lstats every file); any other scan lists every folder.
+        reuse = polling and folder.fstype in TRUSTED_FOLDER_MTIMES
+        listings = (folder.listings or {}) if reuse else None
+        folder.listings = None
         try:
-            result = scan(folder.watch)
+            result = scan(
+                folder.watch,
+                on_folder=None if watcher is None else watcher.add,
+                listings=listings,
+            )
         except OSError as exc:
             self.pause(tx, folder, f"cannot read the folder: {exc.strerror or exc}")
             return None
@@ -274,6 +305,13 @@ class Folders(Mapping[str, Folder]):
                 self.pause(tx, folder, "the folder suddenly reads empty")
                 folder.next_scan = min(folder.next_scan, now + defaults.ENGINE_AWAY_RECHECK_SECONDS)
                 return None
+        if watcher is not None and watcher.error is not None:
+            # A folder below could not be watched: polled until a watcher watches it all.
+            self._watcher_failed(folder, now, watcher.error)
+            polling = True
+            folder.next_scan = now + self.watch_poll_seconds
+        elif watcher is not None:
+            folder.watcher_failures = 0  # every folder is watched: the backoff starts over
         folder.empty_since = None
         folder.dev = result.dev
         folder.last_count = len(result.files)
@@ -305,6 +343,7 @@ class Folders(Mapping[str, Folder]):
         else:
             changed = files
         folder.last_files = files if polling else None
+        folder.listings = result.listings if polling else None
         return files, changed, polling
 
     def scanned(self, tx: Batch, folder: Folder, polled: bool) -> None:
