@@ -11,13 +11,6 @@ import sys
 from .support.deployment import Deployment
 
 
-def ingest(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ingest", *args, "--config", str(dep.config_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-
-
 def test_status_list_show_export_and_daemon_refusal(deployment: Deployment) -> None:
     dep = deployment
     dep.rule()
@@ -31,13 +24,13 @@ def test_status_list_show_export_and_daemon_refusal(deployment: Deployment) -> N
     dep.wait_state("sub/also.mxf", "COMPLETED")
     dep.wait_state("wrong.bad", "REJECTED")
 
-    status = ingest(dep, "status", "--json")
+    status = dep.ingest("status", "--json")
     assert status.returncode == 1  # a rejection in the last 24 h is worth a look
     doc = json.loads(status.stdout)
     text = json.dumps(doc)
     assert "COMPLETED" in text and "REJECTED" in text and str(dep.watch) in text
 
-    listed = ingest(dep, "ledger", "list", "--json")
+    listed = dep.ingest("ledger", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = {r["path"]: r for r in json.loads(listed.stdout)}
     assert set(rows) == {"good.mxf", "sub/also.mxf", "wrong.bad"}
@@ -46,20 +39,20 @@ def test_status_list_show_export_and_daemon_refusal(deployment: Deployment) -> N
     assert good["finished_at"].endswith("Z") and good["request_id"]
     assert rows["wrong.bad"]["status_code"] == 1017
 
-    failed = ingest(dep, "ledger", "list", "--state", "rejected", "--nl")
+    failed = dep.ingest("ledger", "list", "--state", "rejected", "--nl")
     assert [json.loads(line)["path"] for line in failed.stdout.splitlines()] == ["wrong.bad"]
 
-    shown = ingest(dep, "ledger", "show", "sub/also.mxf", "--json")
+    shown = dep.ingest("ledger", "show", "sub/also.mxf", "--json")
     assert shown.returncode == 0, shown.stderr
     history = json.loads(shown.stdout)["history"]
     assert [h["to_state"] for h in history][:2] == ["DETECTED", "SUBMITTING"]
     assert history[-1]["to_state"] == "COMPLETED"
 
-    exported = ingest(dep, "ledger", "export", "--csv")
+    exported = dep.ingest("ledger", "export", "--csv")
     table = list(csv.DictReader(io.StringIO(exported.stdout)))
     assert sorted(r["path"] for r in table) == ["good.mxf", "sub/also.mxf", "wrong.bad"]
 
-    missing = ingest(dep, "ledger", "show", "no/such.mxf")
+    missing = dep.ingest("ledger", "show", "no/such.mxf")
     assert missing.returncode == 9 and "error:" in missing.stderr
 
     # The daemon refuses to start on invalid rules, with the rules checker's message.

@@ -10,8 +10,7 @@ import contextlib
 import json
 import os
 import sqlite3
-import subprocess
-import sys
+from pathlib import Path
 from typing import Any
 
 from ingest.rulefiles import load_rules
@@ -19,13 +18,6 @@ from ingest.ruleversions import normalize, version_of
 
 from .support.deployment import Deployment, rule_toml
 from .support.wait import wait_for
-
-
-def ingest(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ingest", *args, "--config", str(dep.config_path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
 
 
 def rules_state(dep: Deployment) -> dict[str, Any] | None:
@@ -78,6 +70,15 @@ def news_text(dep: Deployment, **keys: Any) -> str:
     return rule_toml(values)
 
 
+def started_in_force(dep: Deployment) -> tuple[Path, str]:
+    """The news rule written, the engine started with it in force: (its file, its version)."""
+    path = dep.rule()
+    good = disk_version(dep)
+    dep.start()
+    wait_in_force(dep, good)
+    return path, good
+
+
 def archive(dep: Deployment, name: str) -> dict[str, Any]:
     (dep.watch / name).write_bytes(name.encode())
     return dep.wait_state(name, "COMPLETED", timeout=60)
@@ -92,7 +93,7 @@ def test_an_invalid_edit_is_refused_visible_in_status_and_cleared_by_the_fix(
     dep.start()
     before = archive(dep, "before.mxf")
     assert before["rules_version"] == good
-    assert ingest(dep, "status").returncode == 0
+    assert dep.ingest("status").returncode == 0
 
     # Saved with an unknown QoS on line 8 (the admin believes it is live).
     path.write_text(
@@ -100,14 +101,14 @@ def test_an_invalid_edit_is_refused_visible_in_status_and_cleared_by_the_fix(
     )
     state = wait_refused(dep)
     assert state["version"] == good
-    status = ingest(dep, "status")
+    status = dep.ingest("status")
     assert status.returncode == 1, status.stdout
     assert "the rule files on disk are invalid since" in status.stdout
     assert f"{path}:8: rule 'news': key 'qos': unknown QoS 'fastest'" in status.stdout
-    doc = json.loads(ingest(dep, "status", "--json").stdout)
+    doc = json.loads(dep.ingest("status", "--json").stdout)
     (problem,) = doc["rules_in_force"]["problems"]
     assert (problem["file"], problem["line"], problem["key"]) == (str(path), 8, "qos")
-    check = ingest(dep, "rules", "check")
+    check = dep.ingest("rules", "check")
     assert check.returncode == 3 and f"it keeps version {good[:12]}" in check.stdout
 
     # The last good rules stay in force meanwhile.
@@ -117,12 +118,12 @@ def test_an_invalid_edit_is_refused_visible_in_status_and_cleared_by_the_fix(
     path.write_text(news_text(dep, collection="FIXED"))
     fixed = disk_version(dep)
     wait_in_force(dep, fixed)
-    status = ingest(dep, "status")
+    status = dep.ingest("status")
     assert status.returncode == 0, status.stdout
     after = archive(dep, "after.mxf")
     assert (after["rules_version"], after["collection"]) == (fixed, "FIXED")
     assert (
-        f"the daemon runs these rules (version {fixed[:12]}" in ingest(dep, "rules", "check").stdout
+        f"the daemon runs these rules (version {fixed[:12]}" in dep.ingest("rules", "check").stdout
     )
 
 
@@ -139,7 +140,7 @@ def test_drops_before_and_after_an_edit_carry_their_versions_and_rules_show_give
     assert first["rules_version"] != second["rules_version"]
 
     for drop in (first, second):
-        shown = ingest(dep, "rules", "show", drop["rules_version"][:10], "--json")
+        shown = dep.ingest("rules", "show", drop["rules_version"][:10], "--json")
         assert shown.returncode == 0, shown.stderr
         (rule,) = json.loads(shown.stdout)["rules"]
         body = json.loads(drop["body"])
@@ -153,11 +154,11 @@ def test_drops_before_and_after_an_edit_carry_their_versions_and_rules_show_give
         assert {k: body[k] for k in expected} == expected
     assert json.loads(second["body"])["collectionName"] == "ARCHIVE"
 
-    listed = ingest(dep, "ledger", "list", "--rules-version", first["rules_version"][:8], "--json")
+    listed = dep.ingest("ledger", "list", "--rules-version", first["rules_version"][:8], "--json")
     assert [r["path"] for r in json.loads(listed.stdout)] == ["first.mxf"]
-    shown = ingest(dep, "ledger", "show", "second.mxf")
+    shown = dep.ingest("ledger", "show", "second.mxf")
     assert f"rules_version   {second['rules_version']}" in shown.stdout
-    history = json.loads(ingest(dep, "rules", "history", "--json").stdout)
+    history = json.loads(dep.ingest("rules", "history", "--json").stdout)
     assert [h["version"] for h in history] == [second["rules_version"], first["rules_version"]]
     assert history[0]["in_force"] and not history[1]["in_force"]
 
@@ -166,10 +167,7 @@ def test_an_editor_writing_in_several_steps_ends_in_the_rules_it_wrote(
     deployment: Deployment,
 ) -> None:
     dep = deployment
-    path = dep.rule()
-    good = disk_version(dep)
-    dep.start()
-    wait_in_force(dep, good)
+    path, good = started_in_force(dep)
     text = news_text(dep, collection="STEPS")
     cut = text.index("media") + 3  # mid-line: the first part alone is not a valid rule
     with path.open("w") as out:
@@ -187,10 +185,7 @@ def test_a_rename_save_and_a_delete_and_recreate_never_drop_the_rules(
     deployment: Deployment,
 ) -> None:
     dep = deployment
-    path = dep.rule()
-    good = disk_version(dep)
-    dep.start()
-    wait_in_force(dep, good)
+    path, good = started_in_force(dep)
 
     # vim: the file renamed to a backup, written anew, the backup removed; a drop
     # settling meanwhile must not lose its rule (nor its watch folder).
@@ -219,7 +214,7 @@ def test_a_rename_save_and_a_delete_and_recreate_never_drop_the_rules(
     assert archive(dep, "after.mxf")["collection"] == "CODE"
     gap = dep.wait_state("gap.mxf", "COMPLETED", timeout=60)
     assert gap["rules_version"] == code
-    history = json.loads(ingest(dep, "rules", "history", "--json").stdout)
+    history = json.loads(dep.ingest("rules", "history", "--json").stdout)
     assert sorted(h["version"] for h in history) == sorted({good, vim, code})
     assert all(r["state"] == "COMPLETED" for r in dep.rows())
 
@@ -257,7 +252,7 @@ def test_confirm_new_matches_holds_the_files_present_until_rules_accept(
     draft = dep.root / "draft"
     draft.mkdir()
     (draft / "news.toml").write_text(news_text(dep, match=["**/*.mxf", "**/*.mov"]))
-    check = ingest(dep, "rules", "check", str(draft))
+    check = dep.ingest("rules", "check", str(draft))
     assert "this edit would archive 1 file now present" in check.stdout, check.stdout
     assert f"{dep.watch}/present.mov (rule 'news')" in check.stdout
     assert "holds them until `ingest rules accept`" in check.stdout
@@ -268,12 +263,12 @@ def test_confirm_new_matches_holds_the_files_present_until_rules_accept(
     arrived = archive(dep, "arrived.mov")
     assert arrived["rules_version"] == disk_version(dep)
     assert dep.rows("present.mov") == []
-    status = ingest(dep, "status")
+    status = dep.ingest("status")
     assert status.returncode == 1
     assert "1 file(s) already present, newly matched by a rules edit, are held" in status.stdout
     assert f"{dep.watch}/present.mov (rule 'news')" in status.stdout
 
-    accepted = ingest(dep, "rules", "accept")
+    accepted = dep.ingest("rules", "accept")
     assert accepted.returncode == 0 and "releases 1 held file" in accepted.stdout
     assert dep.wait_state("present.mov", "COMPLETED", timeout=60)["rule"] == "news"
-    assert ingest(dep, "status").returncode == 0
+    assert dep.ingest("status").returncode == 0

@@ -132,6 +132,17 @@ class Deployment:
         log.close()
         return proc
 
+    def ingest(
+        self, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``ingest ARGS --config`` this deployment's config, as an operator runs it
+        (``env``: variables added to this process's)."""
+        return subprocess.run(
+            [sys.executable, "-m", "ingest", *args, "--config", str(self.config_path)],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+
     # -- reading the ledger (plain sqlite3: what an operator's tool would see) --
 
     def rows(self, path: str | None = None) -> list[dict[str, Any]]:

@@ -5,10 +5,8 @@ command run with both passwords."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from typing import Any
 
 import psycopg
@@ -73,8 +71,4 @@ def rows(url: str) -> dict[str, dict[str, Any]]:
 
 def ingest(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
     """``ingest ARGS --config`` the deployment's, with the ledger's and DIVA's passwords."""
-    env = {**os.environ, PASSWORD_ENV: PASSWORD, DIVA_PASSWORD_ENV: "operator"}
-    return subprocess.run(
-        [sys.executable, "-m", "ingest", *args, "--config", str(dep.config_path)],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+    return dep.ingest(*args, env={PASSWORD_ENV: PASSWORD, DIVA_PASSWORD_ENV: "operator"})
