@@ -6,12 +6,18 @@ import logging
 import os
 import signal
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from ..config import find_config, load_config
 from ..nodes import NodeLock
+
+if TYPE_CHECKING:
+    from ..config import ServiceConfig
+    from ..engine.monitor import Monitor
 
 log = logging.getLogger("ingest.run")
 
@@ -42,7 +48,6 @@ def run(config_path: str | None, until_idle: bool) -> None:
       DIVA_PASSWORD=... ingest --log-format json run --until-idle
     """
     from ..engine import Engine
-    from ..notify.notifier import notifying
     from ..web import serve
 
     config = load_config(find_config(config_path, required=True))
@@ -56,11 +61,21 @@ def run(config_path: str | None, until_idle: bool) -> None:
             _install_signals(engine.stop)
         # [http]: the status page, API and metrics; [notify]: notifications. Both stop
         # once the engine has stopped (the last digest goes out then).
-        with serve(config, engine.monitor), notifying(config, engine.monitor):
+        with serve(config, engine.monitor), _notifying(config, engine.monitor):
             engine.run(until_idle=until_idle)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _notifying(config: ServiceConfig, monitor: Monitor) -> AbstractContextManager[object]:
+    """``[notify]``'s notifier while the daemon runs; without ``[notify]``, the notifier
+    (and Apprise, a tenth of a second of imports) is not even imported."""
+    if config.notify is None:
+        return nullcontext()
+    from ..notify.notifier import notifying
+
+    return notifying(config, monitor)
 
 
 def _install_signals(stop: object) -> None:
