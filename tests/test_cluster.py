@@ -15,54 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
+from tests.support.cluster import FOLDERS, LEASE, cluster_setup, held_by, leases, unleased_intents
 from tests.support.deployment import Deployment
-from tests.support.pgledger import (
-    UNLEASED_INTENTS_SQL,
-    all_rows,
-    connect,
-    ingest,
-    use_postgresql,
-)
+from tests.support.pgledger import all_rows, ingest
 from tests.support.wait import wait_for
-
-FOLDERS = ["w1", "w2", "w3", "w4"]
-LEASE = 2.0
-
-
-def _setup(dep: Deployment, pg_url: str, settle: float = 0.5) -> dict[str, str]:
-    """Four watch folders (NAS/w1..w4), one rule each; ``[cluster] lease_seconds`` short."""
-    use_postgresql(dep, pg_url)
-    watches = {}
-    for name in FOLDERS:
-        watch = dep.watch.parent / name
-        watch.mkdir()
-        dep.rule(
-            name, watch=str(watch), file_path_root=f"/{name}", settle_seconds=settle,
-            object_name=f"{name}-{{stem}}",
-        )  # fmt: skip
-        watches[name] = str(watch)
-    text = dep.config_path.read_text() + f"[cluster]\nlease_seconds = {LEASE}\n"
-    dep.config_path.write_text(text)
-    return watches
-
-
-def _leases(url: str) -> dict[str, tuple[str | None, int, bool]]:
-    """watch -> (holder, epoch, live) from PostgreSQL."""
-    with connect(url) as conn:
-        try:
-            found = conn.execute(
-                "SELECT watch, holder, epoch, expires_at > EXTRACT(EPOCH FROM now()) FROM leases"
-            ).fetchall()
-        except psycopg.errors.UndefinedTable:
-            return {}
-    return {str(w): (h, int(e), bool(live)) for w, h, e, live in found}
-
-
-def _held_by(url: str, node: str) -> set[str]:
-    return {w for w, (h, _, live) in _leases(url).items() if h == node and live}
 
 
 @contextmanager
@@ -96,16 +54,6 @@ def _all_completed(url: str, count: int) -> bool:
     return len(states) == count and all(s == "COMPLETED" for s in states)
 
 
-def _unleased_intents(url: str) -> tuple[int, int]:
-    """(intents by a node without the folder's lease at their epoch, all intents)."""
-    with connect(url) as conn:
-        bad = conn.execute(UNLEASED_INTENTS_SQL).fetchone()
-        total = conn.execute(
-            "SELECT count(*) FROM transitions WHERE to_state = 'SUBMITTING'"
-        ).fetchone()
-    return int(bad[0]) if bad else -1, int(total[0]) if total else 0
-
-
 def _status_shows_the_split(dep: Deployment, watches: dict[str, str]) -> None:
     status = ingest(dep, "status", "--json")
     doc = json.loads(status.stdout)
@@ -129,13 +77,13 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
     deployment: Deployment, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dep = deployment
-    watches = _setup(dep, pg_url)
+    watches = cluster_setup(dep, pg_url)
     with _node(dep, "alpha", monkeypatch) as alpha:
-        wait_for(lambda: len(_held_by(pg_url, "alpha")) == 4, timeout=60)
+        wait_for(lambda: len(held_by(pg_url, "alpha")) == 4, timeout=60)
         with _node(dep, "beta", monkeypatch):
             # beta joins: alpha gives back its excess, they hold two folders each.
             wait_for(
-                lambda: len(_held_by(pg_url, "alpha")) == len(_held_by(pg_url, "beta")) == 2,
+                lambda: len(held_by(pg_url, "alpha")) == len(held_by(pg_url, "beta")) == 2,
                 timeout=60,
             )
             _status_shows_the_split(dep, watches)
@@ -153,7 +101,7 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
             assert set(by_folder) == set(watches.values())
 
             # alpha dies with drops of its folders in hand.
-            alphas = _held_by(pg_url, "alpha")
+            alphas = held_by(pg_url, "alpha")
             dep.knobs(reply_latency=3)  # its answers slow: calls are in flight at the kill
             names += _drop(watches, "second")
             wait_for(
@@ -168,7 +116,7 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
             alpha.wait(timeout=30)
             killed = time.monotonic()
             dep.knobs(reply_latency=0)
-            wait_for(lambda: len(_held_by(pg_url, "beta")) == 4, timeout=30)
+            wait_for(lambda: len(held_by(pg_url, "beta")) == 4, timeout=30)
             failover = time.monotonic() - killed
             # The taker finishes them, reconciling the dead one's in-flight rows with DIVA.
             wait_for(lambda: _all_completed(pg_url, 8), timeout=120)
@@ -184,9 +132,9 @@ def test_two_nodes_split_the_folders_and_a_killed_ones_pass_to_the_other(
     assert [(n["name"], n["alive"]) for n in doc["nodes"]] == [("alpha", False), ("beta", False)]
     assert sorted(doc["unheld_folders"]) == sorted(watches.values())
     _archived_once(dep, names)
-    unleased, intents = _unleased_intents(pg_url)
+    unleased, intents = unleased_intents(pg_url)
     assert (unleased, intents) == (0, 12)
-    epochs = {w: e for w, (_, e, _) in _leases(pg_url).items()}
+    epochs = {w: e for w, (_, e, _) in leases(pg_url).items()}
     assert all(epochs[watches[f]] >= 2 for f in FOLDERS), epochs  # each passed hands
     assert dep.intents is not None
     assert {a.verdict for a in dep.intents.arrivals} == {"ok"}
@@ -196,19 +144,19 @@ def test_a_node_frozen_past_its_lease_submits_nothing_for_the_folders_it_lost(
     deployment: Deployment, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dep = deployment
-    watches = _setup(dep, pg_url, settle=3.0)
+    watches = cluster_setup(dep, pg_url, settle=3.0)
     with _node(dep, "alpha", monkeypatch) as alpha, _node(dep, "beta", monkeypatch):
         wait_for(
-            lambda: len(_held_by(pg_url, "alpha")) == len(_held_by(pg_url, "beta")) == 2,
+            lambda: len(held_by(pg_url, "alpha")) == len(held_by(pg_url, "beta")) == 2,
             timeout=60,
         )
-        alphas = _held_by(pg_url, "alpha")
+        alphas = held_by(pg_url, "alpha")
         names = _drop(watches, "frozen")
         # alpha has seen its drops (rows DETECTED, settling): then it freezes.
         wait_for(lambda: sum(r["watch"] in alphas for r in all_rows(pg_url)) == 2, timeout=60)
         alpha.send_signal(signal.SIGSTOP)
         try:
-            wait_for(lambda: len(_held_by(pg_url, "beta")) == 4, timeout=30)
+            wait_for(lambda: len(held_by(pg_url, "beta")) == 4, timeout=30)
             wait_for(lambda: _all_completed(pg_url, 4), timeout=90)
         finally:
             alpha.send_signal(signal.SIGCONT)

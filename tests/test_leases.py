@@ -13,7 +13,7 @@ import pytest
 
 from ingest.leases import LeaseLost, Leases, NodeNameTaken, fence
 from ingest.ledger import Ledger, State
-from tests.support.pgledger import UNLEASED_INTENTS_SQL
+from tests.support.cluster import UNLEASED_INTENTS_SQL
 from tests.support.postgres import PASSWORD
 from tests.support.wait import wait_for
 

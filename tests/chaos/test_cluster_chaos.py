@@ -29,10 +29,11 @@ from pathlib import Path
 
 import pytest
 
+from ..support.cluster import LEASE, cluster_setup, held_by, unleased_intents
 from ..support.deployment import Deployment
+from ..support.pgledger import all_rows
 from ..support.postgres import PostgresServer
 from ..support.wait import wait_for
-from ..test_cluster import LEASE, _all_rows, _held_by, _setup, _unleased_intents
 from .harness import LONG, chaos_seed, scale
 
 
@@ -47,7 +48,7 @@ def test_cluster_chaos(
     rng = random.Random(seed)
     print(f"CHAOS cluster seed={seed} long={int(LONG)}")
     dep = deployment
-    watches = _setup(dep, pg_url)
+    watches = cluster_setup(dep, pg_url)
     names = ["n1", "n2", "n3"]
     nodes: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -79,7 +80,7 @@ def test_cluster_chaos(
     try:
         for name in names:
             start(name)
-        wait_for(lambda: sum(len(_held_by(pg_url, n)) for n in names) == 4, timeout=60)
+        wait_for(lambda: sum(len(held_by(pg_url, n)) for n in names) == 4, timeout=60)
         dep.knobs(reply_latency=0.4)
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
@@ -111,12 +112,12 @@ def test_cluster_chaos(
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    rows = _all_rows(pg_url)
+    rows = all_rows(pg_url)
     lost = sum(r["state"] != "COMPLETED" for r in rows) + n_drops - len(rows)
     requests = collections.Counter(r["objectName"] for r in dep.archive_requests())
     sent_twice = sum(n - 1 for n in requests.values() if n > 1)
     for_deleted = _requests_for_deleted(dep)
-    unleased, intents = _unleased_intents(pg_url)
+    unleased, intents = unleased_intents(pg_url)
     fenced = sum((dep.root / f"{n}.log").read_text().count("lease lost on") for n in names)
     print(
         f"CHAOS cluster seed={seed} long={int(LONG)} drops={n_drops} kills={kills} "
@@ -162,7 +163,7 @@ def _freeze(proc: subprocess.Popen[bytes]) -> bool:
 
 
 def _done(url: str, count: int) -> bool:
-    rows = _all_rows(url)
+    rows = all_rows(url)
     return len(rows) == count and all(r["state"] == "COMPLETED" for r in rows)
 
 

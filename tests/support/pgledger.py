@@ -18,15 +18,6 @@ from ingest.pgread import PostgresLedger
 from .deployment import DIVA_PASSWORD_ENV, Deployment
 from .postgres import PASSWORD, PASSWORD_ENV
 
-#: Intents (steps into SUBMITTING) not written by the node that took the drop's folder at
-#: the epoch the step names, by the lease history (lease_takes): unstamped ones count.
-UNLEASED_INTENTS_SQL = (
-    "SELECT count(*) FROM transitions t JOIN drops d ON d.id = t.drop_id "
-    "LEFT JOIN lease_takes k ON k.watch = d.watch AND k.epoch = t.epoch "
-    "WHERE t.to_state = 'SUBMITTING' AND (t.node IS NULL OR k.holder IS NULL "
-    "OR k.holder <> t.node)"
-)
-
 
 def use_postgresql(dep: Deployment, url: str, **ledger: str) -> None:
     """Point the deployment's config at the PostgreSQL ledger ``url``."""
