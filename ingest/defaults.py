@@ -75,6 +75,10 @@ ENGINE_BLIP_GRACE_SECONDS = 30.0
 ENGINE_LEDGER_RETRY_SECONDS = 5.0
 #: hints and answers handled in one turn (one ledger transaction) at most
 ENGINE_MAX_EVENTS_PER_TURN = 20_000
+#: archive calls (and the questions before one) started in one turn at most: a burst's
+#: first calls leave once the first few intents commit, not after all of them; the next
+#: turn follows at once with the next few, while those calls are at DIVA
+ENGINE_STARTS_PER_TURN = 64
 #: paths whose drop the engine remembers between events (cleared when full or on reload)
 ENGINE_HINT_CACHE_SIZE = 100_000
 #: on SIGTERM, wait this long for DIVA calls already made to answer, seconds
@@ -102,8 +106,9 @@ ENGINE_WAKE_SECONDS = 1.0
 #: ``ingest run --until-idle``: nothing seen or answered for this long (or for the longest
 #: settle window, when longer) before it exits, seconds
 ENGINE_IDLE_QUIET_SECONDS = 0.5
-#: DIVA calls made at once: the worker pool's threads
-ENGINE_WORKERS = 4
+#: DIVA calls made at once: the worker pool's threads (started as calls need them), each
+#: keeping one of the client's keep-alive connections busy (httpx keeps up to 20 alive)
+ENGINE_WORKERS = 16
 #: rules' checksums read at most this fast, MB/s (0: no limit): a drop being hashed
 #: should leave the disk to the copies still landing
 ENGINE_HASH_MB_PER_SECOND = 0.0

@@ -306,6 +306,23 @@ def test_queue_order_is_priority_then_age_and_capacity_caps_starts(
     assert h.row(low)["state"] == State.DETECTED
 
 
+def test_a_burst_starts_a_few_drops_a_turn_and_the_next_turn_is_due_at_once(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    h = Harness(ledger, tmp_path, max_in_flight=10)
+    h.tracker.starts_per_turn = 2
+    drops = [h.settled() for _ in range(5)]
+    first = h.turn()
+    assert [j.key for j in first] == [d.key for d in drops[:2]]
+    # Those two intents are in this turn's transaction; the others wait, due now.
+    assert [h.row(d)["state"] for d in drops] == [State.SUBMITTING] * 2 + [State.DETECTED] * 3
+    assert h.tracker.schedule.next_deadline(h.now) == h.now
+    assert [j.key for j in h.turn()] == [d.key for d in drops[2:4]]
+    assert [j.key for j in h.turn()] == [drops[4].key]
+    assert h.tracker.schedule.in_flight == 5
+    assert all(j.answer is Submitted for j in h.sent)
+
+
 def test_a_drop_already_holding_a_place_starts_without_a_free_one(
     ledger: Ledger, tmp_path: Path
 ) -> None:

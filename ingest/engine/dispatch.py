@@ -18,10 +18,12 @@ its files in place, never submitted blind.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import random
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -279,8 +281,28 @@ def never_connected(error: DivaError) -> bool:
     return isinstance(error.__cause__, httpx.ConnectError | httpx.ConnectTimeout)
 
 
+#: the order in which waiting jobs go out: what moves a drop towards DIVA first (its
+#: archive call, and the questions asked before one), then polls, whose timing is a
+#: minimum interval anyway, then the rest (e.g. checksum verification after COMPLETED)
+_FIRST, _THEN, _LAST = 0, 1, 2
+
+
+def _rank(job: Job[Any]) -> int:
+    if issubclass(job.answer, Submitted | Checked | Renamed):
+        return _FIRST
+    return _THEN if issubclass(job.answer, Polled) else _LAST
+
+
 class Dispatcher:
-    r"""Runs :class:`Job`\ s on a few threads; each answer goes to ``deliver``."""
+    r"""Runs :class:`Job`\ s on a pool of threads; each answer goes to ``deliver``.
+
+    Each thread keeps its own keep-alive connection to DIVA busy (the client's pool holds
+    at least ``workers`` of them), so a burst of submissions is pipelined over ``workers``
+    connections rather than sent one after another. Waiting jobs go out in order of
+    :func:`_rank`: a poll never holds up an archive call. How many calls a burst may start
+    stays the Tracker's business (``max_in_flight``): every job is for a drop holding a
+    place at DIVA, or one already COMPLETED.
+    """
 
     def __init__(
         self,
@@ -290,16 +312,56 @@ class Dispatcher:
     ) -> None:
         self.client = client
         self._deliver = deliver
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-diva")
+        self._workers = max(1, workers)
+        self._jobs: list[tuple[int, int, Job[Any]]] = []  # (rank, seq, job): a heap
+        self._seq = itertools.count()
+        self._ready = threading.Condition(threading.Lock())
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a job
+        self._closed = False
 
     def __repr__(self) -> str:
-        return f"<Dispatcher {self.client.manager_url}>"
+        return f"<Dispatcher {self.client.manager_url} workers={self._workers}>"
 
     def run(self, job: Job[Any]) -> None:
-        def done(future: Future[Outcome[Any]]) -> None:
-            self._deliver(future.result())
+        with self._ready:
+            if self._closed:
+                return
+            heapq.heappush(self._jobs, (_rank(job), next(self._seq), job))
+            if len(self._threads) < self._workers and len(self._jobs) > self._idle:
+                # a thread only when no idle one can take the job: few calls, few threads.
+                # Daemon threads: a call still in hand when the process exits is as after
+                # a crash (its intent is on disk; the next start asks DIVA about it).
+                thread = threading.Thread(
+                    target=self._work, name=f"ingest-diva_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._ready.notify()
 
-        self._pool.submit(job, self.client).add_done_callback(done)
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._jobs and not self._closed:
+                    self._idle += 1
+                    self._ready.wait()
+                    self._idle -= 1
+                if self._closed:
+                    return
+                job = heapq.heappop(self._jobs)[-1]
+            self._deliver(job(self.client))
 
     def shutdown(self, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        """Stop taking jobs; those not started are dropped (their drops stay in the ledger
+        as they were: the next start asks DIVA about them). ``wait``: until the calls in
+        hand have returned."""
+        with self._ready:
+            self._closed = True
+            self._jobs.clear()
+            self._ready.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()

@@ -71,8 +71,13 @@ class Tracker:
         rng: random.Random,
         on_final: Callable[[Turn, Tracked], None],
         wall: Callable[[], float] = time.time,
+        starts_per_turn: int = defaults.ENGINE_STARTS_PER_TURN,
     ) -> None:
         self.poll_seconds = poll_seconds
+        #: queued drops started in one turn at most (the rest wait for the next turn, which
+        #: the schedule makes due at once): the turn's intents commit, and their calls
+        #: leave, while later drops' intents are still to be written
+        self.starts_per_turn = max(1, starts_per_turn)
         #: epoch seconds for the ledger's timestamps (``turn.now`` is monotonic, for the
         #: schedule); a parameter so that unit tests can hold time still
         self.wall = wall
@@ -173,7 +178,7 @@ class Tracker:
             while (tr := self.schedule.next_held()) is not None:
                 if self._live(tr) and tr.queued and still_there(turn, tr):
                     self._start(turn, tr)
-        capacity = self.schedule.capacity(turn.now)
+        capacity = min(self.schedule.capacity(turn.now), self.starts_per_turn)
         while capacity > 0 and (tr := self.schedule.next_ready()) is not None:
             if self._live(tr) and tr.queued and still_there(turn, tr):
                 self._start(turn, tr)
