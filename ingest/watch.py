@@ -23,7 +23,7 @@ import select
 import stat
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import translate
 from pathlib import Path
@@ -93,6 +93,8 @@ class Scan:
     """What one walk of a watch folder saw."""
 
     files: dict[str, tuple[int, int]] = field(default_factory=dict)  # relpath -> (size, mtime)
+    #: the files not as ``scan``'s ``known`` has them (all of them without ``known``)
+    changed: dict[str, tuple[int, int]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # relpath -> why it is not a file
     errors: dict[str, str] = field(default_factory=dict)  # relpath -> error reading it
     dev: int | None = None  # st_dev of the watch folder itself
@@ -115,6 +117,7 @@ def scan(
     prefix: str = "",
     on_folder: Callable[[str], object] | None = None,
     listings: dict[str, Listing] | None = None,
+    known: Mapping[str, tuple[int, int] | None] | None = None,
 ) -> Scan:
     """Walk ``root`` (or only ``root/prefix``): every regular file's size and mtime.
 
@@ -132,16 +135,23 @@ def scan(
     read on every poll). The "one poll after" rule keeps an entry added in the same clock
     tick as the listing from being missed. ``Scan.listings`` holds this walk's listings
     for the next.
+
+    ``known``: what the files were (relpath -> (size, mtime_ns)): what the ledger
+    settled, or the previous poll's files. A file found as it is there shares that
+    entry's value instead of holding an equal copy (a start-up over a tree already
+    archived holds one (size, mtime) per file, not two), and ``Scan.changed`` holds the
+    others: new, or not as they were.
     """
     root = os.fspath(root)
     result = Scan()
     top = os.stat(root)
     result.dev = top.st_dev
     start = os.path.join(root, prefix) if prefix else root
-    files = result.files
+    files, changed = result.files, result.changed
     ignored = _IGNORED.match
     lstat, o_dir = os.lstat, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     keep = listings is not None
+    same = (known or {}).get
     listed: dict[str, Listing] = {}
     stack: list[tuple[str, str, Stamp]] = [
         (start, prefix + "/" if prefix else "", (top.st_mtime_ns, top.st_ctime_ns, top.st_ino))
@@ -154,8 +164,8 @@ def scan(
         folder, rel, stamp = stack.pop()
         if on_folder is not None and not first:
             on_folder(folder)
-        known = listings.get(folder) if listings is not None else None
-        if known is not None and known[0] == stamp and known[1]:
+        before = listings.get(folder) if listings is not None else None
+        if before is not None and before[0] == stamp and before[1]:
             # Unchanged since a trusted listing: the same entries, each lstat-ed anew.
             try:
                 fd = os.open(folder, o_dir)
@@ -165,10 +175,10 @@ def scan(
                 result.errors[rel.rstrip("/")] = exc.strerror or str(exc)
                 continue
             first = False
-            listed[folder] = known
+            listed[folder] = before
             cut = len(rel)
             try:
-                for relpath in known[2]:
+                for relpath in before[2]:
                     entries += 1
                     try:
                         st = lstat(relpath[cut:], dir_fd=fd)
@@ -178,7 +188,11 @@ def scan(
                         continue
                     kind = st.st_mode & _S_IFMT
                     if kind == _S_IFREG:
-                        files[relpath] = (st.st_size, st.st_mtime_ns)
+                        value = (st.st_size, st.st_mtime_ns)
+                        if (old := same(relpath)) == value:
+                            files[relpath] = old
+                        else:
+                            files[relpath] = changed[relpath] = value
                     elif kind == _S_IFDIR:
                         sub = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
                         stack.append((folder + "/" + relpath[cut:], relpath + "/", sub))
@@ -215,7 +229,11 @@ def scan(
                     continue
                 kind = st.st_mode & _S_IFMT
                 if kind == _S_IFREG:
-                    files[relpath] = (st.st_size, st.st_mtime_ns)
+                    value = (st.st_size, st.st_mtime_ns)
+                    if (old := same(relpath)) == value:
+                        files[relpath] = old
+                    else:
+                        files[relpath] = changed[relpath] = value
                 elif kind == _S_IFDIR:
                     sub = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
                     stack.append((entry.path, relpath + "/", sub))
@@ -225,7 +243,7 @@ def scan(
                     result.skipped[relpath] = "not a regular file (FIFO, socket or device)"
         if keep:
             # Trusted from the next poll on only if the mtime was this one a poll ago too.
-            listed[folder] = (stamp, known is not None and known[0] == stamp, tuple(names))
+            listed[folder] = (stamp, before is not None and before[0] == stamp, tuple(names))
     result.entries = entries
     result.listings = listed if keep else None
     return result

@@ -345,3 +345,17 @@ def test_only_local_filesystems_folder_mtimes_are_trusted() -> None:
     assert not {"cifs", "smb3", "nfs", "nfs4", "fuse.sshfs", "vfat", "unknown"} & (
         watch.TRUSTED_FOLDER_MTIMES
     )
+
+
+def test_a_file_found_as_the_ledger_settled_it_shares_the_ledgers_value(tmp_path: Path) -> None:
+    (tmp_path / "same.mxf").write_bytes(b"s")
+    (tmp_path / "grown.mxf").write_bytes(b"g")
+    st = os.stat(tmp_path / "same.mxf")
+    settled = {"same.mxf": (st.st_size, st.st_mtime_ns), "grown.mxf": (0, 0), "live.mxf": None}
+    (tmp_path / "new.mxf").write_bytes(b"n")
+    found = scan(tmp_path, known=settled)
+    assert found.files["same.mxf"] is settled["same.mxf"]
+    assert found.files["grown.mxf"] == (1, os.stat(tmp_path / "grown.mxf").st_mtime_ns)
+    # What a poll looks at: the files not as they were, and only those.
+    assert sorted(found.changed) == ["grown.mxf", "new.mxf"]
+    assert sorted(scan(tmp_path).changed) == ["grown.mxf", "new.mxf", "same.mxf"]

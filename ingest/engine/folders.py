@@ -284,11 +284,18 @@ class Folders(Mapping[str, Folder]):
         reuse = polling and folder.fstype in TRUSTED_FOLDER_MTIMES
         listings = (folder.listings or {}) if reuse else None
         folder.listings = None
+        # Polling an idle share: only what changed since the last cycle needs a look
+        # (the scan tells, as it reads each file). Otherwise every file does, and the
+        # scan shares the ledger's (size, mtime) of each file found as it settled it.
+        previous = folder.last_files
+        if previous is None or not all(r.mode == "file" for r in folder.rules):
+            previous = None
         try:
             result = scan(
                 folder.watch,
                 on_folder=None if watcher is None else watcher.add,
                 listings=listings,
+                known=self.settled.get(folder.watch) if previous is None else previous,
             )
         except OSError as exc:
             self.pause(tx, folder, f"cannot read the folder: {exc.strerror or exc}")
@@ -334,14 +341,12 @@ class Folders(Mapping[str, Folder]):
                 )  # fmt: skip
         folder.unreadable = set(result.errors)
         files = result.files
-        # Files that matched no rule and have left since: their names need no memory.
-        folder.unmatched.intersection_update(files.keys() | result.skipped.keys())
-        previous = folder.last_files
-        if previous is not None and all(r.mode == "file" for r in folder.rules):
-            # Polling an idle share: only what changed since the last cycle needs a look.
-            changed = {k: v for k, v in files.items() if previous.get(k) != v}
-        else:
-            changed = files
+        # Files that matched no rule and have left since: their names need no memory
+        # (looked up one by one: a set of every path, on every poll, costs more).
+        if folder.unmatched:
+            skipped = result.skipped
+            folder.unmatched = {p for p in folder.unmatched if p in files or p in skipped}
+        changed = files if previous is None else result.changed
         folder.last_files = files if polling else None
         folder.listings = result.listings if polling else None
         return files, changed, polling
