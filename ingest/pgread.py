@@ -137,6 +137,10 @@ def errors(ledger: PostgresLedger) -> Iterator[None]:
         reason = _reason(exc, ledger.password)
         if isinstance(exc, psycopg.errors.UndefinedTable):
             reason += " (not an ingest ledger, or `ingest run` has not initialised it yet)"
+        elif isinstance(exc, psycopg.errors.UndefinedColumn):
+            from .queries import OLDER_LEDGER
+
+            reason += f" ({OLDER_LEDGER})"
         raise LedgerError(f"ledger {ledger}: {reason}") from exc
 
 

@@ -105,6 +105,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "checksums",
     "checksum_mismatch",
     "checksum_acked_at",
+    "files_gone_at",
 )
 _TIME_FIELDS = frozenset(f for f in RECORD_FIELDS if f.endswith("_at"))
 _COLUMNS = ", ".join(RECORD_FIELDS)
@@ -156,6 +157,10 @@ def _uri(path: Path) -> str:
     # Percent-encode what a URI would read as its own syntax.
     text = os.path.abspath(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
     return f"file:{text}?mode=ro"
+
+
+#: what a read of a column the ledger lacks means (its migrations have not all run)
+OLDER_LEDGER = "an older ingest wrote this ledger: this version's `ingest run` upgrades it"
 
 
 @contextmanager
@@ -212,6 +217,8 @@ def errors(path: LedgerAt) -> Iterator[None]:
         reason = str(exc)
         if "no such table" in reason:
             reason += " (not an ingest ledger, or `ingest run` has not initialised it yet)"
+        elif "no such column" in reason:
+            reason += f" ({OLDER_LEDGER})"
         elif "not a database" in reason:
             reason = "not an SQLite database"
         elif "locked" in reason or "busy" in reason:

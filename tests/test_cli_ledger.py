@@ -106,6 +106,20 @@ def test_list_table_cuts_long_values_to_fit(tmp_path: Path) -> None:
     assert "…/deep/file.mxf" in lines[1]  # paths lose their start, not their name
 
 
+def test_a_ledger_an_older_ingest_wrote_says_how_to_upgrade_it(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}").close()
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:  # as before migration 0012
+        conn.execute("DROP INDEX ix_drops_files_remain")
+        conn.execute("ALTER TABLE drops DROP COLUMN files_gone_at")
+    result = invoke("ledger", "list", "--json", "--config", str(tmp_path / "ingest.toml"))
+    assert result.exit_code == 8, result.output  # LedgerError
+    assert "files_gone_at" in result.stderr
+    assert "an older ingest wrote this ledger: this version's `ingest run` upgrades it" in (
+        result.stderr
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "names"),
     [

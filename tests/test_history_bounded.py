@@ -4,6 +4,7 @@ deleted leaves nothing in memory, and a start-up does not read it back."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,12 @@ def test_the_start_up_read_goes_through_the_partial_index(tmp_path: Path) -> Non
     assert "ix_drops_files_remain" in str(plan)
 
 
+def _scanned(engine: Any, watch: str) -> bool:
+    """Whether a started engine read back its settled paths and scanned ``watch`` once."""
+    folder = engine.folders.get(watch)
+    return folder is not None and bool(folder.scanned)
+
+
 def test_caches_hold_nothing_of_drops_archived_and_deleted(deployment: Deployment) -> None:
     dep = deployment
     dep.rule(on_conflict="suffix")
@@ -150,5 +157,71 @@ def test_caches_hold_nothing_of_drops_archived_and_deleted(deployment: Deploymen
     dep.stop()
     # Nor does a start-up read any of them back.
     engine = dep.start()
-    wait_for(lambda: engine.folders.get(watch) is not None, timeout=30)
+    wait_for(lambda: _scanned(engine, watch), timeout=30)
     assert engine.folders.settled[watch] == {}
+
+
+def test_a_refused_file_an_operator_removes_leaves_memory_and_the_start_up(
+    deployment: Deployment,
+) -> None:
+    dep = deployment
+    dep.rule(media="NO_SUCH_MEDIA")  # DIVA refuses both: REJECTED, the files stay
+    for name in ("removed.mxf", "kept.mxf"):
+        (dep.watch / name).write_bytes(name.encode())
+    engine = dep.start()
+    refused = dep.wait_state("removed.mxf", "REJECTED")
+    dep.wait_state("kept.mxf", "REJECTED")
+    watch = str(dep.watch)
+    wait_for(lambda: {"removed.mxf", "kept.mxf"} <= engine.folders.settled[watch].keys())
+
+    (dep.watch / "removed.mxf").unlink()
+    wait_for(lambda: dep.rows("removed.mxf")[-1]["files_gone_at"] is not None, timeout=30)
+    assert "removed.mxf" not in engine.folders.settled[watch]
+    row = dep.rows("removed.mxf")[-1]
+    assert (row["id"], row["state"]) == (refused["id"], "REJECTED")
+    assert row["files_gone_at"] is not None
+    assert engine.ledger.history(refused["id"])[-1]["detail"] == (
+        "its files are no longer in the watch folder"
+    )
+    assert "kept.mxf" in engine.folders.settled[watch]  # still there: still remembered
+    dep.stop()
+
+    engine = dep.start()  # a start-up reads back only the file still there
+    wait_for(lambda: _scanned(engine, watch), timeout=30)
+    assert set(engine.folders.settled[watch]) == {"kept.mxf"}
+    # The same name again is a new drop, refused again, on a row of its own.
+    (dep.watch / "removed.mxf").write_bytes(b"removed.mxf")
+    wait_for(lambda: len(dep.rows("removed.mxf")) == 2, timeout=30)
+    assert dep.wait_state("removed.mxf", "REJECTED")["id"] != refused["id"]
+    assert len(dep.rows("kept.mxf")) == 1
+
+
+def test_a_file_missing_for_one_sweep_only_is_not_forgotten(deployment: Deployment) -> None:
+    """A share that read without a file for a moment: the file it kept, back as it was,
+    is not a new drop (archived without delete-on-source, it would be archived again)."""
+    dep = deployment
+    text = dep.config_path.read_text()
+    dep.config_path.write_text(text.replace("rescan_seconds = 2", "rescan_seconds = 5"))
+    dep.rule(media="NO_SUCH_MEDIA")
+    path = dep.watch / "blip.mxf"
+    path.write_bytes(b"blip")
+    engine = dep.start()
+    dep.wait_state("blip.mxf", "REJECTED")
+    watch = str(dep.watch)
+    wait_for(lambda: "blip.mxf" in engine.folders.settled[watch])
+    stamp = path.stat().st_mtime_ns
+
+    path.unlink()
+    wait_for(lambda: "blip.mxf" in engine.intake._missed.get(watch, {}), timeout=30)
+    back = dep.watch / "blip.tmp"  # back as it was, before the next sweep
+    back.write_bytes(b"blip")
+    os.utime(back, ns=(stamp, stamp))
+    back.rename(path)
+    swept = engine.intake._swept[watch]
+    wait_for(lambda: engine.intake._swept[watch] > swept, timeout=30)
+    swept = engine.intake._swept[watch]
+    wait_for(lambda: engine.intake._swept[watch] > swept, timeout=30)
+    assert "blip.mxf" in engine.folders.settled[watch]
+    assert "blip.mxf" not in engine.intake._missed[watch]
+    rows = dep.rows("blip.mxf")
+    assert len(rows) == 1 and rows[0]["files_gone_at"] is None

@@ -56,6 +56,8 @@ class Intake:
         self.last_seen = time.monotonic()  # when a file last moved, or a drop appeared
         self._looks: dict[str, set[str]] = {}  # watch -> relpaths hints pointed at, this turn
         self._hinted: dict[str, tuple[Key, float]] = {}  # path -> (drop key, settle seconds)
+        self._swept: dict[str, float] = {}  # watch -> when a scan last looked for gone files
+        self._missed: dict[str, dict[str, float]] = {}  # watch -> settled path -> missed since
         #: drops a rule edit newly matched, held until ``ingest rules accept`` (the
         #: RulesRecord fills and empties it; ``[rules] confirm_new_matches``)
         self.held: set[Key] = set()
@@ -160,7 +162,44 @@ class Intake:
         for key, (match, sig) in drops.items():
             self._consider(turn, folder, key, match, sig)
         self._vanished(turn, folder, drops, files)
+        # A polled folder is scanned every few seconds: its sweep, a pass over every
+        # settled path, waits for the interval of a native folder's rescans.
+        since = turn.now - self._swept.get(folder.watch, float("-inf"))
+        if not polled or since >= self.folders.rescan_seconds:
+            self._swept[folder.watch] = turn.now
+            self._sweep(turn, folder, files)
         self.folders.scanned(turn.tx, folder, polled)
+
+    def _sweep(self, turn: Turn, folder: Folder, files: Files) -> None:
+        """Final drops whose files left the folder (an operator removed a refused file):
+        memory keeps nothing of them, and the ledger says when, so that a start-up does
+        not read them back either. A file there later is a new drop.
+
+        Only once a second sweep, a rescan interval on, still misses them: a share that
+        read empty for a moment must not turn the files it kept (archived without
+        delete-on-source, say) into new drops when it is back.
+        """
+        watch = folder.watch
+        settled = self.folders.settled.get(watch)
+        missed = self._missed.setdefault(watch, {})
+        if not settled:
+            missed.clear()
+            return
+        missing = [p for p in settled.keys() - files.keys() if settled[p] is not None]
+        tops = {relpath.split("/", 1)[0] for relpath in files} if missing else set()
+        # (a folder drop with files in it is not among the files: its name is their top)
+        gone = {p for p in missing if p not in tops and not os.path.lexists(f"{watch}/{p}")}
+        for path in missed.keys() - gone:
+            del missed[path]  # back, or settled anew
+        for path in gone:
+            since = missed.setdefault(path, turn.now)
+            if turn.now - since < self.folders.rescan_seconds:
+                continue
+            del missed[path]
+            turn.tx.files_gone(watch, path, "its files are no longer in the watch folder")
+            self.folders.forget(watch, path)
+            self._hinted.pop(os.path.join(watch, path), None)
+            log.info("%s/%s: its files are gone; forgotten", watch, path)
 
     def _expects(self, folder: Folder) -> bool:
         """Whether drops still settling here should be on disk (files of drops in flight
