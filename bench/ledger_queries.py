@@ -25,7 +25,9 @@ from .common import Deployment, Result, deployment, median, python_env, workdir
 NAME = "ledger_queries"
 SIZES = {"full": 1_000_000, "quick": 100_000}
 RUNS = 5
-TARGET_SECONDS = 0.5
+#: each command's target (issue 15): 0.2 s up to a million drops, 0.5 s at ten million
+TARGET_SECONDS = 0.2
+TARGET_SECONDS_10M = 0.5
 RULES = ("news", "sport", "promo", "archive", "dpx")
 
 _COLUMNS = (
@@ -144,16 +146,24 @@ def run(size: int) -> Result:
         base_status_s, _ = _time([*base, STATUS_SQL])
         base_list_s, _ = _time([*base, LIST_SQL])
     worst = max(status_s, list_s)
+    target = TARGET_SECONDS if size <= 1_000_000 else TARGET_SECONDS_10M
     return Result(
         name=NAME,
-        size={"drops": size, "ledger_mb": round(megabytes, 1), "build_s": round(build_s, 1)},
+        size={
+            "drops": size,
+            "ledger_mb": round(megabytes, 1),
+            # drops rows and their indexes only: bench soak gives a real run's growth,
+            # transitions included
+            "bytes_per_drop": round(megabytes * 1e6 / size) if size else None,
+            "build_s": round(build_s, 1),
+        },
         figures={"status_s": round(status_s, 3), "list_failed_s": round(list_s, 3)},
         baseline={
             "sqlite3_status_s": round(base_status_s, 3),
             "sqlite3_list_s": round(base_list_s, 3),
         },
         ratio=round(status_s / base_status_s, 2) if base_status_s else None,
-        target=f"each < {TARGET_SECONDS} s (ratio: status vs sqlite3)",
-        met=worst < TARGET_SECONDS,
+        target=f"each < {target} s (ratio: status vs sqlite3)",
+        met=worst < target,
         notes=notes,
     )

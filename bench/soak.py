@@ -5,7 +5,9 @@ the folder (native events, delete-on-source: the emulator deletes each file once
 Sampled every second: the daemon's resident memory (VmRSS) and the backlog (drops in the
 ledger not yet final). Figures: RSS after the warm-up (the first fifth) and at the end,
 each the median of its last samples; the slope between them per 1,000 drops archived;
-the largest backlog and the backlog at the end of each fifth. Targets: the slope under
+the largest backlog and the backlog at the end of each fifth; the ledger's growth per drop
+archived (its file once the daemon stopped, less an empty ledger's; each drop's row, its
+transitions and their index entries). Targets: the slope under
 0.05 KB per drop (50 KB per 1,000: flat within noise) and the backlog bounded (never more
 than ``BACKLOG_SECONDS`` of arrivals).
 
@@ -18,6 +20,9 @@ import contextlib
 import os
 import sqlite3
 import time
+from pathlib import Path
+
+from ingest.ledger import Ledger
 
 from .common import (
     Deployment,
@@ -63,6 +68,12 @@ def _counts(dep: Deployment) -> tuple[int, int]:
     return int(done or 0), int(live or 0)
 
 
+def _file_bytes(path: Path) -> int:
+    """An SQLite file's bytes, with its write-ahead log if one is left."""
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
 def _write(watch: str, i: int) -> None:
     tmp = os.path.join(watch, f".s{i:07d}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -102,6 +113,12 @@ def run(size: int) -> Result:
             end_rss = _rss_mb(proc.pid)
             if proc.poll() is not None:
                 raise RuntimeError("the daemon died:\n" + daemon_log(dep))
+        # The daemon is gone and its WAL checkpointed: what the ledger grew by per drop,
+        # over the schema an empty ledger already holds.
+        empty = root / "empty.db"
+        Ledger.open(f"sqlite:///{empty}").close()
+        grown = _file_bytes(dep.ledger) - _file_bytes(empty)
+        done = _counts(dep)[0]
     warm_end = max(1, len(samples) // 5)
     warm = samples[max(0, warm_end - WINDOW) : warm_end]
     last = samples[-WINDOW:]
@@ -123,6 +140,7 @@ def run(size: int) -> Result:
             "kb_per_drop": round(kb_per_drop, 4),
             "backlog_max": backlog_max,
             "backlog_by_fifth": fifths,
+            "ledger_bytes_per_drop": round(grown / done) if done else None,
         },
         {"rss_warm_mb": round(rss_warm, 1)},
         round(rss_end / rss_warm, 3) if rss_warm else None,
