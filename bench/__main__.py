@@ -22,7 +22,7 @@ from .common import Result, machine
 #: run order: cheapest first
 BENCHMARKS = (
     "ledger_queries", "ledger_backends", "polling", "detection", "api_economy", "burst",
-    "http_load", "reconcile", "failover", "hashing", "history", "soak",
+    "http_load", "reconcile", "failover", "hashing", "history", "soak", "scale_1m",
 )  # fmt: skip
 
 

@@ -1,7 +1,10 @@
 """4. Polling cost: an idle tree of N files watched by polling.
 
 ``ingest run`` with ``observer = "polling"`` scans the tree every ``watch_poll_seconds``;
-every file is already in the ledger, so each cycle only finds nothing new. CPU seconds of
+every file is already in the ledger, so each cycle only finds nothing new. The tree is on
+a local filesystem, so a cycle lists again only the folders whose stamp moved and lstats
+every file (``ingest.watch.TRUSTED_FOLDER_MTIMES``); on SMB/CIFS, NFS or FUSE every cycle
+lists every folder too. CPU seconds of
 the daemon per poll cycle (from /proc, all threads, idle wake-ups included) against a bare
 ``os.scandir`` + ``lstat`` walk of the same tree in this process; and the stat calls per
 entry per cycle, counted with ``strace -c`` on the running daemon (when strace is there).
@@ -32,7 +35,7 @@ NAME = "polling"
 SIZES = {"full": 20_000, "quick": 5_000}
 POLL = 1.0  # watch_poll_seconds
 CYCLES = 10
-TARGET_RATIO = 1.3
+TARGET_RATIO = 1.1  # issue 15
 STATS = ("newfstatat", "fstatat64", "statx", "lstat", "stat", "fstat")
 
 
