@@ -268,8 +268,9 @@ class Intake:
                 self.settler.recheck(key, after=defaults.ENGINE_AWAY_RECHECK_SECONDS, now=now)
                 continue
             sig, members = self.folders.read(folder, tr.rule, tr.path, tr.kind)
-            crowd = sum(1 for k in self.tracker.drops if k[0] == folder.watch) > 1
-            if sig is None and folder.looks_away(empty_means_away=crowd):
+            # (counted only for a drop that reads gone: once per due drop, the count made
+            # settling a burst of n drops cost n x n steps)
+            if sig is None and folder.looks_away(empty_means_away=self._crowd(folder)):
                 # The whole folder is away (a share dropped, perhaps leaving an empty
                 # mount point behind): its files did not vanish.
                 self.folders.pause(turn.tx, folder, "the watch folder is gone or reads empty")
@@ -286,6 +287,11 @@ class Intake:
             assert sig is not None
             tr.drop = tr.drop.signed(sig, members)
             self.waits.complete(turn, tr)
+
+    def _crowd(self, folder: Folder) -> bool:
+        """Whether more than one live drop is in ``folder`` (counting stops at two)."""
+        mine = (k for k in self.tracker.drops if k[0] == folder.watch)
+        return next(mine, None) is not None and next(mine, None) is not None
 
     def hashed(self, turn: Turn, done: HashDone) -> None:
         """A drop's checksums (or why there are none): see :meth:`Waits.hashed`."""
