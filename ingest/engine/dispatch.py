@@ -1,7 +1,7 @@
 """DIVA calls on worker threads: the pool, and the questions asked before anything is sent twice.
 
 The engine decides (:mod:`.submissions`); this module only makes the calls. Each is a
-:class:`Job`, run on a small thread pool (so a slow or absent DIVA never stalls watching)
+:class:`Job`, run on a pool of threads (so a slow or absent DIVA never stalls watching)
 once the engine's turn that decided it has committed, and answered by a typed
 :class:`Outcome` put on the engine's queue. The calls touch neither the ledger nor a
 file: :class:`Turn` only carries the engine's open ledger transaction, and the calls and
