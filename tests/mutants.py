@@ -253,6 +253,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     _m(
+        "files-gone-at-first-miss",
+        "Memory follows the present, but a share's blip never turns kept files into new drops: "
+        "a final drop's files count as gone only when two sweeps a rescan interval apart miss "
+        "them",
+        "ingest/engine/intake.py",
+        [
+            "tests/test_history_bounded.py::test_a_file_missing_for_one_sweep_only_is_not_"
+            "forgotten",
+        ],
+        Edit(
+            "            if turn.now - since < self.folders.rescan_seconds:\n",
+            "            if False:\n",
+        ),
+    ),
+    _m(
         "vanished-drop-skipped",
         "Ask before resubmitting: a drop whose call may have reached DIVA is reconciled when "
         "its files vanish, never SKIPPED",
