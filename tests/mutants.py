@@ -253,6 +253,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     _m(
+        "pg-known-paths-nested-loop",
+        "The ledger's hot paths as fast on PostgreSQL as the backend allows: a start-up's read "
+        "of the settled paths compares no drop with every other, statistics or none",
+        "ingest/ledger.py",
+        [
+            "tests/test_history_bounded.py::test_the_start_up_read_on_postgresql_is_linear_"
+            "before_any_analyze",
+        ],
+        Edit(
+            "    if postgresql:\n        # PostgreSQL plans",
+            "    if False:\n        # PostgreSQL plans",
+        ),
+    ),
+    _m(
         "files-gone-at-first-miss",
         "Memory follows the present, but a share's blip never turns kept files into new drops: "
         "a final drop's files count as gone only when two sweeps a rescan interval apart miss "
