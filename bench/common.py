@@ -351,6 +351,22 @@ def fill_ledger_completed(dep: Deployment, tree: Sequence[tuple[str, int, int]])
                 " finished_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
+    fold_counts(dep)
+
+
+def fold_counts(dep: Deployment) -> None:
+    """Fold the count changes a bulk insert left in the ledger (its triggers write one per
+    row) into ``drop_totals``, as the daemon's turns would have over the years."""
+    from ingest.ledger import Ledger
+
+    ledger = Ledger.open(dep.ledger_url, migrate=False)
+    try:
+        while True:
+            with ledger.batch() as tx:
+                if not tx.fold_counts(500_000, 1):
+                    break
+    finally:
+        ledger.close()
 
 
 def bare_walk(root: str) -> int:

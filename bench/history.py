@@ -21,6 +21,7 @@ from .common import (
     Result,
     deployment,
     emulator,
+    fold_counts,
     median,
     python_env,
     timed_child,
@@ -74,6 +75,7 @@ def fill_history(dep: Deployment, n: int) -> None:
                     "WHERE id > ?",
                     (base,),
                 )
+    fold_counts(dep)
 
 
 def _start_ups(deps: list[Deployment], runs: int) -> list[tuple[list[float], list[float]]]:

@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from .common import Deployment, Result, deployment, median, python_env, workdir
+from .common import Deployment, Result, deployment, fold_counts, median, python_env, workdir
 
 NAME = "ledger_queries"
 SIZES = {"full": 1_000_000, "quick": 100_000}
@@ -104,6 +104,8 @@ def build(dep: Deployment, n: int) -> None:
                 " updated_at) VALUES (?, 'native', 'ok', 'ext4 is local', ?, ?)",
                 (str(dep.watch), time.time(), time.time()),
             )
+    fold_counts(dep)
+    with contextlib.closing(sqlite3.connect(dep.ledger)) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 

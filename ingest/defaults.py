@@ -53,6 +53,11 @@ LEDGER_URL = "sqlite:///ingest.db"
 #: [ledger] keep_days: the daemon's first prune this long after it starts, then one per period
 LEDGER_PRUNE_FIRST_SECONDS = 60.0
 LEDGER_PRUNE_EVERY_SECONDS = 86_400.0
+#: drop_counts (what `ingest status` sums): the engine folds its oldest rows this often,
+#: at most this many at a time, once at least this many have piled up
+LEDGER_COUNTS_FOLD_SECONDS = 10.0
+LEDGER_COUNTS_FOLD_ROWS = 20_000
+LEDGER_COUNTS_FOLD_LEAST = 1_000
 #: [cluster] lease_seconds: how long a node holds a watch folder without renewing
 CLUSTER_LEASE_SECONDS = 15.0
 

@@ -201,6 +201,37 @@ class Batch:
             self.transition(drop_id, state, state, detail, files_gone_at=self.now)
         return [drop_id for drop_id, _ in found]
 
+    def fold_counts(self, limit: int, least: int) -> int:
+        """Move the oldest ``limit`` changes of ``drop_counts`` (the triggers' +1 and -1
+        per drop written) into ``drop_totals``, once ``least`` or more have piled up; the
+        changes moved. On PostgreSQL, one node at a time: another's fold is skipped."""
+        nth = "SELECT id FROM drop_counts ORDER BY id LIMIT 1 OFFSET ?"
+        if self._execute(nth, (least - 1,)).fetchone() is None:
+            return 0
+        if self._postgresql:
+            lock = f"SELECT pg_try_advisory_xact_lock({_COUNTS_LOCK})"
+            if not self._execute(lock).fetchone()[0]:
+                return 0
+        # Summed from what the DELETE itself returns: a change another transaction
+        # commits meanwhile is either deleted and summed here, or left as it is.
+        moved = self._write(
+            "DELETE FROM drop_counts WHERE id IN "
+            "(SELECT id FROM drop_counts ORDER BY id LIMIT ?) RETURNING state, rule, n",
+            (limit,),
+        ).fetchall()
+        sums: dict[tuple[str, str], int] = {}
+        for state, rule, n in moved:
+            sums[state, rule] = sums.get((state, rule), 0) + n
+        for (state, rule), n in sums.items():
+            if n:
+                self._write(
+                    "INSERT INTO drop_totals (state, rule, n) VALUES (?, ?, ?) ON CONFLICT "
+                    "(state, rule) DO UPDATE SET n = drop_totals.n + excluded.n",
+                    (state, rule, n),
+                )
+        self._write("DELETE FROM drop_totals WHERE n = 0")
+        return len(moved)
+
     def requeue(self, drop_id: int, from_state: str, detail: str) -> bool:
         """Put a final drop back in RETRY_WAIT, due now with a fresh count of attempts,
         if it is still in ``from_state`` (one of :data:`REQUEUEABLE_STATES`); records the
@@ -578,6 +609,8 @@ def _create_private(path: Path) -> None:
         raise LedgerError(f"cannot create the ledger {path}: {exc.strerror}") from exc
 
 
+#: the advisory lock that lets one node at a time fold drop_counts (Batch.fold_counts)
+_COUNTS_LOCK = 0x696E6763
 #: the advisory lock (any constant of ours) that makes migrations on PostgreSQL take turns
 _MIGRATION_LOCK = 0x1A6E57
 

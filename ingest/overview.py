@@ -33,11 +33,19 @@ __all__ = [
 
 
 def state_rule_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
-    """``(state, rule, count)`` for every pair: one pass over the ``(state, rule)`` index."""
-    return [
-        (r[0], r[1], r[2])
-        for r in conn.execute("SELECT state, rule, count(*) FROM drops GROUP BY state, rule")
-    ]
+    """``(state, rule, count)`` for every pair with drops: ``drop_totals`` and the changes
+    not yet folded into it, which the ledger's triggers keep (small tables, whatever the
+    ledger's history), or on a ledger not yet migrated to them, one pass over the
+    ``(state, rule)`` index."""
+    if has_table(conn, "drop_totals"):
+        sql = (
+            "SELECT state, rule, sum(n) FROM (SELECT state, rule, n FROM drop_totals "
+            "UNION ALL SELECT state, rule, n FROM drop_counts) AS c "
+            "GROUP BY state, rule HAVING sum(n) <> 0"
+        )
+    else:
+        sql = "SELECT state, rule, count(*) FROM drops GROUP BY state, rule"
+    return [(r[0], r[1], int(r[2])) for r in conn.execute(sql)]
 
 
 def in_flight(conn: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:

@@ -20,7 +20,9 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_MIGRATIONS_DDL",
     "TABLES",
+    "DropCountRow",
     "DropRow",
+    "DropTotalRow",
     "LeaseRow",
     "LeaseTakeRow",
     "MigrationRow",
@@ -237,6 +239,31 @@ class LeaseTakeRow(SQLModel, table=True):
     taken_at: float
 
 
+class DropCountRow(SQLModel, table=True):
+    """A change in the number of drops of a (state, rule): the ledger's own triggers write
+    -1 and +1 as drops are added, move and go, and only ever insert, so writers on several
+    nodes never wait for one another here. :meth:`ingest.ledger.Batch.fold_counts` moves
+    the oldest into :class:`DropTotalRow` now and then."""
+
+    __tablename__ = "drop_counts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    state: str
+    rule: str
+    n: int
+
+
+class DropTotalRow(SQLModel, table=True):
+    """The drops of a (state, rule) as of the changes folded so far: ``ingest status``
+    adds the few changes not yet folded, instead of counting the ledger's whole history."""
+
+    __tablename__ = "drop_totals"
+
+    state: str = Field(primary_key=True)
+    rule: str = Field(primary_key=True)
+    n: int
+
+
 class MigrationRow(SQLModel, table=True):
     __tablename__ = "schema_migrations"
 
@@ -257,6 +284,8 @@ TABLES = [
         NodeRow,
         LeaseRow,
         LeaseTakeRow,
+        DropCountRow,
+        DropTotalRow,
     )
 ]
 
@@ -402,6 +431,53 @@ def _run_script(script: str) -> Callable[[Connection], None]:
     return apply
 
 
+_DROP_COUNTS = (
+    "CREATE TABLE drop_counts (id INTEGER PRIMARY KEY, state TEXT NOT NULL, rule TEXT NOT NULL,"
+    " n INTEGER NOT NULL);"
+    "CREATE TABLE drop_totals (state TEXT NOT NULL, rule TEXT NOT NULL, n INTEGER NOT NULL,"
+    " PRIMARY KEY (state, rule))"
+)
+#: Triggers keep drop_counts true whoever writes drops: the engine, `ingest retry`, a
+#: prune, `ingest ledger copy`. They only ever insert, so writers on several nodes never
+#: wait for one another on a counter row.
+_COUNT_TRIGGERS_SQLITE = (
+    "CREATE TRIGGER drops_counted_insert AFTER INSERT ON drops BEGIN "
+    "INSERT INTO drop_counts (state, rule, n) VALUES (NEW.state, NEW.rule, 1); END",
+    "CREATE TRIGGER drops_counted_update AFTER UPDATE OF state, rule ON drops "
+    "WHEN OLD.state IS NOT NEW.state OR OLD.rule IS NOT NEW.rule BEGIN "
+    "INSERT INTO drop_counts (state, rule, n) VALUES (OLD.state, OLD.rule, -1), "
+    "(NEW.state, NEW.rule, 1); END",
+    "CREATE TRIGGER drops_counted_delete AFTER DELETE ON drops BEGIN "
+    "INSERT INTO drop_counts (state, rule, n) VALUES (OLD.state, OLD.rule, -1); END",
+)
+_COUNT_TRIGGERS_POSTGRESQL = (
+    "CREATE FUNCTION ingest_count_drops() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF TG_OP <> 'INSERT' THEN "
+    "INSERT INTO drop_counts (state, rule, n) VALUES (OLD.state, OLD.rule, -1); END IF; "
+    "IF TG_OP <> 'DELETE' THEN "
+    "INSERT INTO drop_counts (state, rule, n) VALUES (NEW.state, NEW.rule, 1); END IF; "
+    "RETURN NULL; END $$",
+    "CREATE TRIGGER drops_counted AFTER INSERT OR DELETE ON drops "
+    "FOR EACH ROW EXECUTE FUNCTION ingest_count_drops()",
+    "CREATE TRIGGER drops_counted_update AFTER UPDATE OF state, rule ON drops FOR EACH ROW "
+    "WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.rule IS DISTINCT FROM NEW.rule) "
+    "EXECUTE FUNCTION ingest_count_drops()",
+)
+
+
+def _drop_counts(conn: Connection) -> None:
+    dialect = conn.dialect.name
+    _run_script(_DROP_COUNTS)(conn)
+    # What the ledger holds now; the triggers carry it on from here.
+    conn.exec_driver_sql(
+        "INSERT INTO drop_totals (state, rule, n) "
+        "SELECT state, rule, count(*) FROM drops GROUP BY state, rule"
+    )
+    triggers = _COUNT_TRIGGERS_SQLITE if dialect == "sqlite" else _COUNT_TRIGGERS_POSTGRESQL
+    for statement in triggers:
+        conn.exec_driver_sql(statement)
+
+
 #: The table of applied migrations, made before any migration runs.
 SCHEMA_MIGRATIONS_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
@@ -459,4 +535,5 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
             f"CREATE INDEX ix_drops_files_remain ON drops (watch, path, id) WHERE {FILES_REMAIN}"
         ),
     ),
+    ("0013_drop_counts", _drop_counts),
 ]

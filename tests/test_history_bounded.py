@@ -225,3 +225,28 @@ def test_a_file_missing_for_one_sweep_only_is_not_forgotten(deployment: Deployme
     assert "blip.mxf" not in engine.intake._missed[watch]
     rows = dep.rows("blip.mxf")
     assert len(rows) == 1 and rows[0]["files_gone_at"] is None
+
+
+def test_the_engine_folds_the_count_changes_into_totals(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``ingest status`` sums stays a row per (state, rule), not a row per write."""
+    from ingest import defaults
+
+    monkeypatch.setattr(defaults, "LEDGER_COUNTS_FOLD_SECONDS", 0.2)
+    monkeypatch.setattr(defaults, "LEDGER_COUNTS_FOLD_LEAST", 1)
+    dep = deployment
+    dep.rule()
+    for i in range(6):
+        (dep.watch / f"clip{i}.mxf").write_bytes(b"x" * (10 + i))
+    dep.start()
+    for i in range(6):
+        dep.wait_state(f"clip{i}.mxf", "COMPLETED")
+
+    def tables() -> tuple[int, list[tuple[str, str, int]]]:
+        with sqlite3.connect(dep.ledger_path) as db:
+            left = db.execute("SELECT count(*) FROM drop_counts").fetchone()[0]
+            return left, db.execute("SELECT * FROM drop_totals").fetchall()
+
+    wait_for(lambda: tables()[0] == 0, timeout=30)
+    assert tables()[1] == [("COMPLETED", "news", 6)]

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.types import TypeEngine
 
 from ingest import ledger as ledger_module
-from ingest import queries
+from ingest import overview, queries
 from ingest.ledger import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -33,6 +33,8 @@ from ingest.ledger import (
     Ledger,
     State,
 )
+from ingest.ledgerurl import postgres_target, postgresql_sql
+from ingest.pgread import PostgresLedger
 from ingest.schema import TABLES
 from tests.support.postgres import PASSWORD_ENV, PostgresServer
 
@@ -184,6 +186,72 @@ def test_the_oldest_ledger_migrated_is_the_model(
         assert (row["waiting_since"], row["adopted"], row["rules_version"]) == (None, None, None)
     finally:
         ledger.close()
+    told, truth = _counts(url)  # the counts start from what the ledger held
+    assert told == truth == [("DETECTED", "news", 1)]
+
+
+def portable(conn: Any, sql: str) -> str:
+    """``sql`` with ``?`` placeholders as the connection's driver takes them."""
+    return sql if conn.dialect.name == "sqlite" else postgresql_sql(sql)
+
+
+def _counts(url: str) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+    """(what ``ingest status`` counts, what the drops table holds) per (state, rule)."""
+    at: Any
+    if url.startswith("sqlite:"):
+        at = Path(url.removeprefix("sqlite:///"))
+    else:
+        at = PostgresLedger(postgres_target(url), os.environ.get(PASSWORD_ENV))
+    with queries.open_ledger(at) as conn:
+        told = sorted(overview.state_rule_counts(conn))
+        truth = conn.execute("SELECT state, rule, count(*) FROM drops GROUP BY state, rule")
+        return told, sorted((r[0], r[1], int(r[2])) for r in truth)
+
+
+def test_status_counts_follow_every_write_and_fold(new_url: Any) -> None:
+    url = new_url()
+    ledger = open_ledger(url)
+    try:
+        with ledger.batch() as tx:
+            ids = [tx.add(rule=f"r{i % 3}", watch="/w", path=f"p{i}") for i in range(30)]
+        told, truth = _counts(url)
+        assert told == truth == [("DETECTED", "r0", 10), ("DETECTED", "r1", 10),
+                                 ("DETECTED", "r2", 10)]  # fmt: skip
+        with ledger.batch() as tx:
+            for drop_id in ids[:12]:
+                tx.transition(drop_id, State.DETECTED, State.SUBMITTING, "intent")
+            for drop_id in ids[:6]:
+                tx.transition(drop_id, State.SUBMITTING, State.FAILED, "refused")
+            tx.update(ids[20], progress=5)  # no state change: no count moves
+            tx.transition(ids[21], State.DETECTED, State.DETECTED, "again")
+        assert ledger.requeue({ids[0]: "FAILED", ids[1]: "FAILED"}, "retried") == set(ids[:2])
+        with ledger.engine.begin() as conn:  # as a prune deletes
+            for sql in (
+                "DELETE FROM transitions WHERE drop_id IN (?, ?)",
+                "DELETE FROM drops WHERE id IN (?, ?)",
+            ):
+                conn.exec_driver_sql(portable(conn, sql), (ids[29], ids[28]))
+            conn.exec_driver_sql(
+                portable(conn, "UPDATE drops SET rule = 'renamed' WHERE id = ?"), (ids[27],)
+            )
+        told, truth = _counts(url)
+        assert told == truth
+        assert {("FAILED", "r0", 1), ("FAILED", "r2", 2), ("RETRY_WAIT", "r0", 1)} <= set(told)
+        # Folding (a few rows at a time, as the engine does in its turns) changes nothing.
+        for _ in range(20):
+            with ledger.batch() as tx:
+                tx.fold_counts(7, 2)
+        told, truth = _counts(url)
+        assert told == truth
+        with ledger.engine.connect() as conn:
+            left = conn.exec_driver_sql("SELECT count(*) FROM drop_counts").scalar()
+            totals = conn.exec_driver_sql("SELECT count(*) FROM drop_totals").scalar()
+        assert left is not None and left < 2  # all folded but what ``least`` leaves
+        assert totals == len(truth)  # a row per pair
+        with ledger.batch() as tx:  # under ``least`` rows: nothing to fold
+            assert tx.fold_counts(100, 10_000) == 0
+    finally:
+        ledger.close()
 
 
 def test_the_model_declares_what_the_queries_rely_on(model: set[Fact]) -> None:
@@ -206,6 +274,8 @@ def test_the_model_declares_what_the_queries_rely_on(model: set[Fact]) -> None:
         "nodes",
         "leases",
         "lease_takes",
+        "drop_counts",
+        "drop_totals",
     }
 
 

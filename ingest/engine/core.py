@@ -115,6 +115,7 @@ class Engine:
         )
         self._held: Message | None = None  # taken by _wait, for the next turn's drain
         self._next_reload = 0.0
+        self._next_fold = 0.0
         self._last_answer = time.monotonic()
         self._ledger_down_until = 0.0
         self._needs_recover = False
@@ -423,6 +424,10 @@ class Engine:
             self._adopt_external(turn.tx, now)
         self.rules_record.publish(turn.tx, now)
         self.retention.tick(now)
+        if now >= self._next_fold:
+            self._next_fold = now + defaults.LEDGER_COUNTS_FOLD_SECONDS
+            rows, least = defaults.LEDGER_COUNTS_FOLD_ROWS, defaults.LEDGER_COUNTS_FOLD_LEAST
+            turn.tx.fold_counts(rows, least)
         for folder in self.folders.values():
             self.folders.revive(folder, now)
             if now >= folder.next_scan:
