@@ -346,7 +346,12 @@ class Folders(Mapping[str, Folder]):
         if folder.unmatched:
             skipped = result.skipped
             folder.unmatched = {p for p in folder.unmatched if p in files or p in skipped}
-        changed = files if previous is None else result.changed
+        if previous is not None or all(r.mode != "fileset" for r in folder.rules):
+            # New or not as the ledger settled them (or, polling, as the last cycle saw
+            # them): the very files group() would not pass over, found as they were read.
+            changed = result.changed
+        else:
+            changed = files  # a file set's manifest goes to the rules on every scan
         folder.last_files = files if polling else None
         folder.listings = result.listings if polling else None
         return files, changed, polling
