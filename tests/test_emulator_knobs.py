@@ -250,6 +250,8 @@ def test_startup_line_names_the_profile(emu: RunningEmulator) -> None:
 
 
 def lifetime(token: str) -> float:
+    """A token's ``exp - iat``: its TTL, plus up to a second (``iat`` is whole seconds,
+    ``exp`` to the millisecond, rounded: 604800.9996 s after a whole second is 604801.0)."""
     claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     return float(claims["exp"]) - float(claims["iat"])
 
@@ -259,15 +261,15 @@ def test_session_timeout_bounds_the_token(emu: RunningEmulator, login: Login) ->
     for name, minutes in (("brief", 1), ("huge", 99_999_999)):
         user = {"username": name, "password": "pw", "role": "operator", "sessionTimeout": minutes}
         assert sysadmin.post("/dataservice/users", user).status_code == 200
-    assert 86400 <= lifetime(sysadmin.token) < 86401  # 1440 minutes, the default
+    assert 86400 <= lifetime(sysadmin.token) <= 86401  # 1440 minutes, the default
     with DivaApi(emu.url, "brief", "pw") as brief:
-        assert 60 <= lifetime(brief.token) < 61
+        assert 60 <= lifetime(brief.token) <= 61
     faults(emu, token_ttl=30)
     with DivaApi(emu.url, "brief", "pw") as brief:
-        assert 30 <= lifetime(brief.token) < 31  # the knob when it is shorter
+        assert 30 <= lifetime(brief.token) <= 31  # the knob when it is shorter
     faults(emu, token_ttl=10**7)
     with DivaApi(emu.url, "huge", "pw") as huge:
-        assert 604800 <= lifetime(huge.token) < 604801  # at most 10080 minutes
+        assert 604800 <= lifetime(huge.token) <= 604801  # at most 10080 minutes
 
 
 def test_help_documents_the_profile_and_knobs() -> None:
