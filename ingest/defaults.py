@@ -114,6 +114,9 @@ ENGINE_IDLE_QUIET_SECONDS = 0.5
 #: DIVA calls made at once: the worker pool's threads (started as calls need them), each
 #: keeping one of the client's keep-alive connections busy (httpx keeps up to 20 alive)
 ENGINE_WORKERS = 16
+#: a poll kept waiting this long by archive calls goes out next, seconds: starved polls
+#: keep their drops' places at DIVA (max_in_flight), which then stalls submissions too
+ENGINE_POLL_OVERDUE_SECONDS = 1.0
 #: rules' checksums read at most this fast, MB/s (0: no limit): a drop being hashed
 #: should leave the disk to the copies still landing
 ENGINE_HASH_MB_PER_SECOND = 0.0

@@ -6,6 +6,7 @@ import queue
 import threading
 from typing import Any
 
+from ingest import defaults
 from ingest.engine.dispatch import Checked, Dispatcher, Job, Outcome, Polled, Submitted
 
 
@@ -33,7 +34,8 @@ def _job(
 
 def test_waiting_archive_calls_go_before_waiting_polls() -> None:
     answers: queue.SimpleQueue[Outcome[Any]] = queue.SimpleQueue()
-    pool = Dispatcher(_Client(), answers.put, workers=1)  # type: ignore[arg-type]
+    # (a clock that stands still: no poll is ever overdue)
+    pool = Dispatcher(_Client(), answers.put, workers=1, clock=lambda: 0.0)  # type: ignore[arg-type]
     ran: list[str] = []
     gate, started = threading.Event(), threading.Event()
     try:
@@ -49,6 +51,33 @@ def test_waiting_archive_calls_go_before_waiting_polls() -> None:
     assert ran == ["busy", "archive-1", "check-1", "archive-2", "poll-1", "poll-2"]
     assert [o.result for o in got] == ran
     assert [type(o) for o in got][:2] == [Polled, Submitted]
+
+
+def test_a_poll_kept_waiting_too_long_goes_ahead_of_archive_calls() -> None:
+    """Polls that archive calls starve hold their drops' places at DIVA: max_in_flight
+    fills, and the submissions stall behind the polls after all."""
+    answers: queue.SimpleQueue[Outcome[Any]] = queue.SimpleQueue()
+    now = [0.0]
+    pool = Dispatcher(_Client(), answers.put, workers=1, clock=lambda: now[0])  # type: ignore[arg-type]
+    ran: list[str] = []
+    gate, started = threading.Event(), threading.Event()
+    try:
+        pool.run(_job(Submitted, "busy", ran, gate, started))
+        assert started.wait(10)
+        pool.run(_job(Polled, "old-poll", ran))
+        now[0] = defaults.ENGINE_POLL_OVERDUE_SECONDS - 0.5
+        for name in ("archive-1", "archive-2"):
+            pool.run(_job(Submitted, name, ran))
+        pool.run(_job(Polled, "new-poll", ran))
+        now[0] = defaults.ENGINE_POLL_OVERDUE_SECONDS  # the first poll is overdue now
+        gate.set()
+        for _ in range(5):
+            answers.get(timeout=10)
+    finally:
+        pool.shutdown()
+    # The overdue poll first; the one queued later is not overdue yet when its turn comes
+    # after each archive call.
+    assert ran == ["busy", "old-poll", "archive-1", "archive-2", "new-poll"]
 
 
 def test_threads_start_only_as_calls_need_them_up_to_the_limit() -> None:

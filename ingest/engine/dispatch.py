@@ -18,11 +18,11 @@ its files in place, never submitted blind.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import random
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -283,7 +283,8 @@ def never_connected(error: DivaError) -> bool:
 
 #: the order in which waiting jobs go out: what moves a drop towards DIVA first (its
 #: archive call, and the questions asked before one), then polls, whose timing is a
-#: minimum interval anyway, then the rest (e.g. checksum verification after COMPLETED)
+#: minimum interval anyway (unless one is overdue: see :meth:`Dispatcher._take`), then the
+#: rest (e.g. checksum verification after COMPLETED)
 _FIRST, _THEN, _LAST = 0, 1, 2
 
 
@@ -299,7 +300,8 @@ class Dispatcher:
     Each thread keeps its own keep-alive connection to DIVA busy (the client's pool holds
     at least ``workers`` of them), so a burst of submissions is pipelined over ``workers``
     connections rather than sent one after another. Waiting jobs go out in order of
-    :func:`_rank`: a poll never holds up an archive call. How many calls a burst may start
+    :func:`_rank`: a poll holds up no archive call unless it has waited
+    ``ENGINE_POLL_OVERDUE_SECONDS``. How many calls a burst may start
     stays the Tracker's business (``max_in_flight``): every job is for a drop holding a
     place at DIVA, or one already COMPLETED.
     """
@@ -309,12 +311,15 @@ class Dispatcher:
         client: DivaClient,
         deliver: Callable[[Outcome[Any]], None],
         workers: int = defaults.ENGINE_WORKERS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self._deliver = deliver
         self._workers = max(1, workers)
-        self._jobs: list[tuple[int, int, Job[Any]]] = []  # (rank, seq, job): a heap
-        self._seq = itertools.count()
+        # one queue per rank, in order of arrival: (queued at, job)
+        self._queues: tuple[deque[tuple[float, Job[Any]]], ...] = (deque(), deque(), deque())
+        self._waiting = 0  # jobs in the queues
+        self._clock = clock
         self._ready = threading.Condition(threading.Lock())
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting for a job
@@ -327,8 +332,9 @@ class Dispatcher:
         with self._ready:
             if self._closed:
                 return
-            heapq.heappush(self._jobs, (_rank(job), next(self._seq), job))
-            if len(self._threads) < self._workers and len(self._jobs) > self._idle:
+            self._queues[_rank(job)].append((self._clock(), job))
+            self._waiting += 1
+            if len(self._threads) < self._workers and self._waiting > self._idle:
                 # a thread only when no idle one can take the job: few calls, few threads.
                 # Daemon threads: a call still in hand when the process exits is as after
                 # a crash (its intent is on disk; the next start asks DIVA about it).
@@ -343,14 +349,23 @@ class Dispatcher:
     def _work(self) -> None:
         while True:
             with self._ready:
-                while not self._jobs and not self._closed:
+                while not self._waiting and not self._closed:
                     self._idle += 1
                     self._ready.wait()
                     self._idle -= 1
                 if self._closed:
                     return
-                job = heapq.heappop(self._jobs)[-1]
+                job = self._take()
             self._deliver(job(self.client))
+
+    def _take(self) -> Job[Any]:
+        """The next job: by rank, but a poll overdue goes ahead of archive calls (under a
+        steady stream of them, polls would otherwise wait until ``max_in_flight`` fills)."""
+        polls = self._queues[_THEN]
+        overdue = polls and self._clock() - polls[0][0] >= defaults.ENGINE_POLL_OVERDUE_SECONDS
+        queue = polls if overdue else next(q for q in self._queues if q)
+        self._waiting -= 1
+        return queue.popleft()[1]
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking jobs; those not started are dropped (their drops stay in the ledger
@@ -358,7 +373,9 @@ class Dispatcher:
         hand have returned."""
         with self._ready:
             self._closed = True
-            self._jobs.clear()
+            for queue in self._queues:
+                queue.clear()
+            self._waiting = 0
             self._ready.notify_all()
             threads = list(self._threads)
         if wait:
