@@ -19,6 +19,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 __all__ = [
+    "OLDER_LEDGER",
     "PostgresTarget",
     "check_url",
     "is_postgresql",
@@ -28,6 +29,10 @@ __all__ = [
 ]
 
 _POSTGRESQL_SCHEMES = ("postgresql://",)
+
+
+#: what a read of a column the ledger lacks means (its migrations have not all run)
+OLDER_LEDGER = "an older ingest wrote this ledger: this version's `ingest run` upgrades it"
 
 
 def is_postgresql(url: str) -> bool:

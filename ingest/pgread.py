@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, LedgerError
-from .ledgerurl import PostgresTarget, postgresql_sql
+from .ledgerurl import OLDER_LEDGER, PostgresTarget, postgresql_sql
 
 __all__ = ["PgConnection", "PgRow", "PostgresLedger", "connect", "errors", "glob_to_regex"]
 
@@ -138,8 +138,6 @@ def errors(ledger: PostgresLedger) -> Iterator[None]:
         if isinstance(exc, psycopg.errors.UndefinedTable):
             reason += " (not an ingest ledger, or `ingest run` has not initialised it yet)"
         elif isinstance(exc, psycopg.errors.UndefinedColumn):
-            from .queries import OLDER_LEDGER
-
             reason += f" ({OLDER_LEDGER})"
         raise LedgerError(f"ledger {ledger}: {reason}") from exc
 

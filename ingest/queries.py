@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import states
 from .config import ServiceConfig, find_config, load_config
 from .errors import LedgerError, UsageError
-from .ledgerurl import is_postgresql, postgres_target
+from .ledgerurl import OLDER_LEDGER, is_postgresql, postgres_target
 from .report import iso_utc
 from .states import State
 from .tomlcheck import did_you_mean
@@ -157,10 +157,6 @@ def _uri(path: Path) -> str:
     # Percent-encode what a URI would read as its own syntax.
     text = os.path.abspath(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
     return f"file:{text}?mode=ro"
-
-
-#: what a read of a column the ledger lacks means (its migrations have not all run)
-OLDER_LEDGER = "an older ingest wrote this ledger: this version's `ingest run` upgrades it"
 
 
 @contextmanager
