@@ -19,6 +19,11 @@ from .tomlcheck import Field, did_you_mean
 __all__ = ["SECTIONS", "is_loopback", "split_listen"]
 
 
+def _fields(*fields: Field) -> dict[str, Field]:
+    """A section's fields by name."""
+    return {f.name: f for f in fields}
+
+
 def _positive(value: float) -> str | None:
     return None if math.isfinite(value) and value > 0 else f"must be > 0, got {value}"
 
@@ -142,90 +147,68 @@ def _events(value: tuple[str, ...]) -> str | None:
 
 
 SECTIONS: dict[str, dict[str, Field]] = {
-    "diva": {
-        f.name: f
-        for f in [
-            Field("url", "str", check=_url),
-            Field("data_url", "str", None, check=_url),
-            Field("manager_url", "str", None, check=_url),
-            Field("username", "str", check=_non_empty),
-            Field("password_env", "str", None, check=_non_empty),
-            Field("password_file", "str", None, check=_non_empty),
-            Field("auth_scheme", "str", defaults.DIVA_AUTH_SCHEME, check=_scheme),
-            Field("verify", "bool_or_str", defaults.DIVA_VERIFY),
-            Field("timeout_seconds", "number", defaults.DIVA_TIMEOUT_SECONDS, check=_positive),
-            Field("poll_seconds", "number", defaults.DIVA_POLL_SECONDS, check=_poll),
-            Field("max_in_flight", "int", defaults.DIVA_MAX_IN_FLIGHT, check=_at_least(1)),
-            Field("max_attempts", "int", defaults.DIVA_MAX_ATTEMPTS, check=_at_least(1)),
-            Field("object_info_path", "str", None, check=_info_path),
-            Field("session_minutes", "number", defaults.DIVA_SESSION_MINUTES, check=_session),
-            Field(
-                "stuck_after_seconds",
-                "number",
-                defaults.DIVA_STUCK_AFTER_SECONDS,
-                check=_positive,
-            ),
-        ]
-    },
-    "ledger": {
-        f.name: f
-        for f in [
-            Field("url", "str", defaults.LEDGER_URL, check=_ledger_url),
-            Field("password_env", "str", None, check=_non_empty),
-            Field("password_file", "str", None, check=_non_empty),
-            Field("keep_days", "number", None, check=_positive),
-            Field("keep_export_dir", "str", None, check=_non_empty),
-        ]
-    },
-    "cluster": {
-        f.name: f
-        for f in [
-            Field("node", "str", None, check=_non_empty),
-            Field("lease_seconds", "number", defaults.CLUSTER_LEASE_SECONDS, check=_positive),
-        ]
-    },
-    "rules": {
-        "paths": Field("paths", "str_list", defaults.RULES_PATHS),
-        "confirm_new_matches": Field(
-            "confirm_new_matches", "bool", defaults.RULES_CONFIRM_NEW_MATCHES
+    "diva": _fields(
+        Field("url", "str", check=_url),
+        Field("data_url", "str", None, check=_url),
+        Field("manager_url", "str", None, check=_url),
+        Field("username", "str", check=_non_empty),
+        Field("password_env", "str", None, check=_non_empty),
+        Field("password_file", "str", None, check=_non_empty),
+        Field("auth_scheme", "str", defaults.DIVA_AUTH_SCHEME, check=_scheme),
+        Field("verify", "bool_or_str", defaults.DIVA_VERIFY),
+        Field("timeout_seconds", "number", defaults.DIVA_TIMEOUT_SECONDS, check=_positive),
+        Field("poll_seconds", "number", defaults.DIVA_POLL_SECONDS, check=_poll),
+        Field("max_in_flight", "int", defaults.DIVA_MAX_IN_FLIGHT, check=_at_least(1)),
+        Field("max_attempts", "int", defaults.DIVA_MAX_ATTEMPTS, check=_at_least(1)),
+        Field("object_info_path", "str", None, check=_info_path),
+        Field("session_minutes", "number", defaults.DIVA_SESSION_MINUTES, check=_session),
+        Field(
+            "stuck_after_seconds",
+            "number",
+            defaults.DIVA_STUCK_AFTER_SECONDS,
+            check=_positive,
         ),
-    },
-    "engine": {
-        f.name: f
-        for f in [
-            Field("rescan_seconds", "number", defaults.ENGINE_RESCAN_SECONDS, check=_positive),
-            Field("reload_seconds", "number", defaults.ENGINE_RELOAD_SECONDS, check=_positive),
-            Field(
-                "watch_poll_seconds", "number", defaults.ENGINE_WATCH_POLL_SECONDS, check=_positive
-            ),
-            Field(
-                "hash_mb_per_second",
-                "number",
-                defaults.ENGINE_HASH_MB_PER_SECOND,
-                check=lambda v: None if v >= 0 else f"must be >= 0 (0: no limit), got {v}",
-            ),
-        ]
-    },
-    "http": {
-        f.name: f
-        for f in [
-            Field("listen", "str", None, check=_listen),
-            Field("token", "str", None, check=_token),
-            Field("token_env", "str", None, check=_non_empty),
-        ]
-    },
-    "notify": {
-        f.name: f
-        for f in [
-            Field("urls", "str_list"),
-            Field("events", "str_list", defaults.NOTIFY_EVENTS, check=_events),
-            Field("digest_seconds", "number", defaults.NOTIFY_DIGEST_SECONDS, check=_not_negative),
-            Field(
-                "outage_after_seconds",
-                "number",
-                defaults.NOTIFY_OUTAGE_AFTER_SECONDS,
-                check=_not_negative,
-            ),
-        ]
-    },
+    ),
+    "ledger": _fields(
+        Field("url", "str", defaults.LEDGER_URL, check=_ledger_url),
+        Field("password_env", "str", None, check=_non_empty),
+        Field("password_file", "str", None, check=_non_empty),
+        Field("keep_days", "number", None, check=_positive),
+        Field("keep_export_dir", "str", None, check=_non_empty),
+    ),
+    "cluster": _fields(
+        Field("node", "str", None, check=_non_empty),
+        Field("lease_seconds", "number", defaults.CLUSTER_LEASE_SECONDS, check=_positive),
+    ),
+    "rules": _fields(
+        Field("paths", "str_list", defaults.RULES_PATHS),
+        Field("confirm_new_matches", "bool", defaults.RULES_CONFIRM_NEW_MATCHES),
+    ),
+    "engine": _fields(
+        Field("rescan_seconds", "number", defaults.ENGINE_RESCAN_SECONDS, check=_positive),
+        Field("reload_seconds", "number", defaults.ENGINE_RELOAD_SECONDS, check=_positive),
+        Field("watch_poll_seconds", "number", defaults.ENGINE_WATCH_POLL_SECONDS, check=_positive),
+        Field(
+            "hash_mb_per_second",
+            "number",
+            defaults.ENGINE_HASH_MB_PER_SECOND,
+            check=lambda v: None if v >= 0 else f"must be >= 0 (0: no limit), got {v}",
+        ),
+    ),
+    "http": _fields(
+        Field("listen", "str", None, check=_listen),
+        Field("token", "str", None, check=_token),
+        Field("token_env", "str", None, check=_non_empty),
+    ),
+    "notify": _fields(
+        Field("urls", "str_list"),
+        Field("events", "str_list", defaults.NOTIFY_EVENTS, check=_events),
+        Field("digest_seconds", "number", defaults.NOTIFY_DIGEST_SECONDS, check=_not_negative),
+        Field(
+            "outage_after_seconds",
+            "number",
+            defaults.NOTIFY_OUTAGE_AFTER_SECONDS,
+            check=_not_negative,
+        ),
+    ),
 }

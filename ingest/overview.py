@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from . import defaults
@@ -69,18 +70,33 @@ def stuck(conn: sqlite3.Connection, before: float, limit: int) -> tuple[int, lis
     """In-flight requests DIVA has kept waiting (queued, for resources, for an operator)
     since before ``before``: their count and the longest-waiting ``limit``. The cost is
     the number of requests in flight (the ``(state, id)`` index), not of drops."""
+    return _per_state(conn, IN_FLIGHT_STATES, "waiting_since < ?", before, "waiting_since", limit)
+
+
+def _per_state(
+    conn: sqlite3.Connection,
+    states: Iterable[str],
+    where: str,
+    value: float,
+    order: str,
+    limit: int,
+) -> tuple[int, list[sqlite3.Row]]:
+    """The drops in any of ``states`` meeting ``where`` (one ``?``, ``value``): their count
+    and the first ``limit`` by ``order`` (a column, perhaps with DESC). One state at a
+    time, each a range of a ``(state, ...)`` index, then merged."""
+    column, _, direction = order.partition(" ")
     total = 0
     rows: list[sqlite3.Row] = []
-    for state in IN_FLIGHT_STATES:
+    for state in states:
         total += conn.execute(
-            "SELECT count(*) FROM drops WHERE state = ? AND waiting_since < ?", (state, before)
+            f"SELECT count(*) FROM drops WHERE state = ? AND {where}",  # noqa: S608
+            (state, value),
         ).fetchone()[0]
         rows += conn.execute(
-            f"{SELECT_RECORDS} WHERE state = ? AND waiting_since < ? "
-            "ORDER BY waiting_since LIMIT ?",
-            (state, before, limit),
+            f"{SELECT_RECORDS} WHERE state = ? AND {where} ORDER BY {order} LIMIT ?",
+            (state, value, limit),
         ).fetchall()
-    rows.sort(key=lambda r: r["waiting_since"])
+    rows.sort(key=lambda r: r[column], reverse=direction == "DESC")
     return total, rows[:limit]
 
 
@@ -129,19 +145,7 @@ def recent_failures(
     Each state is a range of the ``(state, finished_at)`` index (migration 0002), so the
     cost is the number of failures, not of drops finished.
     """
-    total = 0
-    rows: list[sqlite3.Row] = []
-    for state in FAILED_STATES:
-        total += conn.execute(
-            "SELECT count(*) FROM drops WHERE state = ? AND finished_at >= ?", (state, since)
-        ).fetchone()[0]
-        rows += conn.execute(
-            f"{SELECT_RECORDS} WHERE state = ? AND finished_at >= ? "
-            "ORDER BY finished_at DESC LIMIT ?",
-            (state, since, limit),
-        ).fetchall()
-    rows.sort(key=lambda r: r["finished_at"], reverse=True)
-    return total, rows[:limit]
+    return _per_state(conn, FAILED_STATES, "finished_at >= ?", since, "finished_at DESC", limit)
 
 
 def checksum_mismatches(conn: sqlite3.Connection, limit: int) -> tuple[int, list[sqlite3.Row]]:

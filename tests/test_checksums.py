@@ -170,17 +170,22 @@ def test_a_checksum_diva_reports_differently_is_flagged(deployment: Deployment) 
     assert again.returncode == 1 and "no unacknowledged checksum mismatch" in again.stderr
 
 
-def test_a_large_drop_shows_its_hashing_progress_and_is_rate_limited(
-    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def slow_hashing(dep: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ "Large" drops scaled down to 1 MiB, progress every 0.2 s, and hashing held to
+    2 MB/s, so that hashing a few MiB takes seconds a test can watch."""
     from ingest import defaults
 
-    dep = deployment
-    # "Large" scaled down: 1 MiB; hashing held to 2 MB/s so that it takes a few seconds.
     monkeypatch.setattr(defaults, "HASH_PROGRESS_MIN_BYTES", 1024 * 1024)
     monkeypatch.setattr(defaults, "HASH_PROGRESS_SECONDS", 0.2)
     with dep.config_path.open("a") as f:
         f.write("hash_mb_per_second = 2\n")  # [engine] is the config's last table
+
+
+def test_a_large_drop_shows_its_hashing_progress_and_is_rate_limited(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dep = deployment
+    slow_hashing(dep, monkeypatch)
     dep.rule(checksum="sha256")
     content = os.urandom(8 * 1024 * 1024)
     (dep.watch / "big.mxf").write_bytes(content)
@@ -231,13 +236,8 @@ def test_a_mismatch_is_notified_once_until_acknowledged(tmp_path: Path) -> None:
 def test_a_file_changed_while_hashed_settles_again_and_is_hashed_anew(
     deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ingest import defaults
-
     dep = deployment
-    monkeypatch.setattr(defaults, "HASH_PROGRESS_MIN_BYTES", 1024 * 1024)
-    monkeypatch.setattr(defaults, "HASH_PROGRESS_SECONDS", 0.2)
-    with dep.config_path.open("a") as f:
-        f.write("hash_mb_per_second = 2\n")  # 8 MiB: about 4 s of hashing
+    slow_hashing(dep, monkeypatch)  # 8 MiB: about 4 s of hashing
     dep.rule(checksum="md5")
     path = dep.watch / "grow.mxf"
     content = os.urandom(8 * 1024 * 1024)

@@ -20,6 +20,7 @@ from ingest.emulator.server import EmulatorProcess
 from .support.deployment import Deployment
 from .support.emulator import md5
 from .support.wait import wait_for
+from .support.watches import refuse_watches
 
 
 def test_a_file_drop_is_archived_then_deleted_by_diva(deployment: Deployment) -> None:
@@ -417,20 +418,7 @@ def test_a_folder_below_that_cannot_be_watched_puts_the_folder_on_polling_with_b
     """The start-up scan places the watches of the folders below; one refused for lack
     of inotify watches (ENOSPC) leaves the folder polled, not half-watched, and what is
     dropped in the unwatched folder is still archived."""
-    import ctypes
-    import errno
-
-    from watchdog.observers import inotify_c
-
-    real = inotify_c.inotify_add_watch
-
-    def add_watch(fd: int, path: bytes, mask: int) -> int:
-        if path.endswith(b"/full"):
-            ctypes.set_errno(errno.ENOSPC)
-            return -1
-        return real(fd, path, mask)
-
-    monkeypatch.setattr(inotify_c, "inotify_add_watch", add_watch)
+    refuse_watches(monkeypatch, b"/full")
     dep = deployment
     (dep.watch / "full").mkdir()
     dep.rule()

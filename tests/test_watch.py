@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -14,6 +15,7 @@ from ingest import watch
 from ingest.watch import NativeWatcher, filesystem_type, ignored_name, resolve_observer, scan
 
 from .support.wait import wait_for
+from .support.watches import refuse_watches
 
 
 def test_scan_sees_regular_files_only(tmp_path: Path) -> None:
@@ -233,20 +235,7 @@ def test_a_folder_that_cannot_be_watched_for_lack_of_watches_ends_the_watcher(
 ) -> None:
     """ENOSPC (fs.inotify.max_user_watches) on a folder below: a watcher that sees only
     part of the tree must not go on as if it saw it all."""
-    import ctypes
-    import errno
-
-    from watchdog.observers import inotify_c
-
-    real = inotify_c.inotify_add_watch
-
-    def add_watch(fd: int, path: bytes, mask: int) -> int:
-        if path.endswith(b"/full"):
-            ctypes.set_errno(errno.ENOSPC)
-            return -1
-        return real(fd, path, mask)
-
-    monkeypatch.setattr(inotify_c, "inotify_add_watch", add_watch)
+    refuse_watches(monkeypatch, b"/full")
     (tmp_path / "full").mkdir()
     _seen, report = _recorder()
     with pytest.raises(OSError, match="No space left"):
