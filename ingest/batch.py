@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
-
 from .errors import LedgerError
 from .ledgerurl import postgresql_sql
-from .schema import FILES_REMAIN, DropRow
+from .migrations import DROP_COLUMNS, FILES_REMAIN
 from .states import FINAL_STATES, State
 
 __all__ = ["REQUEUEABLE_STATES", "Batch"]
-
-_COLUMNS = frozenset(c.name for c in DropRow.__table__.columns)  # type: ignore[attr-defined]
 #: the advisory lock that lets one node at a time fold drop_counts (Batch.fold_counts)
 _COUNTS_LOCK = 0x696E6763
 
@@ -35,32 +30,26 @@ _COUNTS_LOCK = 0x696E6763
 class Batch:
     """The writes of one transaction; get one from :meth:`Ledger.batch`."""
 
-    conn: Connection
+    #: the transaction's DBAPI connection (sqlite3 or psycopg)
+    conn: Any
     now: float
+    #: whether the ledger is PostgreSQL (else SQLite)
+    postgresql: bool = False
     #: whether this transaction wrote (a list, so that the frozen batch can note it)
     _wrote: list[bool] = field(default_factory=list, repr=False)
     #: (node, JSON {watch: epoch}) stamped on this transaction's steps; see :meth:`stamp`
     _stamp: list[tuple[str, str]] = field(default_factory=list, repr=False)
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """``sql`` (``?`` placeholders) on the transaction's own DBAPI connection.
-
-        Plain SQL: SQLAlchemy's statement building cost more than the writes themselves
-        when a burst moves thousands of drops per turn (see the burst benchmark).
-        """
-        raw = self.conn.connection.driver_connection
-        if isinstance(raw, sqlite3.Connection):
-            return raw.execute(sql, params)
-        return raw.execute(postgresql_sql(sql), params)  # type: ignore[union-attr]
+        """``sql`` (``?`` placeholders) on the transaction's DBAPI connection."""
+        if self.postgresql:
+            return self.conn.execute(postgresql_sql(sql), params)
+        return self.conn.execute(sql, params)
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> Any:
         if not self._wrote:
             self._wrote.append(True)
         return self._execute(sql, params)
-
-    @functools.cached_property
-    def _postgresql(self) -> bool:
-        return bool(self.conn.dialect.name == "postgresql")
 
     def stamp(self, node: str, epochs: Mapping[str, int]) -> None:
         """Record ``node`` and its lease epoch on the drop's folder (from ``epochs``) on
@@ -85,7 +74,7 @@ class Batch:
         keys = tuple(fields)
         values = tuple(fields[k] for k in keys)
         step = (self.now, None, fields["state"], detail)
-        if self._postgresql:
+        if self.postgresql:
             # One round trip to the server for the row and its first step.
             row = self._write(_pg_add_sql(keys), (*values, *step, *self._stamps())).fetchone()
             drop_id = row[0]
@@ -103,7 +92,7 @@ class Batch:
     ) -> None:
         """Move a drop to ``to_state``, update ``fields``, and record the step."""
         fields["state"] = to_state
-        if self._postgresql:  # one round trip, as in add()
+        if self.postgresql:  # one round trip, as in add()
             _check_fields(fields)
             fields["updated_at"] = self.now
             keys = tuple(fields)
@@ -142,7 +131,7 @@ class Batch:
         nth = "SELECT id FROM drop_counts ORDER BY id LIMIT 1 OFFSET ?"
         if self._execute(nth, (least - 1,)).fetchone() is None:
             return 0
-        if self._postgresql:
+        if self.postgresql:
             lock = f"SELECT pg_try_advisory_xact_lock({_COUNTS_LOCK})"
             if not self._execute(lock).fetchone()[0]:
                 return 0
@@ -307,6 +296,6 @@ def _pg_transition_sql(keys: tuple[str, ...]) -> str:
 
 
 def _check_fields(fields: Mapping[str, Any]) -> None:
-    unknown = set(fields) - _COLUMNS
+    unknown = set(fields) - DROP_COLUMNS
     if unknown:
         raise LedgerError(f"unknown ledger fields: {', '.join(sorted(unknown))}")

@@ -3,9 +3,11 @@ machine, the default) or PostgreSQL (a server several hosts can share).
 
 The engine writes it, one transaction per turn; ``ingest retry`` writes too, through
 :meth:`Ledger.requeue` only (it puts failed drops back in RETRY_WAIT, for the engine to
-pick up), and the other commands read while they write (WAL mode). The schema is the
-SQLModel tables of :mod:`ingest.schema`, built by named migrations that run in a
-transaction each and are recorded in ``schema_migrations``. Writes go through
+pick up), and the other commands read while they write (WAL mode). The schema is built
+by named migrations (:mod:`ingest.migrations`) that run in a transaction each and are
+recorded in ``schema_migrations``; :mod:`ingest.schema` describes it as SQLModel tables.
+Plain SQL on DBAPI connections (:mod:`ingest.connections`), so that a start-up does not
+import SQLAlchemy. Writes go through
 :meth:`Ledger.batch`, one transaction per batch, so a burst of events costs one commit,
 not one per event.
 
@@ -34,23 +36,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select
-
 from .batch import REQUEUEABLE_STATES, Batch
+from .connections import Connections
 from .errors import ConfigError, LedgerError
 from .ledgerurl import is_postgresql, postgres_target, postgresql_sql, redact
-from .schema import (
-    FILES_REMAIN,
-    MIGRATIONS,
-    SCHEMA_MIGRATIONS_DDL,
-    DropRow,
-    MigrationRow,
-    RulesStateRow,
-    RulesVersionRow,
-    TransitionRow,
-    WatcherRow,
-    portable_ddl,
-)
+from .migrations import FILES_REMAIN, MIGRATIONS, SCHEMA_MIGRATIONS_DDL, portable_ddl
 from .states import ACTIVE_STATES, FINAL_STATES, State
 
 __all__ = [
@@ -59,22 +49,13 @@ __all__ = [
     "MIGRATIONS",
     "REQUEUEABLE_STATES",
     "Batch",
-    "DropRow",
     "Ledger",
-    "MigrationRow",
-    "RulesStateRow",
-    "RulesVersionRow",
     "State",
-    "TransitionRow",
-    "WatcherRow",
     "sqlite_path",
 ]
 
-
-_DROPS = DropRow.__table__  # type: ignore[attr-defined]
-_TRANSITIONS = TransitionRow.__table__  # type: ignore[attr-defined]
-_WATCHERS = WatcherRow.__table__  # type: ignore[attr-defined]
-_MIGRATIONS = MigrationRow.__table__  # type: ignore[attr-defined]
+#: the drops' columns that hold a boolean: SQLite gives them back as 0 and 1
+_BOOLEANS = ("source_deleted", "adopted")
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -97,8 +78,9 @@ def sqlite_path(url: str) -> Path | None:
 class Ledger:
     """The ledger, SQLite or PostgreSQL: open it with :meth:`open`, write with :meth:`batch`."""
 
-    def __init__(self, engine: Engine, path: Path | None, where: str | None = None) -> None:
-        self.engine = engine
+    def __init__(self, db: Connections, path: Path | None, where: str | None = None) -> None:
+        #: the pool of DBAPI connections; :meth:`connect` and :meth:`begin` lend them
+        self.db = db
         self.path = path
         #: how messages name it: the file, or the server without its password
         self.where = where or (str(path) if path else "the in-memory ledger")
@@ -108,7 +90,36 @@ class Ledger:
 
     @property
     def postgresql(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
+        return self.db.dialect == "postgresql"
+
+    def sql(self, statement: str) -> str:
+        """``statement``, written with ``?`` placeholders, as this ledger's driver takes it."""
+        return postgresql_sql(statement) if self.postgresql else statement
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A DBAPI connection (sqlite3 or psycopg) for reads; anything it leaves
+        uncommitted is rolled back. Database errors become :class:`LedgerError`."""
+        with self._errors(), self.db.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def begin(self) -> Iterator[Any]:
+        """A DBAPI connection in a transaction, committed at the end of the block (the
+        raw form of :meth:`batch`, for prunes and copies)."""
+        with self._errors(), self.db.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except LedgerError:
+            raise
+        except Exception as exc:
+            if _is_db_error(exc):
+                raise _ledger_error(exc, self.where, self.path) from exc
+            raise
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, password: str | None = None) -> Ledger:
@@ -124,45 +135,58 @@ class Ledger:
             path = sqlite_path(url)
             if path is not None:
                 _create_private(path)
-            engine = create_engine(url if path is None else f"sqlite:///{path}")
-            event.listen(engine, "connect", _on_connect)
-            ledger = cls(engine, path)
+            # An in-memory ledger lives in its one connection: the pool lends only that.
+            size, overflow = (5, 10) if path is not None else (1, 0)
+            db = Connections(_sqlite_connect(path), "sqlite", size=size, overflow=overflow)
+            ledger = cls(db, path)
         try:
             if migrate:
                 ledger.migrate()
             else:
-                with ledger.engine.connect() as conn:
-                    conn.exec_driver_sql("SELECT 1")
+                with ledger.connect() as conn:
+                    conn.execute("SELECT 1")
         except Exception as exc:
-            ledger.engine.dispose()
+            ledger.db.dispose()
+            if isinstance(exc, LedgerError):
+                raise
             raise _ledger_error(exc, ledger.where, ledger.path) from exc
         return ledger
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.dispose()
 
     def migrate(self) -> list[str]:
         """Apply the migrations not yet applied; returns their names."""
         applied: list[str] = []
-        with self.engine.begin() as conn:
+        dialect = self.db.dialect
+        with self.begin() as conn:
             self._serialize_migrations(conn)
-            conn.exec_driver_sql(portable_ddl(SCHEMA_MIGRATIONS_DDL, conn.dialect.name))
+            conn.execute(portable_ddl(SCHEMA_MIGRATIONS_DDL, dialect))
+        done = self._applied_migrations()
         for name, apply in MIGRATIONS:
-            with self.engine.begin() as conn:
+            if name in done:
+                continue  # the common case, a ledger up to date: one read, no write
+            with self.begin() as conn:
                 self._serialize_migrations(conn)
-                done = conn.execute(select(_MIGRATIONS.c.name).where(_MIGRATIONS.c.name == name))
-                if done.first() is not None:
+                # Again under the lock: another node may have applied it meanwhile.
+                found = conn.execute(
+                    self.sql("SELECT 1 FROM schema_migrations WHERE name = ?"), (name,)
+                ).fetchone()
+                if found is not None:
                     continue
-                apply(conn)
-                conn.execute(insert(_MIGRATIONS).values(name=name, applied_at=time.time()))
+                apply(conn, dialect)
+                conn.execute(
+                    self.sql("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)"),
+                    (name, time.time()),
+                )
                 applied.append(name)
         return applied
 
-    def _serialize_migrations(self, conn: Connection) -> None:
+    def _serialize_migrations(self, conn: Any) -> None:
         # Nodes starting together on one PostgreSQL take turns; SQLite's write lock
         # already does this.
         if self.postgresql:
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
 
     def pending_migrations(self) -> list[str]:
         """Migrations this version knows that the ledger has not had (for ``doctor``)."""
@@ -176,21 +200,14 @@ class Ledger:
         return sorted(self._applied_migrations() - known)
 
     def _applied_migrations(self) -> set[str]:
-        with self.engine.connect() as conn:
-            return {r[0] for r in conn.exec_driver_sql("SELECT name FROM schema_migrations")}
+        with self.connect() as conn:
+            return {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
 
     @contextmanager
     def batch(self, now: float | None = None) -> Iterator[Batch]:
         """One transaction: everything written inside commits together, or not at all."""
-        try:
-            with self.engine.begin() as conn:
-                yield Batch(conn, time.time() if now is None else now)
-        except LedgerError:
-            raise
-        except Exception as exc:
-            if _is_db_error(exc):
-                raise _ledger_error(exc, self.where, self.path) from exc
-            raise
+        with self.begin() as conn:
+            yield Batch(conn, time.time() if now is None else now, self.postgresql)
 
     def requeue(self, drops: Mapping[int, str], detail: str) -> set[int]:
         """Put final drops (id -> the state they were seen in) back in RETRY_WAIT, in one
@@ -213,28 +230,29 @@ class Ledger:
 
     # -- reads -----------------------------------------------------------------------
 
-    @contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn:
-                yield conn
-        except Exception as exc:
-            if _is_db_error(exc):
-                raise _ledger_error(exc, self.where, self.path) from exc
-            raise
+    def _dicts(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self.connect() as conn:
+            cursor = conn.execute(self.sql(sql), params)
+            names = [d[0] for d in cursor.description]
+            rows = [dict(zip(names, row, strict=True)) for row in cursor]
+        if rows and not self.postgresql and "source_deleted" in rows[0]:
+            for row in rows:
+                for key in _BOOLEANS:
+                    if row[key] is not None:
+                        row[key] = bool(row[key])
+        return rows
 
     def get(self, drop_id: int) -> dict[str, Any] | None:
-        with self._reading() as conn:
-            row = conn.execute(select(_DROPS).where(_DROPS.c.id == drop_id)).mappings().first()
-        return dict(row) if row else None
+        found = self._dicts("SELECT * FROM drops WHERE id = ?", (drop_id,))
+        return found[0] if found else None
 
     def rows(self, *states: str) -> list[dict[str, Any]]:
         """Every drop in one of ``states`` (all drops when none is given)."""
-        query = select(_DROPS).order_by(_DROPS.c.id)
-        if states:
-            query = query.where(_DROPS.c.state.in_([str(s) for s in states]))
-        with self._reading() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+        if not states:
+            return self._dicts("SELECT * FROM drops ORDER BY id")
+        marks = ", ".join("?" * len(states))
+        sql = f"SELECT * FROM drops WHERE state IN ({marks}) ORDER BY id"  # noqa: S608
+        return self._dicts(sql, tuple(str(s) for s in states))
 
     def settled_by_path(self, watch: str) -> dict[str, tuple[int, int] | None]:
         """What the ledger settled under ``watch`` whose files may remain: path -> (size,
@@ -248,30 +266,19 @@ class Ledger:
         so a start-up costs the present, not the ledger's history. Plain tuples, shaped
         like :func:`ingest.watch.scan`'s, to stay small and quick for many files.
         """
-        with self._reading() as conn:
-            raw = conn.connection.driver_connection
-            # The plain DBAPI cursor: SQLAlchemy's per-row processing doubles the cost of
-            # a start-up over a few hundred thousand known paths.
-            sql = settled_sql(postgresql=not isinstance(raw, sqlite3.Connection))
-            rows = raw.execute(sql, (watch,))  # type: ignore[union-attr]
+        with self.connect() as conn:
+            rows = conn.execute(settled_sql(postgresql=self.postgresql), (watch,))
             return {path: (size, mtime) if done else None for path, done, size, mtime in rows}
 
     def history(self, drop_id: int) -> list[dict[str, Any]]:
-        with self._reading() as conn:
-            query = (
-                select(_TRANSITIONS)
-                .where(_TRANSITIONS.c.drop_id == drop_id)
-                .order_by(_TRANSITIONS.c.id)
-            )
-            return [dict(r) for r in conn.execute(query).mappings()]
+        return self._dicts("SELECT * FROM transitions WHERE drop_id = ? ORDER BY id", (drop_id,))
 
     def watchers(self) -> list[dict[str, Any]]:
-        with self._reading() as conn:
-            return [dict(r) for r in conn.execute(select(_WATCHERS)).mappings()]
+        return self._dicts("SELECT * FROM watchers ORDER BY watch")
 
     def counts(self) -> dict[str, int]:
-        with self._reading() as conn:
-            result = conn.exec_driver_sql("SELECT state, count(*) FROM drops GROUP BY state")
+        with self.connect() as conn:
+            result = conn.execute("SELECT state, count(*) FROM drops GROUP BY state")
             return {state: n for state, n in result}
 
 
@@ -292,12 +299,27 @@ def settled_sql(*, postgresql: bool) -> str:
         newest = f"d.id = (SELECT max(n.id) FROM drops n WHERE {same})"  # noqa: S608
     sql = (
         f"SELECT path, state IN ({final}), size, mtime_ns FROM drops d "  # noqa: S608
-        f"WHERE watch = ? AND ({FILES_REMAIN}) AND {newest} ORDER BY id"
+        f"WHERE watch = ? AND ({FILES_REMAIN}) AND {newest}"
     )
     return postgresql_sql(sql) if postgresql else sql
 
 
-def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+def _sqlite_connect(path: Path | None) -> Any:
+    """What makes one connection to the SQLite ledger at ``path`` (None: in memory)."""
+
+    def connect() -> sqlite3.Connection:
+        # One connection serves one thread at a time, lent by the pool to any of them.
+        # The driver's own transactions, as before: it begins one before the first write.
+        conn = sqlite3.connect(
+            ":memory:" if path is None else str(path), check_same_thread=False, timeout=10
+        )
+        _on_connect(conn)
+        return conn
+
+    return connect
+
+
+def _on_connect(dbapi_conn: sqlite3.Connection) -> None:
     cursor = dbapi_conn.cursor()
     # Freed pages go back to the filesystem after a prune (ingest.prune); a no-op on a
     # ledger made before, which keeps them for reuse until one full VACUUM.
@@ -331,25 +353,23 @@ _MIGRATION_LOCK = 0x1A6E57
 
 def _open_postgresql(url: str, password: str | None) -> Ledger:
     """An engine on the PostgreSQL at ``url`` through psycopg 3, checked by connecting."""
+    import psycopg
+
     target = postgres_target(url)
+    kwargs = target.connect_kwargs(password)
     # The password goes to the driver alone, never into a URL that could be logged.
-    engine = create_engine(
-        "postgresql+psycopg://",
-        connect_args=target.connect_kwargs(password),
-        pool_size=2,
-        max_overflow=4,
-    )
+    db = Connections(lambda: psycopg.connect(**kwargs), "postgresql", size=2, overflow=4)  # type: ignore[arg-type]
     try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
+        with db.connect() as conn:
+            conn.execute("SELECT 1")
     except Exception as exc:
-        engine.dispose()
+        db.dispose()
         reason = _reason(exc, password)
         raise ConfigError(
             f"[ledger] url: cannot reach PostgreSQL at {target.host}:{target.port} "
             f"(database {target.dbname}, user {target.user}): {reason}"
         ) from None
-    return Ledger(engine, None, str(target))
+    return Ledger(db, None, str(target))
 
 
 def _reason(exc: BaseException, password: str | None) -> str:
@@ -361,12 +381,9 @@ def _reason(exc: BaseException, password: str | None) -> str:
 
 
 def _is_db_error(exc: BaseException) -> bool:
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
-    if isinstance(exc, OperationalError | DBAPIError | sqlite3.Error):
+    if isinstance(exc, sqlite3.Error):
         return True
-    # psycopg's own errors, when raised on its raw connection (Batch._execute)
-    return type(exc).__module__.startswith("psycopg")
+    return type(exc).__module__.startswith("psycopg")  # its errors, without importing it
 
 
 def _ledger_error(exc: BaseException, where: str, path: Path | None) -> LedgerError:

@@ -60,10 +60,9 @@ def copy_ledger(source: Path, target_url: str, password: str | None, node: str) 
 def _copy(source: Path, target: Ledger) -> Copied:
     counts: dict[str, int] = {}
     with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src:
-        with target.engine.begin() as conn:
-            pg = conn.connection.driver_connection
+        with target.begin() as pg:
             for table in TABLES:
-                found = pg.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[union-attr]  # noqa: S608
+                found = pg.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
                 if found:
                     raise LedgerError(
                         f"ledger copy: the target {target.where} is not empty ({found} rows "
@@ -73,12 +72,12 @@ def _copy(source: Path, target: Ledger) -> Copied:
                 counts[table] = _copy_table(src, pg, table)
             for table in _SEQUENCED:
                 key = "id"
-                pg.execute(  # type: ignore[union-attr]
+                pg.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', '{key}'), "  # noqa: S608
                     f"(SELECT COALESCE(max({key}), 0) + 1 FROM {table}), false)"
                 )
             for table, count in counts.items():
-                landed = pg.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[union-attr]  # noqa: S608
+                landed = pg.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
                 if landed != count:
                     raise LedgerError(
                         f"ledger copy: {table}: {count} rows read but {landed} written"

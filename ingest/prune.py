@@ -86,14 +86,13 @@ def _candidates(
 ) -> Iterator[dict[str, Any]]:
     """The drops to prune, oldest first, each with its transitions; read in pages."""
     last = 0
-    with ledger.engine.connect() as conn:
-        raw = conn.connection.driver_connection
+    with ledger.connect() as raw:
         page_sql = _sql(
             raw,
             f"SELECT * FROM drops WHERE id > ? AND {where} ORDER BY id LIMIT {BATCH_SIZE}",  # noqa: S608
         )
         while True:
-            cur = raw.execute(page_sql, (last, before))  # type: ignore[union-attr]
+            cur = raw.execute(page_sql, (last, before))
             names = [d[0] for d in cur.description]
             rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
             if not rows:
@@ -104,7 +103,7 @@ def _candidates(
             if not kept:
                 continue
             marks = ", ".join("?" for _ in kept)
-            steps = raw.execute(  # type: ignore[union-attr]
+            steps = raw.execute(
                 _sql(
                     raw,
                     "SELECT drop_id, at, from_state, to_state, detail FROM transitions "  # noqa: S608
@@ -117,7 +116,7 @@ def _candidates(
                 by_drop.setdefault(drop_id, []).append(
                     {"at": at, "from": from_state, "to": to_state, "detail": detail}
                 )
-            conn.rollback()  # end the read transaction: no snapshot held between pages
+            raw.rollback()  # end the read transaction: no snapshot held between pages
             for row in kept:
                 row["transitions"] = by_drop.get(row["id"], [])
                 yield row
@@ -196,15 +195,15 @@ def prune(
         still = f"id IN ({marks}) AND {where}"
         params = (*chunk, before)
         with ledger.batch() as tx:
-            raw = tx.conn.connection.driver_connection
+            raw = tx.conn
             # The first statement writes: the lock is taken before anything is read.
             drop_steps = _sql(
                 raw,
                 f"DELETE FROM transitions WHERE drop_id IN (SELECT id FROM drops WHERE {still})",  # noqa: S608
             )
-            steps += raw.execute(drop_steps, params).rowcount  # type: ignore[union-attr]
+            steps += raw.execute(drop_steps, params).rowcount
             drops = _sql(raw, f"DELETE FROM drops WHERE {still}")  # noqa: S608
-            deleted += raw.execute(drops, params).rowcount  # type: ignore[union-attr]
+            deleted += raw.execute(drops, params).rowcount
     how = reclaim(ledger) if vacuum and deleted else "nothing to return"
     return Pruned(exported, deleted, steps, counts[0], False, how)
 
@@ -213,8 +212,7 @@ def reclaim(ledger: Ledger) -> str:
     """Return freed pages to the filesystem where the ledger allows it without a long
     lock: an incremental vacuum on SQLite (when the ledger was made with it), VACUUM on
     PostgreSQL (which does not lock out writers)."""
-    with ledger.engine.connect() as conn:
-        raw = conn.connection.driver_connection
+    with ledger.connect() as raw:
         if isinstance(raw, sqlite3.Connection):
             mode = raw.execute("PRAGMA auto_vacuum").fetchone()[0]
             if mode != 2:  # INCREMENTAL
@@ -223,24 +221,23 @@ def reclaim(ledger: Ledger) -> str:
                     "run `ingest ledger prune --vacuum` once with the daemon stopped"
                 )
             raw.execute("PRAGMA incremental_vacuum")
-            conn.commit()
+            raw.commit()
             return "incremental vacuum"
-        conn.commit()
-        raw.autocommit = True  # type: ignore[union-attr]  # VACUUM runs outside a transaction
+        raw.commit()
+        raw.autocommit = True  # VACUUM runs outside a transaction
         try:
-            raw.execute("VACUUM drops")  # type: ignore[union-attr]
-            raw.execute("VACUUM transitions")  # type: ignore[union-attr]
+            raw.execute("VACUUM drops")
+            raw.execute("VACUUM transitions")
         finally:
-            raw.autocommit = False  # type: ignore[union-attr]
+            raw.autocommit = False
         return "VACUUM"
 
 
 def full_vacuum(ledger: Ledger) -> None:
     """SQLite: switch the ledger to incremental vacuum and rebuild it (one long lock:
     with the daemon stopped); PostgreSQL: VACUUM."""
-    with ledger.engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        conn.commit()
+    with ledger.connect() as raw:
+        raw.commit()
         if isinstance(raw, sqlite3.Connection):
             raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
             raw.execute("VACUUM")
@@ -251,10 +248,9 @@ def full_vacuum(ledger: Ledger) -> None:
 def ledger_size(ledger: Ledger) -> tuple[int, int, int]:
     """The ledger's bytes on disk (SQLite: the file and its WAL; PostgreSQL: the
     database), and its drops' and transitions' row counts."""
-    with ledger.engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        drops = raw.execute("SELECT count(*) FROM drops").fetchone()[0]  # type: ignore[union-attr]
-        steps = raw.execute("SELECT count(*) FROM transitions").fetchone()[0]  # type: ignore[union-attr]
+    with ledger.connect() as raw:
+        drops = raw.execute("SELECT count(*) FROM drops").fetchone()[0]
+        steps = raw.execute("SELECT count(*) FROM transitions").fetchone()[0]
         if isinstance(raw, sqlite3.Connection):
             size = 0
             if ledger.path is not None:
@@ -262,5 +258,5 @@ def ledger_size(ledger: Ledger) -> tuple[int, int, int]:
                     p = Path(f"{ledger.path}{suffix}")
                     size += p.stat().st_size if p.exists() else 0
         else:
-            size = raw.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[union-attr]
+            size = raw.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     return int(size), int(drops), int(steps)

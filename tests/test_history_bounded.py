@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ingest.ledger import Ledger, settled_sql
-from ingest.schema import FILES_REMAIN
+from ingest.migrations import FILES_REMAIN
 from tests.support.postgres import PASSWORD
 
 from .support.deployment import Deployment
@@ -98,9 +98,9 @@ def test_the_start_up_read_on_postgresql_is_linear_before_any_analyze(
         with ledger.batch() as tx:
             for i in range(count):
                 tx.add(rule="r", watch="/w", path=f"f{i}", size=i, mtime_ns=i, state="FAILED")
-        with ledger.engine.connect() as conn:
+        with ledger.connect() as conn:
             sql = "EXPLAIN (ANALYZE, FORMAT JSON) " + settled_sql(postgresql=True)
-            (plan,) = conn.exec_driver_sql(sql, ("/w",)).one()
+            (plan,) = conn.execute(sql, ("/w",)).fetchone()
         assert len(ledger.settled_by_path("/w")) == count
     finally:
         ledger.close()

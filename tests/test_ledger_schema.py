@@ -3,11 +3,12 @@ writes through) and as the migrations' DDL (what a database is built from). Thes
 hold the two equal, column for column, for a fresh ledger and for one migrated up from
 the oldest schema.
 
-Both sides are read back through SQLAlchemy's inspector, the model side from
+Both sides are read back through SQLAlchemy's inspector (the ledger itself does not use
+SQLAlchemy: an engine is made here for the inspection), the model side from
 ``create_all`` on an empty database of the same backend: the comparison sees what each
 backend makes of the DDL, with no parsing of a catalog. They run on SQLite and on a
 throwaway PostgreSQL (tests/support/postgres.py), where the migrations' DDL is translated
-(ingest.schema.portable_ddl): the facts include a float's precision, which the type family
+(ingest.migrations.portable_ddl): the facts include a float's precision, which the type family
 alone does not tell (PostgreSQL's ``real`` is single precision).
 """
 
@@ -15,27 +16,23 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect
 from sqlalchemy.types import TypeEngine
 
 from ingest import ledger as ledger_module
 from ingest import overview, queries
-from ingest.ledger import (
-    ACTIVE_STATES,
-    FINAL_STATES,
-    MIGRATIONS,
-    DropRow,
-    Ledger,
-    State,
-)
-from ingest.ledgerurl import postgres_target, postgresql_sql
+from ingest.ledger import ACTIVE_STATES, FINAL_STATES, MIGRATIONS, Ledger, State
+from ingest.ledgerurl import postgres_target
+from ingest.migrations import DROP_COLUMNS
 from ingest.pgread import PostgresLedger
-from ingest.schema import TABLES
+from ingest.schema import TABLES, DropRow
 from tests.support.postgres import PASSWORD_ENV, PostgresServer
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -87,19 +84,31 @@ def open_ledger(url: str, *, migrate: bool = True) -> Ledger:
     return Ledger.open(url, migrate=migrate, password=os.environ.get(PASSWORD_ENV))
 
 
+def sqlalchemy_engine(ledger: Ledger) -> Engine:
+    """An SQLAlchemy engine on ``ledger``'s database, through the ledger's own connections."""
+    url = "postgresql+psycopg://" if ledger.postgresql else "sqlite://"
+    return create_engine(url, creator=ledger.db.factory)
+
+
 def model_schema(url: str) -> set[Fact]:
     """The schema the SQLModel classes describe, built on an empty database at ``url``."""
     ledger = open_ledger(url, migrate=False)
+    engine = sqlalchemy_engine(ledger)
     try:
         # Only the ledger's tables: SQLModel's metadata is shared by the whole process.
-        DropRow.metadata.create_all(ledger.engine, tables=MODEL_TABLES)
-        return schema(ledger.engine)
+        DropRow.metadata.create_all(engine, tables=MODEL_TABLES)
+        return schema(engine)
     finally:
+        engine.dispose()
         ledger.close()
 
 
 def ledger_schema(ledger: Ledger) -> set[Fact]:
-    return schema(ledger.engine)
+    engine = sqlalchemy_engine(ledger)
+    try:
+        return schema(engine)
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -165,15 +174,15 @@ def test_the_oldest_ledger_migrated_is_the_model(
         old = open_ledger(url)
         # Written as the first release wrote it (today's Batch writes columns, such as a
         # transition's node, that this schema does not have yet).
-        with old.engine.begin() as conn:
-            conn.execute(text(
+        with old.begin() as conn:
+            conn.execute(
                 "INSERT INTO drops (rule, watch, path, state, size, mtime_ns, detected_at, "
                 "updated_at) VALUES ('news', '/w', 'a.mxf', 'DETECTED', 3, 7, 1.0, 1.0)"
-            ))  # fmt: skip
-            conn.execute(text(
+            )
+            conn.execute(
                 "INSERT INTO transitions (drop_id, at, from_state, to_state, detail) "
                 "SELECT id, 1.0, NULL, 'DETECTED', 'detected' FROM drops"
-            ))  # fmt: skip
+            )
         old.close()
     ledger = open_ledger(url, migrate=False)
     try:
@@ -188,11 +197,6 @@ def test_the_oldest_ledger_migrated_is_the_model(
         ledger.close()
     told, truth = _counts(url)  # the counts start from what the ledger held
     assert told == truth == [("DETECTED", "news", 1)]
-
-
-def portable(conn: Any, sql: str) -> str:
-    """``sql`` with ``?`` placeholders as the connection's driver takes them."""
-    return sql if conn.dialect.name == "sqlite" else postgresql_sql(sql)
 
 
 def _counts(url: str) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
@@ -225,15 +229,13 @@ def test_status_counts_follow_every_write_and_fold(new_url: Any) -> None:
             tx.update(ids[20], progress=5)  # no state change: no count moves
             tx.transition(ids[21], State.DETECTED, State.DETECTED, "again")
         assert ledger.requeue({ids[0]: "FAILED", ids[1]: "FAILED"}, "retried") == set(ids[:2])
-        with ledger.engine.begin() as conn:  # as a prune deletes
+        with ledger.begin() as conn:  # as a prune deletes
             for sql in (
                 "DELETE FROM transitions WHERE drop_id IN (?, ?)",
                 "DELETE FROM drops WHERE id IN (?, ?)",
             ):
-                conn.exec_driver_sql(portable(conn, sql), (ids[29], ids[28]))
-            conn.exec_driver_sql(
-                portable(conn, "UPDATE drops SET rule = 'renamed' WHERE id = ?"), (ids[27],)
-            )
+                conn.execute(ledger.sql(sql), (ids[29], ids[28]))
+            conn.execute(ledger.sql("UPDATE drops SET rule = 'renamed' WHERE id = ?"), (ids[27],))
         told, truth = _counts(url)
         assert told == truth
         assert {("FAILED", "r0", 1), ("FAILED", "r2", 2), ("RETRY_WAIT", "r0", 1)} <= set(told)
@@ -243,9 +245,9 @@ def test_status_counts_follow_every_write_and_fold(new_url: Any) -> None:
                 tx.fold_counts(7, 2)
         told, truth = _counts(url)
         assert told == truth
-        with ledger.engine.connect() as conn:
-            left = conn.exec_driver_sql("SELECT count(*) FROM drop_counts").scalar()
-            totals = conn.exec_driver_sql("SELECT count(*) FROM drop_totals").scalar()
+        with ledger.connect() as conn:
+            (left,) = conn.execute("SELECT count(*) FROM drop_counts").fetchone()
+            (totals,) = conn.execute("SELECT count(*) FROM drop_totals").fetchone()
         assert left is not None and left < 2  # all folded but what ``least`` leaves
         assert totals == len(truth)  # a row per pair
         with ledger.batch() as tx:  # under ``least`` rows: nothing to fold
@@ -277,6 +279,25 @@ def test_the_model_declares_what_the_queries_rely_on(model: set[Fact]) -> None:
         "drop_counts",
         "drop_totals",
     }
+
+
+def test_the_columns_a_write_may_name_are_the_drops_columns(model: set[Fact]) -> None:
+    """Batch checks a write's fields against ingest.migrations.DROP_COLUMNS (the names
+    reach its SQL text): the list is the drops table's, no more and no less."""
+    columns = {fact[3] for fact in model if fact[:2] == ("drops", "column")}
+    assert columns == DROP_COLUMNS == {c.name for c in DropRow.__table__.columns}  # type: ignore[attr-defined]
+
+
+def test_the_daemon_imports_neither_sqlalchemy_nor_sqlmodel() -> None:
+    """``ingest run`` opens, migrates, reads and writes its ledger in plain SQL: the two
+    cost half a second and 40 MB at every start (the reconcile benchmark)."""
+    code = (
+        "import sys; import ingest.engine, ingest.commands.run, ingest.web, ingest.prune; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'sqlmodel', "
+        "'pydantic', 'ingest') and m.split('.')[0] != 'ingest' or m == 'ingest.schema'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_read_side_states_are_the_ledger_states() -> None:

@@ -235,8 +235,8 @@ def _check_schema(report: Report, config: ServiceConfig, path: object) -> None:
             pending = ledger.pending_migrations()
             unknown = ledger.unknown_migrations()
             if ledger.postgresql and not pending:
-                with ledger.engine.connect() as conn:
-                    conn.exec_driver_sql("LOCK TABLE drops IN ROW EXCLUSIVE MODE NOWAIT")
+                with ledger.connect() as conn:
+                    conn.execute("LOCK TABLE drops IN ROW EXCLUSIVE MODE NOWAIT")
                     conn.rollback()
         finally:
             ledger.close()

@@ -25,10 +25,11 @@ millisecond, the call several. Holding each commit that carries an intent a litt
 longer makes the order of "commit" and "call" visible to the hook, without changing it.
 While it holds one, it also names the drops whose intent is being committed: a call for
 one of those is early even if an older intent of the drop (an attempt whose call never
-reached DIVA) was never used. It acts on SQLAlchemy (which the ledger is built on): in
-this process, and in daemons started meanwhile, through a ``sitecustomize`` it puts on
-their PYTHONPATH (``daemon_site/``). Only in this process can the checker see which
-drops are pending; a daemon's early call is caught by what its ledger shows.
+reached DIVA) was never used. It wraps the ledger's transactions
+(:class:`ingest.connections.Connections`): in this process, and in daemons started
+meanwhile, through a ``sitecustomize`` it puts on their PYTHONPATH (``daemon_site/``).
+Only in this process can the checker see which drops are pending; a daemon's early call
+is caught by what its ledger shows.
 """
 
 from __future__ import annotations
@@ -48,10 +49,9 @@ from typing import Any
 
 import httpx
 import psycopg
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
 
 from ingest import pgread
+from ingest.connections import Connections
 from ingest.errors import ConfigError
 from ingest.pgread import PgConnection, PostgresLedger
 
@@ -303,7 +303,7 @@ HOLD_ENV = "INGEST_TEST_INTENT_HOLD"
 @contextlib.contextmanager
 def intent_commits_delayed(seconds: float = INTENT_COMMIT_DELAY) -> Iterator[None]:
     """Hold each ledger commit that records a SUBMITTING transition for ``seconds``: in
-    every SQLAlchemy engine of this process, and in the Python subprocesses (daemons) it
+    every ledger of this process, and in the Python subprocesses (daemons) it
     starts meanwhile; see the module's docstring for why."""
     remove = hold_intent_commits(seconds)
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", HOLD_ENV)}
@@ -324,25 +324,29 @@ def intent_commits_delayed(seconds: float = INTENT_COMMIT_DELAY) -> Iterator[Non
 def hold_intent_commits(seconds: float) -> Callable[[], None]:
     """Install the hold in this process; returns what removes it."""
 
-    def raw(conn: Connection) -> sqlite3.Connection | None:
-        driver = conn.connection.driver_connection
-        return driver if isinstance(driver, sqlite3.Connection) else None
+    # The newest transition committed when each open transaction began (by connection):
+    # whatever the transaction adds is newer.
+    after_of: dict[int, int] = {}
+    saved = (Connections._began, Connections._commit, Connections._rollback)
 
-    def begin(conn: Connection) -> None:
-        # The newest transition committed so far: whatever this transaction adds is newer.
-        db = raw(conn)
-        if db is None:
+    def begin(pool: Connections, db: Any) -> None:
+        saved[0](pool, db)
+        if not isinstance(db, sqlite3.Connection):
             return
         try:
             row = db.execute("SELECT coalesce(max(id), 0) FROM transitions").fetchone()
         except sqlite3.Error:  # not a ledger, or not migrated yet
             return
-        conn.info["intents_after"] = int(row[0])
+        after_of[id(db)] = int(row[0])
 
-    def commit(conn: Connection) -> None:
-        after = conn.info.pop("intents_after", None)
-        db = raw(conn)
-        if after is None or db is None:
+    def commit(pool: Connections, db: Any) -> None:
+        try:
+            _hold(db, after_of.pop(id(db), None))
+        finally:
+            saved[1](pool, db)
+
+    def _hold(db: Any, after: int | None) -> None:
+        if after is None or not isinstance(db, sqlite3.Connection):
             return
         query = "SELECT drop_id FROM transitions WHERE id > ? AND to_state = 'SUBMITTING'"
         try:
@@ -361,15 +365,15 @@ def hold_intent_commits(seconds: float) -> Callable[[], None]:
             with _pending_lock:
                 _pending[key] -= drops
 
-    def rollback(conn: Connection) -> None:
-        conn.info.pop("intents_after", None)
+    def rollback(pool: Connections, db: Any) -> None:
+        after_of.pop(id(db), None)
+        saved[2](pool, db)
 
-    listeners = (("begin", begin), ("commit", commit), ("rollback", rollback))
-    for name, fn in listeners:
-        event.listen(Engine, name, fn)
+    Connections._began = begin  # type: ignore[method-assign]
+    Connections._commit = commit  # type: ignore[method-assign]
+    Connections._rollback = rollback  # type: ignore[method-assign]
 
     def remove() -> None:
-        for name, fn in listeners:
-            event.remove(Engine, name, fn)
+        Connections._began, Connections._commit, Connections._rollback = saved  # type: ignore[method-assign]
 
     return remove
