@@ -69,17 +69,13 @@ class Connections:
     @contextmanager
     def begin(self) -> Iterator[Any]:
         """A connection in a transaction: committed when the block ends, rolled back if
-        it raises."""
+        it raises (as it goes back to the pool)."""
         with self.connect() as conn:
             self._began(conn)
-            try:
-                yield conn
-            except BaseException:
-                self._rollback(conn)
-                raise
+            yield conn
             self._commit(conn)
 
-    # The three steps of a transaction, as methods: the intent check of the test suite
+    # A transaction's two steps, as methods: the intent check of the test suite
     # (tests/support/intents.py) wraps them to hold an intent's commit a little longer.
 
     def _began(self, conn: Any) -> None:
@@ -87,9 +83,6 @@ class Connections:
 
     def _commit(self, conn: Any) -> None:
         conn.commit()
-
-    def _rollback(self, conn: Any) -> None:
-        conn.rollback()
 
     def dispose(self) -> None:
         """Close the idle connections; those in use are closed as they come back."""

@@ -282,6 +282,28 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     _m(
+        "ledger-pool-keeps-broken-connections",
+        "A crash, an outage or a blip never loses a turn for long: a PostgreSQL connection "
+        "that broke (a server restart) is replaced with the idle ones that broke with it",
+        "ingest/connections.py",
+        ["tests/test_connections.py::test_a_broken_postgresql_connection_costs_one_failed_call"],
+        Edit(
+            '    return bool(getattr(conn, "broken", False) or getattr(conn, "closed", False))',
+            "    return False",
+        ),
+    ),
+    _m(
+        "ledger-pool-lends-a-dirty-connection",
+        "A turn commits whole or not at all: what a failed transaction wrote is rolled back "
+        "before its connection serves anyone else",
+        "ingest/connections.py",
+        ["tests/test_connections.py::test_a_transaction_commits_whole_or_not_at_all"],
+        Edit(
+            "                conn.rollback()  # a clean slate for the next user; a no-op when idle",
+            "                pass",
+        ),
+    ),
+    _m(
         "vanished-drop-skipped",
         "Ask before resubmitting: a drop whose call may have reached DIVA is reconciled when "
         "its files vanish, never SKIPPED",

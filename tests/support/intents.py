@@ -327,7 +327,7 @@ def hold_intent_commits(seconds: float) -> Callable[[], None]:
     # The newest transition committed when each open transaction began (by connection):
     # whatever the transaction adds is newer.
     after_of: dict[int, int] = {}
-    saved = (Connections._began, Connections._commit, Connections._rollback)
+    saved = (Connections._began, Connections._commit)
 
     def begin(pool: Connections, db: Any) -> None:
         saved[0](pool, db)
@@ -365,15 +365,12 @@ def hold_intent_commits(seconds: float) -> Callable[[], None]:
             with _pending_lock:
                 _pending[key] -= drops
 
-    def rollback(pool: Connections, db: Any) -> None:
-        after_of.pop(id(db), None)
-        saved[2](pool, db)
-
+    # (A transaction rolled back leaves its entry behind: the connection's next begin
+    # replaces it.)
     Connections._began = begin  # type: ignore[method-assign]
     Connections._commit = commit  # type: ignore[method-assign]
-    Connections._rollback = rollback  # type: ignore[method-assign]
 
     def remove() -> None:
-        Connections._began, Connections._commit, Connections._rollback = saved  # type: ignore[method-assign]
+        Connections._began, Connections._commit = saved  # type: ignore[method-assign]
 
     return remove
