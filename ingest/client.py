@@ -23,11 +23,13 @@ to its end) ever means "DIVA does not have it". A bare 404 is a missing route
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import os
 import ssl
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -159,14 +161,20 @@ class DivaClient:
         self.max_pages = max_pages
         #: how the server numbers request-list pages (1 as the guide's sample; 0 detected)
         self.page_base: int | None = None
-        self._http = httpx.Client(
+        verifying = _ssl_context(verify)  # now: a CA bundle that is not there fails here
+        # The connection pool is made on the first call: its TLS context loads the CA
+        # bundle, a tenth of a second or more that a daemon's start should not wait for.
+        self._make_http = functools.partial(
+            httpx.Client,
             auth=self._auth,
-            verify=_ssl_context(verify),
+            verify=verifying,
             timeout=httpx.Timeout(timeout),
             transport=transport,
             follow_redirects=False,
             headers={"Accept": "application/json"},
         )
+        self._made: httpx.Client | None = None
+        self._making = threading.Lock()
         self._secrets = [password]
 
     @classmethod
@@ -230,7 +238,18 @@ class DivaClient:
         except DivaError as exc:
             log.debug("logout on close failed: %s", exc)
         finally:
-            self._http.close()
+            if self._made is not None:
+                self._made.close()
+
+    @property
+    def _http(self) -> httpx.Client:
+        made = self._made
+        if made is None:
+            with self._making:
+                if self._made is None:
+                    self._made = self._make_http()
+                made = self._made
+        return made
 
     # -- requests --------------------------------------------------------------------
 
