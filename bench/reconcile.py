@@ -5,7 +5,8 @@ its size and mtime (archived, source kept), so a start must read it all and subm
 nothing. Wall time and peak RSS of ``ingest run --until-idle`` from start to exit, each
 in a fresh process, against the same for a bare ``os.scandir`` + ``lstat`` walk and for
 watchdog's ``DirectorySnapshot`` of the tree. The page cache is warm for all three (one
-warm-up walk first); each figure is the median of a few runs.
+warm-up walk first); each figure is the median of five runs, taken in rounds of one run
+of each (a shared host's drift then moves all three alike, not one more than another).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .common import (
 
 NAME = "reconcile"
 SIZES = {"full": 200_000, "quick": 20_000}
-RUNS = 3
+RUNS = 5
 TARGET_RATIO = 2.0  # issue 15
 TARGET_RSS_MB = 150.0
 
@@ -52,12 +53,19 @@ print(len(DirectorySnapshot(sys.argv[1]).paths))
 
 
 def _measure(cmd: list[str], runs: int) -> tuple[float, float]:
-    walls, rss = [], []
+    return interleaved([cmd], runs)[0]
+
+
+def interleaved(cmds: list[list[str]], runs: int) -> list[tuple[float, float]]:
+    """Each command's median wall time and peak RSS over ``runs`` rounds of one run each."""
+    walls: list[list[float]] = [[] for _ in cmds]
+    rss: list[list[float]] = [[] for _ in cmds]
     for _ in range(runs):
-        wall, peak, _ = timed_child(cmd, env=python_env())
-        walls.append(wall)
-        rss.append(peak)
-    return median(walls), max(rss)
+        for i, cmd in enumerate(cmds):
+            wall, peak, _ = timed_child(cmd, env=python_env(), timeout=1800)
+            walls[i].append(wall)
+            rss[i].append(peak)
+    return [(median(w), max(r)) for w, r in zip(walls, rss, strict=True)]
 
 
 def run(size: int) -> Result:
@@ -68,9 +76,14 @@ def run(size: int) -> Result:
         fill_ledger_completed(dep, tree)
         watch = str(dep.watch)
         _measure([sys.executable, "-c", BARE, watch], 1)  # warm the page cache
-        bare_s, bare_mb = _measure([sys.executable, "-c", BARE, watch], RUNS)
-        snap_s, snap_mb = _measure([sys.executable, "-c", SNAPSHOT, watch], RUNS)
-        ingest_s, ingest_mb = _measure(dep.run_command("--until-idle"), RUNS)
+        (bare_s, bare_mb), (snap_s, snap_mb), (ingest_s, ingest_mb) = interleaved(
+            [
+                [sys.executable, "-c", BARE, watch],
+                [sys.executable, "-c", SNAPSHOT, watch],
+                dep.run_command("--until-idle"),
+            ],
+            RUNS,
+        )
         with contextlib.closing(sqlite3.connect(dep.ledger)) as db:
             rows = db.execute("SELECT count(*) FROM drops").fetchone()[0]
     ratio = ingest_s / bare_s

@@ -143,7 +143,7 @@ class Engine:
                 if until_idle and self._idle():
                     log.info("idle: every drop is in a final state; exiting")
                     break
-                self._wait()
+                self._wait(self._quiet_at() if until_idle else None)
         finally:
             self._shutdown()
         return 0
@@ -251,12 +251,13 @@ class Engine:
         self.intake.settle(turn)
         self.tracker.advance(turn, self.intake.still_there)
 
-    def _wait(self) -> None:
+    def _wait(self, quiet_at: float | None = None) -> None:
         if self._held is not None:
             return
         now = time.monotonic()
         deadlines = [
             now + defaults.ENGINE_WAKE_SECONDS,
+            quiet_at,
             self._next_reload,
             self.folders.next_scan(),
             self.intake.next_deadline(),
@@ -296,8 +297,13 @@ class Engine:
             return False
         if self.tracker.schedule.has_ready or not self.intake.idle():
             return False
-        quiet = time.monotonic() - max(self._last_answer, self.intake.last_seen)
-        return quiet >= max(self.folders.settle_max, defaults.ENGINE_IDLE_QUIET_SECONDS)
+        return time.monotonic() >= self._quiet_at()
+
+    def _quiet_at(self) -> float:
+        """When ``--until-idle`` may call the folders quiet: nothing seen and no answer
+        for a settle window (half a second at least). The loop wakes then to look."""
+        quiet = max(self.folders.settle_max, defaults.ENGINE_IDLE_QUIET_SECONDS)
+        return max(self._last_answer, self.intake.last_seen) + quiet
 
     def _shutdown(self) -> None:
         self.folders.stop()
