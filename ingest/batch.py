@@ -78,13 +78,18 @@ class Batch:
             # One round trip to the server for the row and its first step.
             row = self._write(_pg_add_sql(keys), (*values, *step, *self._stamps())).fetchone()
             drop_id = row[0]
-            if not isinstance(drop_id, int):
-                raise LedgerError("the ledger did not give the new drop an id")
-            return drop_id
-        drop_id = self._write(_insert_sql(keys), values).fetchone()[0]
+        else:
+            drop_id = self._write(_insert_sql(keys), values).fetchone()[0]
+            if isinstance(drop_id, int):
+                self._write(_TRANSITION_SQL, (drop_id, *step))
         if not isinstance(drop_id, int):
             raise LedgerError("the ledger did not give the new drop an id")
-        self._write(_TRANSITION_SQL, (drop_id, *step))
+        if "watch" in fields and "path" in fields:
+            # The path's older final drops no longer describe what is on disk: they leave
+            # the drops whose files remain, so that the start-up read finds at most one
+            # drop per path there, the newest, and needs no per-row look for a newer one.
+            detail = f"drop {drop_id} took its path"
+            self.files_gone(fields["watch"], fields["path"], detail, before=drop_id)
         return drop_id
 
     def transition(
@@ -110,15 +115,18 @@ class Batch:
         keys = tuple(fields)
         self._write(_update_sql(keys), (*(fields[k] for k in keys), drop_id))
 
-    def files_gone(self, watch: str, path: str, detail: str) -> list[int]:
+    def files_gone(
+        self, watch: str, path: str, detail: str, *, before: int | None = None
+    ) -> list[int]:
         """Record that the files at ``path`` are gone from ``watch``: each final drop
-        there whose files remained gets ``files_gone_at`` and a step saying ``detail``
-        (its state stays). Its ids; none when nothing there was thought to remain."""
+        there whose files remained (with an id below ``before``, if given) gets
+        ``files_gone_at`` and a step saying ``detail`` (its state stays). Its ids; none
+        when nothing there was thought to remain."""
         final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATES))
         found = self._execute(
             f"SELECT id, state FROM drops WHERE watch = ? AND path = ? "  # noqa: S608
-            f"AND ({FILES_REMAIN}) AND state IN ({final})",
-            (watch, path),
+            f"AND ({FILES_REMAIN}) AND state IN ({final}) AND id < ?",
+            (watch, path, before if before is not None else _NO_ID_ABOVE),
         ).fetchall()
         for drop_id, state in found:
             self.transition(drop_id, state, state, detail, files_gone_at=self.now)
@@ -161,10 +169,14 @@ class Batch:
         step. False when its state changed meanwhile: it is left untouched."""
         if from_state not in REQUEUEABLE_STATES:
             raise LedgerError(f"drop {drop_id}: {from_state} drops are not requeued")
-        # Conditional on the state it was seen in: the engine may have moved it since.
+        # Conditional on the state it was seen in: the engine may have moved it since. A
+        # drop a newer one superseded at its path is not requeued (`ingest retry` says
+        # so before): it would stand for files that are no longer there.
         changed = self._write(
             "UPDATE drops SET state = ?, next_attempt_at = ?, attempts = 0, error = NULL, "
-            "files_gone_at = NULL, updated_at = ? WHERE id = ? AND state = ?",
+            "files_gone_at = NULL, updated_at = ? WHERE id = ? AND state = ? AND NOT EXISTS "
+            "(SELECT 1 FROM drops n WHERE n.watch = drops.watch AND n.path = drops.path "
+            "AND n.id > drops.id)",
             (State.RETRY_WAIT, self.now, self.now, drop_id, from_state),
         ).rowcount
         if not changed:
@@ -254,6 +266,9 @@ class Batch:
         found = row.fetchone()
         return None if found is None else str(found[0])
 
+
+#: above every drop id (SQLite's and PostgreSQL's keys are signed 64-bit)
+_NO_ID_ABOVE = 2**63 - 1
 
 _TRANSITION_SQL = (
     "INSERT INTO transitions (drop_id, at, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)"

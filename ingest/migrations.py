@@ -226,6 +226,16 @@ def _drop_counts(conn: Any, dialect: str) -> None:
         conn.execute(statement)
 
 
+_NEWER = (
+    "SELECT {what} FROM drops n WHERE n.watch = drops.watch AND n.path = drops.path "
+    "AND n.id > drops.id"
+)
+_SUPERSEDED = (
+    f"UPDATE drops SET files_gone_at = ({_NEWER.format(what='min(n.detected_at)')}) "  # noqa: S608
+    f"WHERE ({FILES_REMAIN}) AND state IN ('COMPLETED', 'FAILED', 'REJECTED', 'SKIPPED') "
+    f"AND EXISTS ({_NEWER.format(what='1')})"
+)
+
 #: The table of applied migrations, made before any migration runs.
 SCHEMA_MIGRATIONS_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
@@ -285,4 +295,9 @@ MIGRATIONS: list[tuple[str, Migration]] = [
         ),
     ),
     ("0013_drop_counts", _drop_counts),
+    # A new drop now takes its path's older final drops out of those whose files remain
+    # (ingest.batch.Batch.add), so that the start-up read needs no per-row look for a
+    # newer drop; this does the same for the drops recorded before, once. Only drops
+    # whose files remain are looked at: the partial index bounds it by the present.
+    ("0014_drops_superseded", _run_script(_SUPERSEDED)),
 ]

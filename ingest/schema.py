@@ -114,7 +114,8 @@ class DropRow(SQLModel, table=True):
     checksum_mismatch: str | None = None
     checksum_acked_at: float | None = None
     #: when a scan found the files of this final drop gone from its folder (a refused
-    #: or failed file an operator removed): a start-up no longer reads it back
+    #: or failed file an operator removed), or a newer drop took its path: a start-up
+    #: no longer reads it back
     files_gone_at: float | None = None
 
 

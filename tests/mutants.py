@@ -253,18 +253,27 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     _m(
-        "pg-known-paths-nested-loop",
-        "The ledger's hot paths as fast on PostgreSQL as the backend allows: a start-up's read "
-        "of the settled paths compares no drop with every other, statistics or none",
-        "ingest/ledger.py",
+        "older-drop-not-superseded",
+        "Nothing is lost: a start-up reads each path's newest drop only, so a file there now is "
+        "never taken for an older drop's (a new drop takes its path's older final drops out "
+        "of those whose files remain)",
+        "ingest/batch.py",
         [
-            "tests/test_history_bounded.py::test_the_start_up_read_on_postgresql_is_linear_"
-            "before_any_analyze",
+            "tests/test_history_bounded.py::test_start_up_reads_only_drops_whose_files_remain",
+            "tests/test_history_bounded.py::test_a_new_drop_takes_its_paths_older_final_drops_out",
         ],
         Edit(
-            "    if postgresql:\n        # PostgreSQL plans",
-            "    if False:\n        # PostgreSQL plans",
+            '            self.files_gone(fields["watch"], fields["path"], detail, before=drop_id)',
+            "            pass",
         ),
+    ),
+    _m(
+        "settled-read-oldest-last",
+        "Nothing is lost: of a path's drops still in the start-up read, the newest is the one "
+        "that counts",
+        "ingest/ledger.py",
+        ["tests/test_history_bounded.py::test_a_new_drop_takes_its_paths_older_final_drops_out"],
+        Edit('ORDER BY path, id"', 'ORDER BY path, id DESC"'),
     ),
     _m(
         "files-gone-at-first-miss",

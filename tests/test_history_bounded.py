@@ -113,13 +113,65 @@ def test_the_start_up_read_on_postgresql_is_linear_before_any_analyze(
 
 
 def test_the_start_up_read_goes_through_the_partial_index(tmp_path: Path) -> None:
+    """In the index's own order: no sort, and no per-row look for a newer drop."""
     Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}").close()
     with sqlite3.connect(tmp_path / "ledger.db") as conn:
         plan = conn.execute(
-            f"EXPLAIN QUERY PLAN SELECT path FROM drops d WHERE watch = ? AND ({FILES_REMAIN})",  # noqa: S608
-            ("/w",),
+            "EXPLAIN QUERY PLAN " + settled_sql(postgresql=False), ("/w",)
         ).fetchall()
-    assert "ix_drops_files_remain" in str(plan)
+    steps = [row[-1] for row in plan]
+    assert steps == ["SEARCH drops USING INDEX ix_drops_files_remain (watch=?)"], steps
+    assert FILES_REMAIN in settled_sql(postgresql=False)  # word for word, or no index
+
+
+def test_a_new_drop_takes_its_paths_older_final_drops_out(ledger: Ledger) -> None:
+    refused = _drop(ledger, "a.mxf", "REJECTED", deleted=None, sig=1)
+    live = _drop(ledger, "b.mxf", "SUBMITTED", deleted=None, sig=2)
+    newer = _drop(ledger, "a.mxf", "DETECTED", deleted=None, sig=3)
+    row = ledger.get(refused)
+    assert row is not None and row["state"] == "REJECTED" and row["files_gone_at"] is not None
+    last = ledger.history(refused)[-1]
+    assert (last["to_state"], last["detail"]) == ("REJECTED", f"drop {newer} took its path")
+    # An older drop still active stays (it is not final); the newest one is what counts.
+    newest_b = _drop(ledger, "b.mxf", "FAILED", deleted=None, sig=4)
+    assert ledger.get(live)["files_gone_at"] is None  # type: ignore[index]
+    assert ledger.settled_by_path("/w") == {"a.mxf": None, "b.mxf": (4, 4)}
+    # A superseded drop is not requeued, even by a retry that raced the new drop.
+    assert ledger.requeue({refused: "REJECTED"}, "retried") == set()
+    assert ledger.get(refused)["state"] == "REJECTED"  # type: ignore[index]
+    assert ledger.requeue({newest_b: "FAILED"}, "retried") == {newest_b}
+
+
+def test_migration_0014_takes_older_drops_out_of_a_ledger_made_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest import ledger as ledger_module
+    from ingest.migrations import MIGRATIONS
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert MIGRATIONS[-1][0] == "0014_drops_superseded"
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS[:-1])
+        Ledger.open(url).close()
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:  # as the engine wrote them then
+        conn.executemany(
+            "INSERT INTO drops (rule, watch, path, state, source_deleted, size, mtime_ns, "
+            "detected_at, updated_at) VALUES ('r', '/w', ?, ?, ?, ?, ?, ?, ?)",
+            [
+                ("a.mxf", "REJECTED", None, 1, 1, 10.0, 10.0),
+                ("a.mxf", "COMPLETED", True, 2, 2, 20.0, 20.0),  # archived and deleted
+                ("b.mxf", "FAILED", None, 3, 3, 30.0, 30.0),
+                ("b.mxf", "REJECTED", None, 4, 4, 40.0, 40.0),
+                ("c.mxf", "COMPLETED", False, 5, 5, 50.0, 50.0),
+            ],
+        )
+    ledger = Ledger.open(url)
+    try:
+        assert ledger.settled_by_path("/w") == {"b.mxf": (4, 4), "c.mxf": (5, 5)}
+        gone = {r["id"]: r["files_gone_at"] for r in ledger.rows()}
+        assert gone == {1: 20.0, 2: None, 3: 40.0, 4: None, 5: None}
+    finally:
+        ledger.close()
 
 
 def _scanned(engine: Any, watch: str) -> bool:
