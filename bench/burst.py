@@ -35,7 +35,7 @@ from .common import (
 NAME = "burst"
 SIZES = {"full": 10_000, "quick": 400}
 SETTLE = 0.2
-TARGET_RATIO = 0.8
+TARGET_RATIO = 1.0  # issue 15 (0.8 before)
 
 
 def _stage(folder: Path, prefix: str, n: int) -> list[str]:
