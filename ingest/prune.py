@@ -3,12 +3,13 @@ prune``, and ``[ledger] keep_days`` in the daemon).
 
 Safety, in order: a drop is a candidate only when final, finished before the cutoff, with
 no unacknowledged checksum mismatch, and with no file left in its watch folder (COMPLETED
-with its sources deleted, or another final state whose path is gone from a folder that
-can be read). Every candidate goes to the export file, which is written and fsynced
-before any row is deleted. Deletion runs in batches of one transaction each, so a running
-daemon waits at most one batch, and a crash leaves every batch whole or undone. Each
-batch deletes a drop only if it still qualifies (an operator may have requeued it since
-the export). Space is then returned: incremental vacuum on SQLite, VACUUM on PostgreSQL.
+with its sources deleted, ``files_gone_at`` set, or another final state whose path is
+gone from a folder that can be read). Every candidate goes to the export file, which is
+written and fsynced before any row is deleted. Deletion runs in batches of one
+transaction each, so a running daemon waits at most one batch, and a crash leaves every
+batch whole or undone. Each batch deletes a drop only if it still qualifies (an operator
+may have requeued it since the export). Space is then returned: incremental vacuum on
+SQLite, VACUUM on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def _qualifies(states: Sequence[str]) -> str:
 def _files_gone(row: dict[str, Any]) -> bool:
     """Whether a final drop left nothing in its folder (a folder unread keeps it)."""
     if row["state"] == "COMPLETED" and row["source_deleted"]:
+        return True
+    if row.get("files_gone_at") is not None:
+        # Two sweeps found them gone, or a newer drop took the path: the file there now
+        # is that drop's, not this one's (which its path alone would keep for ever).
         return True
     watch = row["watch"]
     if not os.path.isdir(watch):

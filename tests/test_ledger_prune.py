@@ -53,7 +53,11 @@ def test_prune_removes_only_old_final_drops_whose_files_are_gone(
     (watch / "refused.mxf").write_bytes(b"still here")
     old_done = _drop(ledger, watch, "a.mxf", "COMPLETED", 400, source_deleted=True)
     old_failed_gone = _drop(ledger, watch, "b.mxf", "FAILED", 400)
+    # Refused, then dropped again: the file there now is the newer drop's.
+    (watch / "redo.mxf").write_bytes(b"the second version")
+    superseded = _drop(ledger, watch, "redo.mxf", "REJECTED", 400)
     keep = {
+        _drop(ledger, watch, "redo.mxf", "COMPLETED", 1, source_deleted=False),
         _drop(ledger, watch, "new.mxf", "COMPLETED", 1, source_deleted=True),  # too new
         _drop(ledger, watch, "kept.mxf", "COMPLETED", 400, source_deleted=False),
         _drop(ledger, watch, "refused.mxf", "REJECTED", 400),  # its file is still there
@@ -74,13 +78,14 @@ def test_prune_removes_only_old_final_drops_whose_files_are_gone(
 
     dry = invoke("ledger", "prune", "--before", "30d", "--dry-run", "--config", config)
     assert dry.exit_code == 0, dry.output
-    assert "would prune 2 drops" in dry.stdout and not export.exists()
+    assert "would prune 3 drops" in dry.stdout and not export.exists()
 
     done = invoke("ledger", "prune", "--before", "30d", "--export", str(export), "--config", config)
     assert done.exit_code == 0, done.output
-    assert "removed 2 and 4 transitions" in done.stdout
+    assert "removed 3 and 7 transitions" in done.stdout
     records = [json.loads(line) for line in export.read_text().splitlines()]
-    assert [r["id"] for r in records] == [old_done, old_failed_gone]
+    assert [r["id"] for r in records] == [old_done, old_failed_gone, superseded]
+    assert records[2]["transitions"][-1]["detail"].endswith("took its path")
     assert [t["to"] for t in records[0]["transitions"]] == ["DETECTED", "COMPLETED"]
     assert _ids(ledger) == keep
     with sqlite3.connect(tmp_path / "ledger.db") as conn:
