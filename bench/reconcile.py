@@ -52,10 +52,6 @@ print(len(DirectorySnapshot(sys.argv[1]).paths))
 """
 
 
-def _measure(cmd: list[str], runs: int) -> tuple[float, float]:
-    return interleaved([cmd], runs)[0]
-
-
 def interleaved(cmds: list[list[str]], runs: int) -> list[tuple[float, float]]:
     """Each command's median wall time and peak RSS over ``runs`` rounds of one run each."""
     walls: list[list[float]] = [[] for _ in cmds]
@@ -75,7 +71,7 @@ def run(size: int) -> Result:
         tree = make_tree(dep.watch, size, folders)
         fill_ledger_completed(dep, tree)
         watch = str(dep.watch)
-        _measure([sys.executable, "-c", BARE, watch], 1)  # warm the page cache
+        interleaved([[sys.executable, "-c", BARE, watch]], 1)  # warm the page cache
         (bare_s, bare_mb), (snap_s, snap_mb), (ingest_s, ingest_mb) = interleaved(
             [
                 [sys.executable, "-c", BARE, watch],

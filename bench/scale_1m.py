@@ -49,10 +49,6 @@ TARGET_RSS_MB = 300.0
 TARGET_CYCLE_RATIO = 1.2
 
 
-def _measure(cmd: list[str], runs: int) -> tuple[float, float]:
-    return interleaved([cmd], runs)[0]
-
-
 def run(size: int) -> Result:
     folders = max(1, size // 100)
     runs = RUNS if size >= 100_000 else 1
@@ -64,7 +60,7 @@ def run(size: int) -> Result:
         fill_ledger_completed(native, tree)
         del tree
         bare_cmd = [sys.executable, "-c", BARE, nas_watch]
-        _measure(bare_cmd, 1)  # warm the page cache
+        interleaved([bare_cmd], 1)  # warm the page cache
         # Each start against bare walks taken in the same rounds (a shared host drifts).
         (bare_s, bare_mb), (native_s, native_mb) = interleaved(
             [bare_cmd, native.run_command("--until-idle")], runs

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .ledger import Ledger
-from .ledgerurl import postgresql_sql
 from .queries import RECORD_FIELDS, drop_record
 from .report import dumps, write_csv
 from .states import FINAL_STATES
@@ -59,10 +58,6 @@ def export_format(path: Path) -> str:
     return fmt
 
 
-def _sql(raw: Any, sql: str) -> str:
-    return sql if isinstance(raw, sqlite3.Connection) else postgresql_sql(sql)
-
-
 def _qualifies(states: Sequence[str]) -> str:
     """The SQL a candidate meets, parameters: the cutoff (epoch seconds)."""
     names = ", ".join(f"'{s}'" for s in sorted(states))
@@ -92,8 +87,7 @@ def _candidates(
     """The drops to prune, oldest first, each with its transitions; read in pages."""
     last = 0
     with ledger.connect() as raw:
-        page_sql = _sql(
-            raw,
+        page_sql = ledger.sql(
             f"SELECT * FROM drops WHERE id > ? AND {where} ORDER BY id LIMIT {BATCH_SIZE}",  # noqa: S608
         )
         while True:
@@ -109,8 +103,7 @@ def _candidates(
                 continue
             marks = ", ".join("?" for _ in kept)
             steps = raw.execute(
-                _sql(
-                    raw,
+                ledger.sql(
                     "SELECT drop_id, at, from_state, to_state, detail FROM transitions "  # noqa: S608
                     f"WHERE drop_id IN ({marks}) ORDER BY id",
                 ),
@@ -202,12 +195,11 @@ def prune(
         with ledger.batch() as tx:
             raw = tx.conn
             # The first statement writes: the lock is taken before anything is read.
-            drop_steps = _sql(
-                raw,
+            drop_steps = ledger.sql(
                 f"DELETE FROM transitions WHERE drop_id IN (SELECT id FROM drops WHERE {still})",  # noqa: S608
             )
             steps += raw.execute(drop_steps, params).rowcount
-            drops = _sql(raw, f"DELETE FROM drops WHERE {still}")  # noqa: S608
+            drops = ledger.sql(f"DELETE FROM drops WHERE {still}")  # noqa: S608
             deleted += raw.execute(drops, params).rowcount
     how = reclaim(ledger) if vacuum and deleted else "nothing to return"
     return Pruned(exported, deleted, steps, counts[0], False, how)
