@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .batch import REQUEUEABLE_STATES, Batch
 from .connections import Connections
@@ -42,6 +42,9 @@ from .errors import ConfigError, LedgerError
 from .ledgerurl import is_postgresql, postgres_target, postgresql_sql, redact
 from .migrations import FILES_REMAIN, MIGRATIONS, SCHEMA_MIGRATIONS_DDL, portable_ddl
 from .states import ACTIVE_STATES, FINAL_STATES, State
+
+if TYPE_CHECKING:
+    from .watch import Packed
 
 __all__ = [
     "ACTIVE_STATES",
@@ -254,22 +257,23 @@ class Ledger:
         sql = f"SELECT * FROM drops WHERE state IN ({marks}) ORDER BY id"  # noqa: S608
         return self._dicts(sql, tuple(str(s) for s in states))
 
-    def settled_by_path(self, watch: str) -> dict[str, tuple[int, int] | None]:
+    def settled_by_path(self, watch: str) -> dict[str, Packed | None]:
         """What the ledger settled under ``watch`` whose files may remain: path -> (size,
-        mtime_ns) of the path's newest drop when that drop is final, None while it is
-        still active.
+        mtime_ns) of the path's newest drop when that drop is final, in one int
+        (:func:`ingest.watch.pack`), None while it is still active.
 
         What a scan compares the filesystem with: a file whose (size, mtime) equals its
         entry was archived, rejected or failed as it is, and needs no second look. A path
         whose newest drop was COMPLETED with its files deleted has no entry: a file there
         now is a new drop. Read through the partial index of drops whose files remain,
-        so a start-up costs the present, not the ledger's history. Plain tuples, shaped
-        like :func:`ingest.watch.scan`'s, to stay small and quick for many files.
+        so a start-up costs the present, not the ledger's history. One int per path, as
+        :func:`ingest.watch.scan` compares them, to stay small and quick for many files.
         """
         with self.connect() as conn:
             rows = conn.execute(settled_sql(postgresql=self.postgresql), (watch,))
-            # A path's rows come in id order: the newest is the one kept.
-            return {path: (size, mtime) if done else None for path, done, size, mtime in rows}
+            # A path's rows come in id order: the newest is the one kept. (ingest.watch.pack
+            # inline: the CLI's commands never import the watchers.)
+            return {path: mtime << 64 | size if done else None for path, done, size, mtime in rows}
 
     def history(self, drop_id: int) -> list[dict[str, Any]]:
         return self._dicts("SELECT * FROM transitions WHERE drop_id = ? ORDER BY id", (drop_id,))
@@ -294,8 +298,10 @@ def settled_sql(*, postgresql: bool) -> str:
     over the whole folder: 0.85 s at 2,000 drops).
     """
     final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATES))
+    # (a final drop without a size packs to -1, which no file found equals)
     sql = (
-        f"SELECT path, state IN ({final}), size, mtime_ns FROM drops "  # noqa: S608
+        f"SELECT path, state IN ({final}), coalesce(size, -1), coalesce(mtime_ns, 0) "  # noqa: S608
+        "FROM drops "
         f"WHERE watch = ? AND ({FILES_REMAIN}) ORDER BY path, id"
     )
     return postgresql_sql(sql) if postgresql else sql

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from . import defaults
 from .manifest import Manifest, ManifestError, entry_relpath, parse_manifest
-from .watch import scan
+from .watch import scan, unpack
 
 if TYPE_CHECKING:
     from .rules import Rule
@@ -63,12 +63,13 @@ def folder_members(watch: Path | str, folder: str, rule: Rule | None) -> Members
         return Members()
     files: list[str] = []
     total = newest = 0
-    for member, (size, mtime_ns) in found.items():
+    for member, value in found.items():
         if rule is not None:
             match = rule.try_path(Path(watch, member)).match
             if match is None or match.marker:
                 continue
         files.append(member)
+        size, mtime_ns = unpack(value)
         total += size
         newest = max(newest, mtime_ns)
     return Members(tuple(sorted(files)), total, newest)
@@ -188,5 +189,5 @@ def _glob_hits(
             continue
         if rule is not None and (rule.ignored(relpath) or rule.is_manifest(relpath)):
             continue
-        hits[relpath] = value
+        hits[relpath] = unpack(value)
     return hits

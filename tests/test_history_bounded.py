@@ -14,6 +14,7 @@ import pytest
 
 from ingest.ledger import Ledger, settled_sql
 from ingest.migrations import FILES_REMAIN
+from ingest.watch import pack
 from tests.support.postgres import PASSWORD
 
 from .support.deployment import Deployment
@@ -52,8 +53,8 @@ def test_start_up_reads_only_drops_whose_files_remain(ledger: Ledger) -> None:
     _drop(ledger, "again.mxf", "COMPLETED", deleted=True, sig=8)
     settled = ledger.settled_by_path("/w")
     assert settled == {
-        "kept.mxf": (2, 2), "refused.mxf": (3, 3), "failed.mxf": (4, 4),
-        "skipped.mxf": (5, 5), "live.mxf": None,
+        "kept.mxf": pack(2, 2), "refused.mxf": pack(3, 3), "failed.mxf": pack(4, 4),
+        "skipped.mxf": pack(5, 5), "live.mxf": None,
     }  # fmt: skip
 
 
@@ -135,7 +136,7 @@ def test_a_new_drop_takes_its_paths_older_final_drops_out(ledger: Ledger) -> Non
     # An older drop still active stays (it is not final); the newest one is what counts.
     newest_b = _drop(ledger, "b.mxf", "FAILED", deleted=None, sig=4)
     assert ledger.get(live)["files_gone_at"] is None  # type: ignore[index]
-    assert ledger.settled_by_path("/w") == {"a.mxf": None, "b.mxf": (4, 4)}
+    assert ledger.settled_by_path("/w") == {"a.mxf": None, "b.mxf": pack(4, 4)}
     # A superseded drop is not requeued, even by a retry that raced the new drop.
     assert ledger.requeue({refused: "REJECTED"}, "retried") == set()
     assert ledger.get(refused)["state"] == "REJECTED"  # type: ignore[index]
@@ -167,7 +168,7 @@ def test_migration_0014_takes_older_drops_out_of_a_ledger_made_before(
         )
     ledger = Ledger.open(url)
     try:
-        assert ledger.settled_by_path("/w") == {"b.mxf": (4, 4), "c.mxf": (5, 5)}
+        assert ledger.settled_by_path("/w") == {"b.mxf": pack(4, 4), "c.mxf": pack(5, 5)}
         gone = {r["id"]: r["files_gone_at"] for r in ledger.rows()}
         assert gone == {1: 20.0, 2: None, 3: 40.0, 4: None, 5: None}
     finally:

@@ -31,7 +31,17 @@ from ..members import fileset_members, folder_members
 from ..rulefiles import RuleBook
 from ..rules import Match, Rule
 from ..settle import Signature
-from ..watch import TRUSTED_FOLDER_MTIMES, Listing, NativeWatcher, resolve_observer, scan
+from ..watch import (
+    TRUSTED_FOLDER_MTIMES,
+    Listing,
+    NativeWatcher,
+    Packed,
+    Scan,
+    pack,
+    resolve_observer,
+    scan,
+    unpack,
+)
 from .dispatch import Key
 from .drops import Tracked
 
@@ -39,8 +49,9 @@ __all__ = ["Files", "Folder", "Folders", "Hint", "Tidy", "same_file"]
 
 log = logging.getLogger("ingest.engine")
 
-#: relpath -> (size, mtime_ns), as :func:`ingest.watch.scan` gives them
-Files = dict[str, tuple[int, int]]
+#: relpath -> (size, mtime_ns) :func:`ingest.watch.pack`-ed, as :func:`ingest.watch.scan`
+#: gives them
+Files = dict[str, Packed]
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,9 @@ class Folder:
     unreadable: set[str] = field(default_factory=set)
     reported: tuple[str, str, str] | None = None  # the health last written to the ledger
     reported_at: float = 0.0
-    #: the last scan's files, kept only while the folder is polled (to diff the next one)
-    last_files: Files | None = None
+    #: the last scan's files not as the ledger settled them, kept only while the folder is
+    #: polled (the next poll passes over those still the same)
+    recent: Files | None = None
     #: the filesystem type of the folder's mount
     fstype: str = "unknown"
     #: each folder's listing by the last poll, kept only while polled on a filesystem
@@ -134,9 +146,9 @@ class Folders(Mapping[str, Folder]):
         self.rescan_seconds = rescan_seconds
         self.watch_poll_seconds = watch_poll_seconds
         self._folders: dict[str, Folder] = {}
-        #: by watch folder: path -> (size, mtime_ns) of its final drop, None while its
-        #: drop is live. A scan compares the disk with it, the ledger is not asked again.
-        self.settled: dict[str, dict[str, tuple[int, int] | None]] = {}
+        #: by watch folder: path -> (size, mtime_ns) of its final drop, packed, None while
+        #: its drop is live. A scan compares the disk with it, the ledger is not asked again.
+        self.settled: dict[str, dict[str, Packed | None]] = {}
 
     def __getitem__(self, watch: str) -> Folder:
         return self._folders[watch]
@@ -163,12 +175,13 @@ class Folders(Mapping[str, Folder]):
             self.settled[watch] = self.ledger.settled_by_path(watch)
             folder.next_scan = now
             folder.scanned = False
-            folder.last_files = None
+            folder.recent = None
 
-    def remember(self, watch: str, path: str, sig: tuple[int, int] | None) -> None:
-        """A drop at ``path`` is live (None), or final as it is on disk now (``sig``)."""
+    def remember(self, watch: str, path: str, value: Packed | None) -> None:
+        """A drop at ``path`` is live (None), or final as it is on disk now (its size and
+        mtime, :func:`ingest.watch.pack`-ed)."""
         if (settled := self.settled.get(watch)) is not None:
-            settled[path] = sig
+            settled[path] = value
 
     def forget(self, watch: str, path: str) -> None:
         """A drop at ``path`` is final and its files are gone: nothing is left to compare
@@ -210,7 +223,7 @@ class Folders(Mapping[str, Folder]):
                     self._start_watcher(folder, now)
             folder.rules = rules
             folder.unmatched.clear()
-            folder.last_files = None  # new rules may take files that did not change
+            folder.recent = None  # new rules may take files that did not change
             folder.next_scan = now
             names = ", ".join(r.name for r in rules)
             log.info("watching %s with %s events (%s) for rules: %s", watch, observer, why, names)
@@ -272,10 +285,12 @@ class Folders(Mapping[str, Folder]):
 
     def scan(
         self, tx: Batch, folder: Folder, now: float, expects_files: Callable[[], bool]
-    ) -> tuple[Files, Files, bool] | None:
-        """A full scan: every file; those that changed since the last scan (all of them
-        unless the folder is polled); and whether it is polled. None when the folder
-        looks away: it is paused. ``expects_files``: should drops there be on disk?"""
+    ) -> tuple[Scan, Files, bool] | None:
+        """A full scan: what it found (``Scan.found``, ``Scan.missing``); the files for
+        the rules to look at (new or not as the ledger settled them, less those a poll
+        saw the same last time; every file for a file set's rules); and whether the
+        folder is polled. None when it looks away: it is paused. ``expects_files``:
+        should drops there be on disk?"""
         polling = folder.polled
         folder.next_scan = now + (self.watch_poll_seconds if polling else self.rescan_seconds)
         watcher = folder.watcher if folder.observer == "native" else None
@@ -284,26 +299,29 @@ class Folders(Mapping[str, Folder]):
         reuse = polling and folder.fstype in TRUSTED_FOLDER_MTIMES
         listings = (folder.listings or {}) if reuse else None
         folder.listings = None
-        # Polling an idle share: only what changed since the last cycle needs a look
-        # (the scan tells, as it reads each file). Otherwise every file does, and the
-        # scan shares the ledger's (size, mtime) of each file found as it settled it.
-        previous = folder.last_files
-        if previous is None or not all(r.mode == "file" for r in folder.rules):
-            previous = None
+        # Polling an idle share: what is not as the ledger settled it but as the last
+        # cycle saw it needs no second look either (a file dropped and still settling).
+        recent = folder.recent
+        if recent is None or not all(r.mode == "file" for r in folder.rules):
+            recent = None
+        # A file set's manifest can stay as it was while the files it lists arrive: it
+        # goes to the rules (and reads them) on every scan.
+        sets = any(r.mode == "fileset" for r in folder.rules)
         try:
             result = scan(
                 folder.watch,
                 on_folder=None if watcher is None else watcher.add,
                 listings=listings,
-                known=self.settled.get(folder.watch) if previous is None else previous,
+                known=self.settled.get(folder.watch, {}),
+                every=sets,
             )
         except OSError as exc:
             self.pause(tx, folder, f"cannot read the folder: {exc.strerror or exc}")
             return None
-        if folder.dev is not None and result.dev != folder.dev and not result.files:
+        if folder.dev is not None and result.dev != folder.dev and not result.count:
             self.pause(tx, folder, "the folder now reads empty on another filesystem")
             return None
-        if not result.files and folder.last_count and expects_files():
+        if not result.count and folder.last_count and expects_files():
             # A share that went away often leaves an empty mount point behind: give it a
             # grace period before believing that everything vanished at once.
             if folder.empty_since is None:
@@ -321,7 +339,7 @@ class Folders(Mapping[str, Folder]):
             folder.watcher_failures = 0  # every folder is watched: the backoff starts over
         folder.empty_since = None
         folder.dev = result.dev
-        folder.last_count = len(result.files)
+        folder.last_count = result.count
         if folder.paused:
             log.info("%s is back (%s); resuming", folder.watch, folder.paused)
             folder.paused = None
@@ -340,21 +358,21 @@ class Folders(Mapping[str, Folder]):
                     folder.watch, relpath, error,
                 )  # fmt: skip
         folder.unreadable = set(result.errors)
-        files = result.files
         # Files that matched no rule and have left since: their names need no memory
         # (looked up one by one: a set of every path, on every poll, costs more).
         if folder.unmatched:
-            skipped = result.skipped
-            folder.unmatched = {p for p in folder.unmatched if p in files or p in skipped}
-        if previous is not None or all(r.mode != "fileset" for r in folder.rules):
-            # New or not as the ledger settled them (or, polling, as the last cycle saw
-            # them): the very files group() would not pass over, found as they were read.
-            changed = result.changed
-        else:
-            changed = files  # a file set's manifest goes to the rules on every scan
-        folder.last_files = files if polling else None
+            found, skipped = result.found, result.skipped
+            folder.unmatched = {p for p in folder.unmatched if found(p) or p in skipped}
+        # New or not as the ledger settled them: the very files group() would not pass
+        # over, found as they were read.
+        changed = result.changed
+        if sets:
+            changed = result.files
+        elif recent:
+            changed = {p: v for p, v in changed.items() if recent.get(p) != v}
+        folder.recent = result.changed if polling else None
         folder.listings = result.listings if polling else None
-        return files, changed, polling
+        return result, changed, polling
 
     def scanned(self, tx: Batch, folder: Folder, polled: bool) -> None:
         """A full scan is over: record the folder's health."""
@@ -391,7 +409,6 @@ class Folders(Mapping[str, Folder]):
         for relpath, value in files.items():
             if fast and settled.get(relpath) == value:
                 continue  # archived, rejected or failed as it is
-            size, mtime = value
             if relpath in folder.unmatched:
                 continue
             match = self.book.rules.match(Path(base, relpath))
@@ -402,6 +419,7 @@ class Folders(Mapping[str, Folder]):
             if match.marker:
                 continue
             key = (base, match.drop)
+            size, mtime = unpack(value)
             if match.kind == "file":
                 drops[key] = (match, (size, mtime, 1))
             else:
@@ -424,7 +442,7 @@ class Folders(Mapping[str, Folder]):
             except OSError:
                 return None
             if not os.path.isdir(full):
-                files = {relpath: (st.st_size, st.st_mtime_ns)} if regular(st) else {}
+                files = {relpath: pack(st.st_size, st.st_mtime_ns)} if regular(st) else {}
         return files
 
     def read(

@@ -30,11 +30,11 @@ from ..ledger import State
 from ..rulefiles import RuleBook
 from ..rules import Match
 from ..settle import Settler, Signature
-from ..watch import ignored_name
+from ..watch import Scan, ignored_name, pack
 from .checksums import HashDone, Hasher, verify
 from .dispatch import Key, Turn
 from .drops import Tracked
-from .folders import Files, Folder, Folders, Hint, Tidy, same_file
+from .folders import Folder, Folders, Hint, Tidy, same_file
 from .submissions import Tracker
 from .waits import Waits
 
@@ -157,20 +157,20 @@ class Intake:
         seen = self.folders.scan(turn.tx, folder, turn.now, lambda: self._expects(folder))
         if seen is None:
             return
-        files, changed, polled = seen
+        found, changed, polled = seen
         drops = self.folders.group(folder, changed)
         for key, (match, sig) in drops.items():
             self._consider(turn, folder, key, match, sig)
-        self._vanished(turn, folder, drops, files)
+        self._vanished(turn, folder, drops, found)
         # A polled folder is scanned every few seconds: its sweep, a pass over every
         # settled path, waits for the interval of a native folder's rescans.
         since = turn.now - self._swept.get(folder.watch, float("-inf"))
         if not polled or since >= self.folders.rescan_seconds:
             self._swept[folder.watch] = turn.now
-            self._sweep(turn, folder, files)
+            self._sweep(turn, folder, found)
         self.folders.scanned(turn.tx, folder, polled)
 
-    def _sweep(self, turn: Turn, folder: Folder, files: Files) -> None:
+    def _sweep(self, turn: Turn, folder: Folder, found: Scan) -> None:
         """Final drops whose files left the folder (an operator removed a refused file):
         memory keeps nothing of them, and the ledger says when, so that a start-up does
         not read them back either. A file there later is a new drop.
@@ -185,10 +185,9 @@ class Intake:
         if not settled:
             missed.clear()
             return
-        missing = [p for p in settled.keys() - files.keys() if settled[p] is not None]
-        tops = {relpath.split("/", 1)[0] for relpath in files} if missing else set()
-        # (a folder drop with files in it is not among the files: its name is their top)
-        gone = {p for p in missing if p not in tops and not os.path.lexists(f"{watch}/{p}")}
+        # (a folder drop's name is never found as a file: its folder is there, or not)
+        missing = [p for p in found.missing if settled.get(p) is not None]
+        gone = {p for p in missing if not os.path.lexists(f"{watch}/{p}")}
         for path in missed.keys() - gone:
             del missed[path]  # back, or settled anew
         for path in gone:
@@ -220,7 +219,7 @@ class Intake:
             return
         if key in self.tracker or key in self.held:
             return
-        if self.folders.settled[folder.watch].get(key[1]) == sig[:2]:
+        if self.folders.settled[folder.watch].get(key[1]) == pack(sig[0], sig[1]):
             return  # archived, rejected or failed as it is: only a change brings it back
         if match is None:
             return
@@ -238,10 +237,10 @@ class Intake:
         self.last_seen = turn.now
         log.info("%s %s: detected (%s drop), settling", rule.name, key[1], match.kind)
 
-    def _vanished(self, turn: Turn, folder: Folder, drops: dict[Key, Any], files: Files) -> None:
+    def _vanished(self, turn: Turn, folder: Folder, drops: dict[Key, Any], found: Scan) -> None:
         gone = [k for k in self.tracker.drops if k[0] == folder.watch and k not in drops]
         for key in gone:
-            if key in self.settler and key[1] not in files:
+            if key in self.settler and not found.found(key[1]):
                 tr = self.tracker.drops[key]
                 if self.folders.read(folder, tr.rule, tr.path, tr.kind)[0] is None:
                     self.settler.forget(key)
@@ -339,7 +338,7 @@ class Intake:
             self._shed_hints(tr)
         else:
             size, mtime = tr.size, tr.mtime_ns
-            final = None if size is None or mtime is None else (size, mtime)
+            final = None if size is None or mtime is None else pack(size, mtime)
             self.folders.remember(tr.watch, tr.path, final)
         # (a file set's manifest is its ready marker: removed once COMPLETED, as DIVA
         # keeps the files it was not asked to delete)
@@ -351,3 +350,4 @@ class Intake:
                 verify(tr.key, tr.id, tr.object_name, tr.collection or "", tr.checksum_algo,
                        tr.checksums)
             )  # fmt: skip
+
