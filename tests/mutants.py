@@ -291,6 +291,35 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     _m(
+        "sweep-takes-unreadable-for-gone",
+        "A file leaves memory only when it is gone: a folder the daemon cannot read hides its "
+        "files, which a sweep must not take for gone (seen again, each would be archived a "
+        "second time)",
+        "ingest/engine/intake.py",
+        [
+            "tests/test_hostile.py::test_a_settled_file_whose_folder_turns_unreadable_has_not_gone",
+        ],
+        Edit(
+            '        gone = {p for p in missing if absent(f"{watch}/{p}")}\n',
+            '        gone = {p for p in missing if not os.path.lexists(f"{watch}/{p}")}\n',
+        ),
+    ),
+    _m(
+        "scan-reports-nothing-missing",
+        "Memory follows the present: a refused file an operator removes leaves memory and the "
+        "start-up read (the scan names the settled paths it did not find)",
+        "ingest/watch.py",
+        [
+            "tests/test_history_bounded.py::test_a_refused_file_an_operator_removes_leaves_"
+            "memory_and_the_start_up",
+        ],
+        Edit(
+            "        result.missing = dict(known)  # what the walk does not come across stays "
+            "in it\n",
+            "        result.missing = {}\n",
+        ),
+    ),
+    _m(
         "ledger-pool-keeps-broken-connections",
         "A crash, an outage or a blip never loses a turn for long: a PostgreSQL connection "
         "that broke (a server restart) is replaced with the idle ones that broke with it",

@@ -502,6 +502,61 @@ def test_unreadable_files_and_folders_as_an_unprivileged_user(
         diva.stop()
 
 
+def test_a_settled_file_whose_folder_turns_unreadable_has_not_gone(
+    unprivileged: Unprivileged, tmp_path: Path
+) -> None:
+    """A file archived and kept (no delete-on-source), then its folder's mode set to 0
+    while the daemon runs as a user the mode stops: the sweep cannot see the file, which
+    has not gone. Taken for gone, it would be forgotten, and a new drop, archived a second
+    time, once the folder reads again."""
+    nas = unprivileged.root / "nas"
+    (nas / "news").mkdir(parents=True)
+    args = ["--server", f"NAS={nas}", "--media", "DISK1",
+            "--user", "operator:operator:operator", "--user", "admin:admin:admin"]  # fmt: skip
+    diva = EmulatorProcess(tmp_path / "diva", args).start()
+    root = unprivileged.root
+    emulator = RunningEmulator(diva.url, tmp_path / "diva", {"NAS": nas}, diva)
+    dep = Deployment(root, emulator, nas / "news", root / "rules", root / "ingest.toml",
+                     root / "ledger.db")  # fmt: skip
+    proc = None
+    try:
+        dep.rules_dir.mkdir()
+        dep.write_config()
+        # Polled: every drop below is found by a full scan, and the sweep runs every
+        # rescan (2 s) among the polls.
+        dep.rule(delete_on_source=False, observer="polling")
+        folder, _path = lock(dep, "folder")
+        unprivileged.give(root)
+        log_path = root / "daemon.log"
+        with log_path.open("wb") as log:
+            proc = unprivileged.popen(
+                "--log-level", "debug", "run", "--config", str(dep.config_path),
+                env={DIVA_PASSWORD_ENV: "operator"}, log=log,
+            )  # fmt: skip
+        drop = dep.wait_state("locked/secret.mxf", "COMPLETED")
+        folder.chmod(0)
+        said = log_path.read_text()
+        # Three sweeps that missed it: two, a rescan apart, took a file for gone.
+        swept = "settled paths not found by its scan"
+        wait_for(lambda: log_path.read_text()[len(said) :].count(swept) >= 3, 60)
+        assert dep.rows("locked/secret.mxf")[0]["files_gone_at"] is None
+        steps = [h["detail"] for h in dep.history(drop["id"])]
+        assert not [d for d in steps if "no longer in the watch folder" in d], steps
+        folder.chmod(0o755)
+        # A drop after it, found by a poll that also saw the file back.
+        (dep.watch / "after.mxf").write_bytes(b"after")
+        dep.wait_state("after.mxf", "COMPLETED")
+        assert len(dep.rows("locked/secret.mxf")) == 1
+        names = sorted(r["objectName"] for r in dep.archive_requests())
+        assert names == ["after", "secret"], names
+        nothing_lost(dep, {"locked/secret.mxf": b"locked", "after.mxf": b"after"})
+    finally:
+        if proc is not None:
+            proc.terminate()
+            assert proc.wait(timeout=30) == 0
+        diva.stop()
+
+
 # --- names that exist in DIVA, rules that overlap ----------------------------------
 
 

@@ -187,7 +187,10 @@ class Intake:
             return
         # (a folder drop's name is never found as a file: its folder is there, or not)
         missing = [p for p in found.missing if settled.get(p) is not None]
-        gone = {p for p in missing if not os.path.lexists(f"{watch}/{p}")}
+        gone = {p for p in missing if absent(f"{watch}/{p}")}
+        if missing:
+            log.debug("%s: %d settled paths not found by its scan, %d of them gone",
+                      watch, len(missing), len(gone))  # fmt: skip
         for path in missed.keys() - gone:
             del missed[path]  # back, or settled anew
         for path in gone:
@@ -351,3 +354,15 @@ class Intake:
                        tr.checksums)
             )  # fmt: skip
 
+
+def absent(path: str) -> bool:
+    """Whether nothing is at ``path``. Only "no such file" says so: a folder this user
+    cannot search (EACCES) or a share that errs (EIO, ESTALE) hides its files without
+    their having gone, and a file taken for gone is a new drop when it is seen again."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
