@@ -273,7 +273,7 @@ class Ledger:
             rows = conn.execute(settled_sql(postgresql=self.postgresql), (watch,))
             # A path's rows come in id order: the newest is the one kept. (ingest.watch.pack
             # inline: the CLI's commands never import the watchers.)
-            return {path: mtime << 64 | size if done else None for path, done, size, mtime in rows}
+            return {path: None if n is None else mtime << 64 | n for path, n, mtime in rows}
 
     def history(self, drop_id: int) -> list[dict[str, Any]]:
         return self._dicts("SELECT * FROM transitions WHERE drop_id = ? ORDER BY id", (drop_id,))
@@ -298,10 +298,11 @@ def settled_sql(*, postgresql: bool) -> str:
     over the whole folder: 0.85 s at 2,000 drops).
     """
     final = ", ".join(f"'{s}'" for s in sorted(FINAL_STATES))
-    # (a final drop without a size packs to -1, which no file found equals)
+    # A live drop's size reads NULL, a final drop without a size -1 (it packs to -1, which
+    # no file found equals): three columns, not four, a tenth less of the read.
     sql = (
-        f"SELECT path, state IN ({final}), coalesce(size, -1), coalesce(mtime_ns, 0) "  # noqa: S608
-        "FROM drops "
+        f"SELECT path, CASE WHEN state IN ({final}) THEN coalesce(size, -1) END, "  # noqa: S608
+        "coalesce(mtime_ns, 0) FROM drops "
         f"WHERE watch = ? AND ({FILES_REMAIN}) ORDER BY path, id"
     )
     return postgresql_sql(sql) if postgresql else sql

@@ -21,7 +21,7 @@ from .support.deployment import Deployment
 from .support.wait import wait_for
 
 
-def _drop(ledger: Ledger, path: str, state: str, *, deleted: bool | None, sig: int) -> int:
+def _drop(ledger: Ledger, path: str, state: str, *, deleted: bool | None, sig: int | None) -> int:
     with ledger.batch() as tx:
         return tx.add(
             rule="news", watch="/w", path=path, state=state, source_deleted=deleted,
@@ -51,11 +51,14 @@ def test_start_up_reads_only_drops_whose_files_remain(ledger: Ledger) -> None:
     # An older drop at a path whose newest drop took its files away is not on disk.
     _drop(ledger, "again.mxf", "REJECTED", deleted=None, sig=7)
     _drop(ledger, "again.mxf", "COMPLETED", deleted=True, sig=8)
+    # Final without a size (it vanished before it settled): nothing a file found equals.
+    _drop(ledger, "sizeless.mxf", "SKIPPED", deleted=None, sig=None)
     settled = ledger.settled_by_path("/w")
     assert settled == {
         "kept.mxf": pack(2, 2), "refused.mxf": pack(3, 3), "failed.mxf": pack(4, 4),
-        "skipped.mxf": pack(5, 5), "live.mxf": None,
+        "skipped.mxf": pack(5, 5), "live.mxf": None, "sizeless.mxf": -1,
     }  # fmt: skip
+    assert all(pack(size, mtime) != -1 for size in (0, 2**62) for mtime in (-1, 0, 2**62))
 
 
 def test_files_found_gone_leave_the_start_up_read_until_a_retry(ledger: Ledger) -> None:
