@@ -446,12 +446,12 @@ def test_unreadable_files_and_folders_as_root(deployment: Deployment, what: str)
     nothing_lost(dep, {"locked/secret.mxf": b"locked"})
 
 
-@pytest.mark.parametrize("what", ["file", "folder"])
-def test_unreadable_files_and_folders_as_an_unprivileged_user(
-    unprivileged: Unprivileged, tmp_path: Path, what: str
-) -> None:
-    """The daemon as a user the mode stops, against its own DIVA whose NAS share that
-    user can reach (pytest's temporary folder is root's alone)."""
+def unprivileged_site(
+    unprivileged: Unprivileged, tmp_path: Path
+) -> tuple[EmulatorProcess, Deployment]:
+    """A deployment in the unprivileged user's own folder, against a DIVA of its own whose
+    NAS share that user can reach (pytest's temporary folder is root's alone): the
+    emulator process (stop it) and the deployment, its config written."""
     nas = unprivileged.root / "nas"
     (nas / "news").mkdir(parents=True)
     args = ["--server", f"NAS={nas}", "--media", "DISK1",
@@ -461,10 +461,21 @@ def test_unreadable_files_and_folders_as_an_unprivileged_user(
     emulator = RunningEmulator(diva.url, tmp_path / "diva", {"NAS": nas}, diva)
     dep = Deployment(root, emulator, nas / "news", root / "rules", root / "ingest.toml",
                      root / "ledger.db")  # fmt: skip
+    dep.rules_dir.mkdir()
+    dep.write_config()
+    return diva, dep
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_unreadable_files_and_folders_as_an_unprivileged_user(
+    unprivileged: Unprivileged, tmp_path: Path, what: str
+) -> None:
+    """The daemon as a user the mode stops, against its own DIVA whose NAS share that
+    user can reach (pytest's temporary folder is root's alone)."""
+    diva, dep = unprivileged_site(unprivileged, tmp_path)
+    root = unprivileged.root
     proc = None
     try:
-        dep.rules_dir.mkdir()
-        dep.write_config()
         dep.rule()
         folder, path = lock(dep, what)
         (dep.watch / "canary.mxf").write_bytes(b"canary")  # proves the daemon kept working
@@ -509,19 +520,10 @@ def test_a_settled_file_whose_folder_turns_unreadable_has_not_gone(
     while the daemon runs as a user the mode stops: the sweep cannot see the file, which
     has not gone. Taken for gone, it would be forgotten, and a new drop, archived a second
     time, once the folder reads again."""
-    nas = unprivileged.root / "nas"
-    (nas / "news").mkdir(parents=True)
-    args = ["--server", f"NAS={nas}", "--media", "DISK1",
-            "--user", "operator:operator:operator", "--user", "admin:admin:admin"]  # fmt: skip
-    diva = EmulatorProcess(tmp_path / "diva", args).start()
+    diva, dep = unprivileged_site(unprivileged, tmp_path)
     root = unprivileged.root
-    emulator = RunningEmulator(diva.url, tmp_path / "diva", {"NAS": nas}, diva)
-    dep = Deployment(root, emulator, nas / "news", root / "rules", root / "ingest.toml",
-                     root / "ledger.db")  # fmt: skip
     proc = None
     try:
-        dep.rules_dir.mkdir()
-        dep.write_config()
         # Polled: every drop below is found by a full scan, and the sweep runs every
         # rescan (2 s) among the polls.
         dep.rule(delete_on_source=False, observer="polling")
