@@ -127,7 +127,8 @@ def run(size: int) -> Result:
     drops_between = max(1, last[-1][3] - warm[-1][3])
     kb_per_drop = (rss_end - rss_warm) * 1024 / drops_between
     backlog_max = max(s[4] for s in samples)
-    fifths = [samples[min(len(samples) - 1, (k * len(samples)) // 5)][4] for k in range(1, 6)]
+    at_fifths = [samples[min(len(samples) - 1, (k * len(samples)) // 5)] for k in range(1, 6)]
+    fifths = [s[4] for s in at_fifths]
     bounded = backlog_max <= RATE * BACKLOG_SECONDS
     notes = [] if finished else ["not every drop was final within the wait"]
     return Result(
@@ -140,6 +141,8 @@ def run(size: int) -> Result:
             "kb_per_drop": round(kb_per_drop, 4),
             "backlog_max": backlog_max,
             "backlog_by_fifth": fifths,
+            # (a slope that is a step early on, then flat, is caches filling, not a leak)
+            "rss_mb_by_fifth": [round(s[1], 1) for s in at_fifths],
             "ledger_bytes_per_drop": round(grown / done) if done else None,
         },
         {"rss_warm_mb": round(rss_warm, 1)},
