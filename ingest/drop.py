@@ -18,6 +18,7 @@ the templates then see a size and mtime of 0.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -25,9 +26,29 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Drop", "Kind"]
+__all__ = ["Drop", "Kind", "absent"]
 
 Kind = Literal["file", "folder", "fileset"]
+
+
+def absent(path: str) -> bool:
+    """Whether nothing is at ``path``: only "no such file" (ENOENT, ENOTDIR) says so.
+
+    A folder this user cannot search (EACCES) or a share that errs (EIO, ESTALE) hides
+    its files without their having gone, and a file taken for gone is forgotten: a new
+    drop, archived again, once it is seen again. ``os.path.lexists`` is False for those
+    too, so it must never decide that a drop's files are gone.
+
+    >>> absent("/no/such/path"), absent("/")
+    (True, False)
+    """
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _split_name(name: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from .drop import absent
 from .ledger import Ledger
 from .queries import RECORD_FIELDS, drop_record
 from .report import dumps, write_csv
@@ -78,7 +79,8 @@ def _files_gone(row: dict[str, Any]) -> bool:
     watch = row["watch"]
     if not os.path.isdir(watch):
         return False  # not mounted here, or gone: it cannot be known, so it is kept
-    return not os.path.lexists(os.path.join(watch, *row["path"].split("/")))
+    # Only "no such file" is gone: a folder the pruning user cannot search keeps it.
+    return absent(os.path.join(watch, *row["path"].split("/")))
 
 
 def _candidates(

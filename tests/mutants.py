@@ -197,14 +197,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ],
         Edit(
             """\
-        present = [p for p in tr.sources() if os.path.lexists(p)]
+        present = [p for p in tr.sources() if not absent(p)]
         deleted = tr.source_deleted = not present
 """,
             """\
         for p in tr.sources():
             if os.path.isfile(p):
                 os.unlink(p)
-        present = [p for p in tr.sources() if os.path.lexists(p)]
+        present = [p for p in tr.sources() if not absent(p)]
         deleted = tr.source_deleted = not present
 """,
         ),
@@ -302,6 +302,35 @@ MUTATIONS: tuple[Mutation, ...] = (
         Edit(
             '        gone = {p for p in missing if absent(f"{watch}/{p}")}\n',
             '        gone = {p for p in missing if not os.path.lexists(f"{watch}/{p}")}\n',
+        ),
+    ),
+    _m(
+        "completion-takes-hidden-for-deleted",
+        "A file DIVA archived but the daemon cannot look at (its folder's mode, a share's "
+        "error) is not deleted: taken for deleted, its path is forgotten and the file, seen "
+        "again, archived a second time",
+        "ingest/engine/submissions.py",
+        [
+            "tests/test_hostile.py::test_a_file_hidden_when_its_archive_completes_is_not_"
+            "taken_for_deleted",
+        ],
+        Edit(
+            "        present = [p for p in tr.sources() if not absent(p)]\n"
+            "        deleted = tr.source_deleted",
+            "        present = [p for p in tr.sources() if os.path.lexists(p)]\n"
+            "        deleted = tr.source_deleted",
+        ),
+    ),
+    _m(
+        "prune-takes-hidden-for-gone",
+        "The ledger keeps a final drop while its file is there: pruned as a user a folder's "
+        "mode stops, a hidden file is not gone (pruned, its path is forgotten and the file "
+        "archived again at the next start)",
+        "ingest/prune.py",
+        ["tests/test_ledger_prune.py::test_prune_keeps_a_drop_whose_folder_it_cannot_search"],
+        Edit(
+            '    return absent(os.path.join(watch, *row["path"].split("/")))\n',
+            '    return not os.path.lexists(os.path.join(watch, *row["path"].split("/")))\n',
         ),
     ),
     _m(

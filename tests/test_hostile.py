@@ -559,6 +559,56 @@ def test_a_settled_file_whose_folder_turns_unreadable_has_not_gone(
         diva.stop()
 
 
+@pytest.mark.parametrize("asked", [False, True], ids=["kept", "left-by-diva"])
+def test_a_file_hidden_when_its_archive_completes_is_not_taken_for_deleted(
+    unprivileged: Unprivileged, tmp_path: Path, asked: bool
+) -> None:
+    """The folder's mode set to 0 while DIVA archives its file, the daemon running as a
+    user the mode stops: at completion the file cannot be looked at, which is not
+    "deleted". Taken for deleted, its path would be forgotten, and the file (which DIVA
+    kept: no delete-on-source, or a DIVA that left it) a new drop, archived again."""
+    diva, dep = unprivileged_site(unprivileged, tmp_path)
+    root = unprivileged.root
+    proc = None
+    try:
+        dep.rule(delete_on_source=asked, observer="polling")
+        # Each request runs 5 s: time to hide the folder once DIVA holds the archive. A
+        # DIVA that keeps its sources even when asked to delete them.
+        dep.knobs(request_seconds=5, keep_sources_rate=1.0)
+        folder, _path = lock(dep, "folder")
+        unprivileged.give(root)
+        with (root / "daemon.log").open("wb") as log:
+            proc = unprivileged.popen(
+                "run", "--config", str(dep.config_path), env={DIVA_PASSWORD_ENV: "operator"},
+                log=log,
+            )  # fmt: skip
+        wait_for(lambda: dep.archive_requests(), 60)
+        folder.chmod(0)
+        [request] = dep.archive_requests()
+        assert request["stateCode"] != 3, "DIVA finished before the folder was hidden"
+        drop = dep.wait_state("locked/secret.mxf", "COMPLETED")
+        assert not drop["source_deleted"], drop
+        steps = [h["detail"] for h in dep.history(drop["id"])]
+        if asked:
+            assert "1 source file(s) could not be looked at" in steps[-1], steps
+            said = (root / "daemon.log").read_text()
+            assert "could not be looked at" in said and "DIVA left" not in said, said
+        folder.chmod(0o755)
+        dep.knobs(request_seconds=0)
+        # A drop after it, found by a poll that also sees the file again.
+        (dep.watch / "after.mxf").write_bytes(b"after")
+        dep.wait_state("after.mxf", "COMPLETED")
+        assert len(dep.rows("locked/secret.mxf")) == 1
+        names = sorted(r["objectName"] for r in dep.archive_requests())
+        assert names == ["after", "secret"], names
+        nothing_lost(dep, {"locked/secret.mxf": b"locked", "after.mxf": b"after"})
+    finally:
+        if proc is not None:
+            proc.terminate()
+            assert proc.wait(timeout=30) == 0
+        diva.stop()
+
+
 # --- names that exist in DIVA, rules that overlap ----------------------------------
 
 

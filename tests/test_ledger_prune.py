@@ -20,6 +20,7 @@ from ingest.ledger import Ledger
 
 from .support.ledgers import invoke, write_config
 from .support.postgres import PASSWORD_ENV
+from .unprivileged import Unprivileged
 
 DAY = 86_400.0
 
@@ -100,6 +101,37 @@ def test_prune_removes_only_old_final_drops_whose_files_are_gone(
         "ledger", "prune", "--before", "30d", "--export", str(export), "--config", config
     )
     assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_prune_keeps_a_drop_whose_folder_it_cannot_search(unprivileged: Unprivileged) -> None:
+    """Pruned as a user the folder's mode stops, a file that is there but hidden is not
+    gone: its row stays. Pruned, the path would be forgotten, and the file (archived and
+    kept by DIVA) a new drop, archived a second time, at the daemon's next start."""
+    root = unprivileged.root
+    config = write_config(root)
+    watch = root / "news"
+    (watch / "locked").mkdir(parents=True)
+    (watch / "locked" / "kept.mxf").write_bytes(b"DIVA kept it")
+    store = Ledger.open(f"sqlite:///{root / 'ledger.db'}")
+    try:
+        hidden = _drop(store, watch, "locked/kept.mxf", "COMPLETED", 400, source_deleted=False)
+        gone = _drop(store, watch, "gone.mxf", "FAILED", 400)  # shows the prune ran
+        unprivileged.give(root)
+        (watch / "locked").chmod(0)
+        prune = ["ledger", "prune", "--before", "30d", "--config", str(config), "--export"]
+        done = unprivileged.run(*prune, str(root / "first.jsonl"), env={})
+        (watch / "locked").chmod(0o755)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "removed 1 " in done.stdout, done.stdout
+        assert _ids(store) == {hidden}
+        assert json.loads((root / "first.jsonl").read_text())["id"] == gone
+        # Once it has gone, it goes.
+        (watch / "locked" / "kept.mxf").unlink()
+        again = unprivileged.run(*prune, str(root / "second.jsonl"), env={})
+        assert again.returncode == 0 and "removed 1 " in again.stdout, again.stdout
+        assert _ids(store) == set()
+    finally:
+        store.close()
 
 
 def test_prune_exports_csv_in_batches_and_narrows_by_state(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults
-from ..drop import Drop
+from ..drop import Drop, absent
 from ..ledger import State
 from ..rulefiles import RuleBook
 from ..rules import Match
@@ -353,16 +353,3 @@ class Intake:
                 verify(tr.key, tr.id, tr.object_name, tr.collection or "", tr.checksum_algo,
                        tr.checksums)
             )  # fmt: skip
-
-
-def absent(path: str) -> bool:
-    """Whether nothing is at ``path``. Only "no such file" says so: a folder this user
-    cannot search (EACCES) or a share that errs (EIO, ESTALE) hides its files without
-    their having gone, and a file taken for gone is a new drop when it is seen again."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:
-        return False
-    return False

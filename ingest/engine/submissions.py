@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import defaults
 from ..client import RequestInfo
+from ..drop import absent
 from ..errors import (
     CANNOT_CONFIRM,
     DivaAuthError,
@@ -429,13 +430,24 @@ class Tracker:
 
     def _complete(self, turn: Turn, tr: Tracked, detail: str, **fields: Any) -> None:
         """COMPLETED: check (never do) the deletion DIVA was asked for, and record it."""
-        present = [p for p in tr.sources() if os.path.lexists(p)]
+        # A file this user cannot look at (its folder's mode, a share's error) is not
+        # deleted: taken for deleted, its path would be forgotten, and the file archived
+        # again as a new drop once it is seen again.
+        present = [p for p in tr.sources() if not absent(p)]
         deleted = tr.source_deleted = not present
         asked = bool(tr.body and int(tr.body.get("qos", 0)) & DELETE_ON_SOURCE)
         if asked and present:
-            log.warning("%s: archived, but DIVA left %d source file(s) in place, e.g. %s",
-                        tr.label, len(present), Path(present[0]).name)  # fmt: skip
-            detail += f"; {len(present)} source file(s) still present"
+            hidden = [p for p in present if not os.path.lexists(p)]
+            if hidden:
+                log.warning("%s: archived, but %d source file(s) could not be looked at "
+                            "(the folder's permissions, or the share), e.g. %s: not taken "
+                            "for deleted", tr.label, len(hidden), Path(hidden[0]).name)  # fmt: skip
+                detail += f"; {len(hidden)} source file(s) could not be looked at"
+            if len(present) > len(hidden):
+                left = [p for p in present if p not in hidden]
+                log.warning("%s: archived, but DIVA left %d source file(s) in place, e.g. %s",
+                            tr.label, len(left), Path(left[0]).name)  # fmt: skip
+                detail += f"; {len(left)} source file(s) still present"
         elif asked:
             detail += "; DIVA deleted the source"
         self.move(turn, tr, State.COMPLETED, detail, finished_at=self.wall(),
@@ -467,7 +479,7 @@ class Tracker:
             return
         # DIVA says it has nothing for the drop, so no earlier call of ours reached it.
         tr.uncertain = False
-        present = [p for p in tr.sources() if os.path.lexists(p)]
+        present = [p for p in tr.sources() if not absent(p)]
         if not present:
             # Only DIVA may delete a drop's files, and it says it has not archived them:
             # not SKIPPED (that would hide it), but FAILED for a person to look at.
@@ -514,7 +526,7 @@ def _ended(info: RequestInfo) -> str:
 def _remaining(tr: Tracked) -> str:
     """Which of the drop's files are still in its folder (DIVA deleted the others)."""
     sources = tr.sources()
-    remain = [p for p in sources if os.path.lexists(p)]
+    remain = [p for p in sources if not absent(p)]
     names = ", ".join(os.path.relpath(p, tr.watch) for p in remain[:10])
     more = f" and {len(remain) - 10} more" if len(remain) > 10 else ""
     listed = f": {names}{more}" if remain else ""
