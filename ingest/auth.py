@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Literal
 
 import httpx
@@ -114,6 +114,13 @@ class DivaAuth(httpx.Auth):
         self.logins += 1
         log.debug("logged in to DIVA as %s", self._username)
         return token
+
+    def ensure(self, send: Callable[[httpx.Request], httpx.Response]) -> None:
+        """Log in with ``send`` unless a token is held; calls made meanwhile wait for this
+        login and share its token, as they would the first call's."""
+        with self._lock:
+            if self._token is None:
+                self.use(self.accept_login(send(self.login_request())))
 
     def sync_auth_flow(
         self, request: httpx.Request

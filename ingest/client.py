@@ -222,6 +222,11 @@ class DivaClient:
         response = self._send(self._auth.login_request(), auth=False, check=False)
         self._auth.use(self._auth.accept_login(response))
 
+    def login_once(self) -> None:
+        """Log in unless logged in already: a call made meanwhile waits for this login and
+        uses its token (:meth:`login` always logs in, for a probe of the credentials)."""
+        self._auth.ensure(lambda request: self._send(request, auth=False, check=False))
+
     def logout(self) -> None:
         """Delete the token on the server; a no-op when not logged in."""
         if self._auth.token is None:

@@ -305,6 +305,26 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     _m(
+        "polls-overdue-with-places-left",
+        "A burst within max_in_flight is sent whole before the polls take DIVA's turns (an "
+        "overdue poll goes first only while drops wait for places)",
+        ENGINE,
+        [
+            T_PACING + "test_a_burst_within_max_in_flight_is_sent_whole_before_any_poll",
+        ],
+        Edit(
+            "            self.dispatcher.short_of_places = self.tracker.short_of_places(now)\n",
+            "            self.dispatcher.short_of_places = True\n",
+        ),
+    ),
+    _m(
+        "no-login-at-start",
+        "The service logs in as it starts: its first drop does not wait for the login",
+        ENGINE,
+        [T_ENGINE + "test_the_service_logs_in_at_start_and_its_first_drop_uses_that_login"],
+        Edit("            self.dispatcher.log_in()\n", "            pass\n"),
+    ),
+    _m(
         "completion-takes-hidden-for-deleted",
         "A file DIVA archived but the daemon cannot look at (its folder's mode, a share's "
         "error) is not deleted: taken for deleted, its path is forgotten and the file, seen "

@@ -6,6 +6,8 @@ import queue
 import threading
 from typing import Any
 
+import pytest
+
 from ingest import defaults
 from ingest.engine.dispatch import Checked, Dispatcher, Job, Outcome, Polled, Submitted
 
@@ -53,12 +55,17 @@ def test_waiting_archive_calls_go_before_waiting_polls() -> None:
     assert [type(o) for o in got][:2] == [Polled, Submitted]
 
 
-def test_a_poll_kept_waiting_too_long_goes_ahead_of_archive_calls() -> None:
-    """Polls that archive calls starve hold their drops' places at DIVA: max_in_flight
-    fills, and the submissions stall behind the polls after all."""
+@pytest.mark.parametrize("short", [True, False], ids=["short-of-places", "places-left"])
+def test_a_poll_kept_waiting_too_long_goes_ahead_of_archive_calls_when_drops_wait(
+    short: bool,
+) -> None:
+    """Polls that archive calls starve hold their drops' places at DIVA: when drops wait
+    for places, the submissions would stall behind the polls after all. While places are
+    left, the archive calls all go first: a poll would only take a POST's turn."""
     answers: queue.SimpleQueue[Outcome[Any]] = queue.SimpleQueue()
     now = [0.0]
     pool = Dispatcher(_Client(), answers.put, workers=1, clock=lambda: now[0])  # type: ignore[arg-type]
+    pool.short_of_places = short
     ran: list[str] = []
     gate, started = threading.Event(), threading.Event()
     try:
@@ -75,9 +82,12 @@ def test_a_poll_kept_waiting_too_long_goes_ahead_of_archive_calls() -> None:
             answers.get(timeout=10)
     finally:
         pool.shutdown()
-    # The overdue poll first; the one queued later is not overdue yet when its turn comes
-    # after each archive call.
-    assert ran == ["busy", "old-poll", "archive-1", "archive-2", "new-poll"]
+    if short:
+        # The overdue poll first; the one queued later is not overdue yet when its turn
+        # comes after each archive call.
+        assert ran == ["busy", "old-poll", "archive-1", "archive-2", "new-poll"]
+    else:
+        assert ran == ["busy", "archive-1", "archive-2", "old-poll", "new-poll"]
 
 
 def test_threads_start_only_as_calls_need_them_up_to_the_limit() -> None:

@@ -17,7 +17,7 @@ from ingest import watch
 from ingest.client import DivaClient
 from ingest.emulator.server import EmulatorProcess
 
-from .support.deployment import Deployment
+from .support.deployment import DIVA_PASSWORD_ENV, Deployment
 from .support.emulator import md5
 from .support.wait import wait_for
 from .support.watches import refuse_watches
@@ -44,6 +44,47 @@ def test_a_file_drop_is_archived_then_deleted_by_diva(deployment: Deployment) ->
                          ("SUBMITTING", "SUBMITTED")]  # fmt: skip
     assert steps[-1][1] == "COMPLETED"
     assert dep.rows("notes.txt") == []
+
+
+def test_the_service_logs_in_at_start_and_its_first_drop_uses_that_login(
+    deployment: Deployment,
+) -> None:
+    """A login hashes a password at DIVA (35-250 ms on the emulator): the service logs in
+    as it starts, so its first drop does not wait for it, and the guide's one login per
+    process still holds. A run ``--until-idle`` with nothing to do makes no call at all."""
+    dep = deployment
+    dep.rule()
+    before = dep.emulator.stats()["logins"]
+    dep.start(until_idle=True)
+    assert dep.thread is not None
+    dep.thread.join(timeout=30)
+    dep.stop()
+    assert dep.emulator.stats()["logins"] == before
+    dep.start()
+    wait_for(lambda: dep.emulator.stats()["logins"] == before + 1, 30)
+    (dep.watch / "first.mxf").write_bytes(b"first")
+    dep.wait_state("first.mxf", "COMPLETED")
+    assert dep.emulator.stats()["logins"] == before + 1
+
+
+def test_a_refused_login_at_start_is_said_at_once_without_the_password(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    dep = deployment
+    dep.rule()
+    monkeypatch.setenv(DIVA_PASSWORD_ENV, "Wr0ng-Secret")
+    with caplog.at_level("INFO", logger="ingest"):
+        dep.start()
+        wait_for(lambda: "DIVA login at start failed" in caplog.text, 30)
+    said = [r.getMessage() for r in caplog.records if "login at start" in r.getMessage()]
+    assert said == [
+        "DIVA login at start failed: DIVA refused the login of user 'operator' (HTTP 401): "
+        "check the username and password"
+    ], said
+    assert [r.levelname for r in caplog.records if "login at start" in r.getMessage()] == [
+        "WARNING"
+    ]
+    assert "Wr0ng-Secret" not in caplog.text
 
 
 def test_without_delete_on_source_the_file_stays_and_is_not_archived_again(

@@ -214,6 +214,36 @@ def snapshot(*roots: Path) -> dict[str, bytes]:
     }
 
 
+def test_a_burst_within_max_in_flight_is_sent_whole_before_any_poll(
+    deployment: Deployment,
+) -> None:
+    """While places at DIVA are left, a burst's archive calls all go before the polls: a
+    poll would only take a POST's turn, and the guide asks for status no sooner than
+    ``poll_seconds``, not for it on time. Each archive answer is held 0.2 s, so the 16
+    threads send some 80 a second: the burst takes about 5 s, and its first drops' polls
+    (due after 1 s) would otherwise have gone out long before its end."""
+    dep = deployment
+    count = 400
+    dep.write_config(max_in_flight=count)
+    dep.knobs(reply_latency=0.2)
+    dep.rule(delete_on_source=True)
+    for i in range(count):
+        (dep.watch / f"burst-{i:03d}.mxf").write_bytes(b"x")
+    dep.start()
+    wait_for(lambda: sum(r["state"] == "COMPLETED" for r in dep.rows()) == count, 120)
+    arrived = {k: v for k, v in dep.emulator.submitted().items() if k.startswith("burst-")}
+    assert len(arrived) == count
+    span = max(arrived.values()) - min(arrived.values())
+    assert span > 2.5, f"the burst took {span:.1f} s: too short to show anything"
+    # DIVA's answer to the first poll, recorded: no sooner than the last archive call's
+    # arrival (less the few ms between a worker taking it and DIVA's stamp).
+    first_done = min(r["finished_at"] for r in dep.rows())
+    assert first_done > max(arrived.values()) - 0.1, (
+        f"a drop COMPLETED {max(arrived.values()) - first_done:.2f} s before the burst's "
+        "last archive call reached DIVA"
+    )
+
+
 def test_sources_diva_leaves_in_place_stay_exactly_as_they_were(deployment: Deployment) -> None:
     dep = deployment
     dep.knobs(keep_sources_rate=1)  # DIVA archives, and deletes nothing

@@ -136,6 +136,8 @@ class Engine:
     def run(self, *, until_idle: bool = False) -> int:
         """Run until :meth:`stop` (or, with ``until_idle``, until there is nothing to do)."""
         self._start()
+        if not until_idle:  # a service: its first drop need not wait for the login
+            self.dispatcher.log_in()
         try:
             while not self._stop.is_set():
                 self._turn()
@@ -183,6 +185,7 @@ class Engine:
             if self.cluster is not None and self.cluster.changed():
                 self._regroup()
             self._commit(now, self._step)
+            self.dispatcher.short_of_places = self.tracker.short_of_places(now)
         except LeaseLost as exc:
             # Nothing of the turn committed; the next turn forgets those folders (not the
             # next heartbeat).

@@ -300,8 +300,9 @@ class Dispatcher:
     Each thread keeps its own keep-alive connection to DIVA busy (the client's pool holds
     at least ``workers`` of them), so a burst of submissions is pipelined over ``workers``
     connections rather than sent one after another. Waiting jobs go out in order of
-    :func:`_rank`: a poll holds up no archive call unless it has waited
-    ``ENGINE_POLL_OVERDUE_SECONDS``. How many calls a burst may start
+    :func:`_rank`: a poll holds up no archive call unless drops are waiting for a place at
+    DIVA (:attr:`short_of_places`, which the engine sets after each turn) and the poll
+    has waited ``ENGINE_POLL_OVERDUE_SECONDS``. How many calls a burst may start
     stays the Tracker's business (``max_in_flight``): every job is for a drop holding a
     place at DIVA, or one already COMPLETED.
     """
@@ -324,6 +325,12 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting for a job
         self._closed = False
+        #: drops wait for a place at DIVA (``max_in_flight`` taken): only polls free places,
+        #: so an overdue one goes ahead of archive calls. While places are left, a burst's
+        #: archive calls all go first: a poll then only takes a POST's turn at DIVA, and the
+        #: guide asks for status no sooner than ``poll_seconds``, not for it on time. Polls
+        #: wait at most until the queued calls are sent, or fill ``max_in_flight``.
+        self.short_of_places = False
 
     def __repr__(self) -> str:
         return f"<Dispatcher {self.client.manager_url} workers={self._workers}>"
@@ -346,6 +353,24 @@ class Dispatcher:
             else:
                 self._ready.notify()
 
+    def log_in(self) -> None:
+        """Log in to DIVA now, on a thread of its own, so that the first drop's call does
+        not wait for it (a login hashes a password: 35-250 ms on the emulator). A failure
+        is only reported: the first call logs in again, and its error takes the usual way
+        (an outage, a refused login)."""
+
+        def login() -> None:
+            try:
+                self.client.login_once()
+            except DivaAuthError as exc:
+                log.warning("DIVA login at start failed: %s", exc)
+            except DivaError as exc:
+                log.info("DIVA login at start failed (calls log in when they need to): %s", exc)
+            except Exception as exc:  # the client closed under it: the engine stopped
+                log.debug("DIVA login at start not made: %r", exc)
+
+        threading.Thread(target=login, name="ingest-diva-login", daemon=True).start()
+
     def _work(self) -> None:
         while True:
             with self._ready:
@@ -359,10 +384,16 @@ class Dispatcher:
             self._deliver(job(self.client))
 
     def _take(self) -> Job[Any]:
-        """The next job: by rank, but a poll overdue goes ahead of archive calls (under a
-        steady stream of them, polls would otherwise wait until ``max_in_flight`` fills)."""
+        """The next job: by rank, but a poll overdue goes ahead of archive calls when drops
+        wait for places (a steady stream of calls beyond what DIVA takes would otherwise
+        hold the polls back, and with them the places they free: the submissions would
+        then stall behind the polls after all)."""
         polls = self._queues[_THEN]
-        overdue = polls and self._clock() - polls[0][0] >= defaults.ENGINE_POLL_OVERDUE_SECONDS
+        overdue = (
+            self.short_of_places
+            and polls
+            and self._clock() - polls[0][0] >= defaults.ENGINE_POLL_OVERDUE_SECONDS
+        )
         queue = polls if overdue else next(q for q in self._queues if q)
         self._waiting -= 1
         return queue.popleft()[1]

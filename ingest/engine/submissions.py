@@ -169,6 +169,11 @@ class Tracker:
 
     # -- a turn's calls ---------------------------------------------------------------
 
+    def short_of_places(self, now: float) -> bool:
+        """Whether drops wait for a place at DIVA: queued, and ``max_in_flight`` taken (or
+        DIVA out, which gives no place)."""
+        return self.schedule.has_ready and self.schedule.capacity(now) <= 0
+
     def advance(self, turn: Turn, still_there: Callable[[Turn, Tracked], bool]) -> None:
         """Retries whose time has come join the queue; queued drops start as capacity
         allows (once ``still_there`` has checked their files); due polls go out."""
