@@ -325,6 +325,7 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting for a job
         self._closed = False
+        self._login: threading.Thread | None = None
         #: drops wait for a place at DIVA (``max_in_flight`` taken): only polls free places,
         #: so an overdue one goes ahead of archive calls. While places are left, a burst's
         #: archive calls all go first: a poll then only takes a POST's turn at DIVA, and the
@@ -369,7 +370,8 @@ class Dispatcher:
             except Exception as exc:  # the client closed under it: the engine stopped
                 log.debug("DIVA login at start not made: %r", exc)
 
-        threading.Thread(target=login, name="ingest-diva-login", daemon=True).start()
+        self._login = threading.Thread(target=login, name="ingest-diva-login", daemon=True)
+        self._login.start()
 
     def _work(self) -> None:
         while True:
@@ -413,3 +415,7 @@ class Dispatcher:
             for thread in threads:
                 if thread is not threading.current_thread():
                     thread.join()
+        if self._login is not None:
+            # Its connection must not be closed under it (a socket left open): a login
+            # takes a moment, or DIVA's timeout when it does not answer.
+            self._login.join(timeout=defaults.ENGINE_STOP_GRACE_SECONDS)
