@@ -442,11 +442,12 @@ class Tracker:
         deleted = tr.source_deleted = not present
         asked = bool(tr.body and int(tr.body.get("qos", 0)) & DELETE_ON_SOURCE)
         if asked and present:
-            hidden = [p for p in present if not os.path.lexists(p)]
+            hidden = {p for p in present if not os.path.lexists(p)}
             if hidden:
                 log.warning("%s: archived, but %d source file(s) could not be looked at "
                             "(the folder's permissions, or the share), e.g. %s: not taken "
-                            "for deleted", tr.label, len(hidden), Path(hidden[0]).name)  # fmt: skip
+                            "for deleted", tr.label, len(hidden),
+                            Path(min(hidden)).name)  # fmt: skip
                 detail += f"; {len(hidden)} source file(s) could not be looked at"
             if len(present) > len(hidden):
                 left = [p for p in present if p not in hidden]
