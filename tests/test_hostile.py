@@ -466,6 +466,52 @@ def unprivileged_site(
     return diva, dep
 
 
+def start_daemon(unprivileged: Unprivileged, dep: Deployment, *flags: str) -> Any:
+    """``ingest [flags] run`` as the unprivileged user, its output in ``daemon.log``;
+    returned once its engine starts (its ledger open), and a daemon that exits before
+    that fails the test with its log."""
+    log_path = dep.root / "daemon.log"
+    with log_path.open("wb") as log:
+        proc = unprivileged.popen(*flags, "run", "--config", str(dep.config_path),
+                                  env={DIVA_PASSWORD_ENV: "operator"}, log=log)  # fmt: skip
+
+    def started() -> bool:
+        assert proc.poll() is None, log_path.read_text()
+        return "ingest engine starting" in log_path.read_text()
+
+    try:
+        wait_for(started, 60)
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise
+    return proc
+
+
+def archived_once_when_seen_again(dep: Deployment) -> None:
+    """Once ``locked/`` reads again: a drop after it, found by a poll that also sees
+    ``locked/secret.mxf`` again, which stays one row and one archive request."""
+    (dep.watch / "after.mxf").write_bytes(b"after")
+    dep.wait_state("after.mxf", "COMPLETED")
+    assert len(dep.rows("locked/secret.mxf")) == 1
+    names = sorted(r["objectName"] for r in dep.archive_requests())
+    assert names == ["after", "secret"], names
+    nothing_lost(dep, {"locked/secret.mxf": b"locked", "after.mxf": b"after"})
+
+
+def stop_site(proc: Any, diva: EmulatorProcess, dep: Deployment) -> None:
+    """Stop an unprivileged site's daemon (if it started; it must exit cleanly, else its
+    log says why) and its DIVA, which stops whatever the daemon's exit was."""
+    try:
+        if proc is not None:
+            proc.terminate()
+            code = proc.wait(timeout=30)
+            log = (dep.root / "daemon.log").read_text(errors="replace")
+            assert code == 0, f"the daemon exited {code}:\n{log[-4000:]}"
+    finally:
+        diva.stop()
+
+
 @pytest.mark.parametrize("what", ["file", "folder"])
 def test_unreadable_files_and_folders_as_an_unprivileged_user(
     unprivileged: Unprivileged, tmp_path: Path, what: str
@@ -481,11 +527,7 @@ def test_unreadable_files_and_folders_as_an_unprivileged_user(
         (dep.watch / "canary.mxf").write_bytes(b"canary")  # proves the daemon kept working
         unprivileged.give(root)
         (path if what == "file" else folder).chmod(0)
-        with (root / "daemon.log").open("wb") as log:
-            proc = unprivileged.popen(
-                "run", "--config", str(dep.config_path), env={DIVA_PASSWORD_ENV: "operator"},
-                log=log,
-            )  # fmt: skip
+        proc = start_daemon(unprivileged, dep)
         dep.wait_state("canary.mxf", "COMPLETED")
         if what == "file":
             # Only DIVA reads a file's bytes, through its own access to the share: ingest
@@ -507,10 +549,7 @@ def test_unreadable_files_and_folders_as_an_unprivileged_user(
             assert path.read_bytes() == b"locked"
         nothing_lost(dep, {"locked/secret.mxf": b"locked", "canary.mxf": b"canary"})
     finally:
-        if proc is not None:
-            proc.terminate()
-            assert proc.wait(timeout=30) == 0
-        diva.stop()
+        stop_site(proc, diva, dep)
 
 
 def test_a_settled_file_whose_folder_turns_unreadable_has_not_gone(
@@ -530,11 +569,7 @@ def test_a_settled_file_whose_folder_turns_unreadable_has_not_gone(
         folder, _path = lock(dep, "folder")
         unprivileged.give(root)
         log_path = root / "daemon.log"
-        with log_path.open("wb") as log:
-            proc = unprivileged.popen(
-                "--log-level", "debug", "run", "--config", str(dep.config_path),
-                env={DIVA_PASSWORD_ENV: "operator"}, log=log,
-            )  # fmt: skip
+        proc = start_daemon(unprivileged, dep, "--log-level", "debug")
         drop = dep.wait_state("locked/secret.mxf", "COMPLETED")
         folder.chmod(0)
         said = log_path.read_text()
@@ -545,18 +580,9 @@ def test_a_settled_file_whose_folder_turns_unreadable_has_not_gone(
         steps = [h["detail"] for h in dep.history(drop["id"])]
         assert not [d for d in steps if "no longer in the watch folder" in d], steps
         folder.chmod(0o755)
-        # A drop after it, found by a poll that also saw the file back.
-        (dep.watch / "after.mxf").write_bytes(b"after")
-        dep.wait_state("after.mxf", "COMPLETED")
-        assert len(dep.rows("locked/secret.mxf")) == 1
-        names = sorted(r["objectName"] for r in dep.archive_requests())
-        assert names == ["after", "secret"], names
-        nothing_lost(dep, {"locked/secret.mxf": b"locked", "after.mxf": b"after"})
+        archived_once_when_seen_again(dep)
     finally:
-        if proc is not None:
-            proc.terminate()
-            assert proc.wait(timeout=30) == 0
-        diva.stop()
+        stop_site(proc, diva, dep)
 
 
 @pytest.mark.parametrize("asked", [False, True], ids=["kept", "left-by-diva"])
@@ -577,11 +603,7 @@ def test_a_file_hidden_when_its_archive_completes_is_not_taken_for_deleted(
         dep.knobs(request_seconds=5, keep_sources_rate=1.0)
         folder, _path = lock(dep, "folder")
         unprivileged.give(root)
-        with (root / "daemon.log").open("wb") as log:
-            proc = unprivileged.popen(
-                "run", "--config", str(dep.config_path), env={DIVA_PASSWORD_ENV: "operator"},
-                log=log,
-            )  # fmt: skip
+        proc = start_daemon(unprivileged, dep)
         wait_for(lambda: dep.archive_requests(), 60)
         folder.chmod(0)
         [request] = dep.archive_requests()
@@ -595,18 +617,9 @@ def test_a_file_hidden_when_its_archive_completes_is_not_taken_for_deleted(
             assert "could not be looked at" in said and "DIVA left" not in said, said
         folder.chmod(0o755)
         dep.knobs(request_seconds=0)
-        # A drop after it, found by a poll that also sees the file again.
-        (dep.watch / "after.mxf").write_bytes(b"after")
-        dep.wait_state("after.mxf", "COMPLETED")
-        assert len(dep.rows("locked/secret.mxf")) == 1
-        names = sorted(r["objectName"] for r in dep.archive_requests())
-        assert names == ["after", "secret"], names
-        nothing_lost(dep, {"locked/secret.mxf": b"locked", "after.mxf": b"after"})
+        archived_once_when_seen_again(dep)
     finally:
-        if proc is not None:
-            proc.terminate()
-            assert proc.wait(timeout=30) == 0
-        diva.stop()
+        stop_site(proc, diva, dep)
 
 
 # --- names that exist in DIVA, rules that overlap ----------------------------------
