@@ -288,7 +288,11 @@ def test_rules_history_and_show(published: tuple[Path, list[str]]) -> None:
     (again / "r.toml").write_text(text_form)
     assert version_of(normalize(load_rules([again], config.parent))) == second
 
-    missing = invoke("rules", "show", "abc", "--config", str(config))
+    # A prefix of neither version (each is a hash of paths under a temporary folder: a
+    # fixed "abc" began the second one in one CI run).
+    prefix = next(p for p in ("abc", "def", "123") if not first.startswith(p) and
+                  not second.startswith(p))  # fmt: skip
+    missing = invoke("rules", "show", prefix, "--config", str(config))
     assert missing.exit_code == 9 and "rules history" in missing.stderr
     bad = invoke("rules", "show", "not-hex", "--config", str(config))
     assert bad.exit_code != 0 and "hex digits" in bad.stderr
