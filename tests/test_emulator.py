@@ -462,6 +462,24 @@ def test_latency(emulator: RunningEmulator, diva: Login) -> None:
     assert time.monotonic() - started < 0.4
 
 
+def test_an_archive_call_is_stamped_on_arrival_before_any_of_its_work(
+    emulator: RunningEmulator, diva: Login
+) -> None:
+    """The benchmarks' arrival stamp is taken before the emulator's own work: here an
+    injected 0.3 s delay stands for that work, and falls between the two stamps."""
+    put_file(emulator.servers["NAS"], "a.mov", 10)
+    put_file(emulator.servers["NAS"], "b.mov", 10)
+    api = diva("operator")
+    sent = time.time()
+    submit(api, "archive", archive_body("a", ["a.mov"]))
+    faults(emulator, latency=0.3)
+    submit(api, "archive", archive_body("b", ["b.mov"]))
+    faults(emulator, latency=0)
+    arrived, submitted = emulator.arrivals(), emulator.submitted()
+    assert sent <= arrived["a"] <= submitted["a"]
+    assert submitted["b"] - arrived["b"] >= 0.3
+
+
 def test_abort_rate(emulator: RunningEmulator, diva: Login) -> None:
     src = put_file(emulator.servers["NAS"], "a.mov", 10_000)
     faults(emulator, abort_rate=1)

@@ -204,6 +204,8 @@ class FaultMiddleware:
         if not path.startswith(("/manager", "/dataservice")):
             await self.app(scope, receive, send)
             return
+        # First, before any fault or work: a benchmark times the sender to this point.
+        scope.setdefault("state", {})["arrived"] = time.time()
         runtime = self.runtime
         runtime.record_call(scope["method"], path)
         knobs = runtime.knobs

@@ -66,7 +66,12 @@ def install_requests(app: FastAPI, emu: Emulator) -> None:
             raise Refusal(1008, 400, f"priority: must be -1 or {prof.min_priority}..100")
 
     def accepted(
-        type_: str, name: str, collection: str, body: dict[str, Any], **checks: Any
+        type_: str,
+        name: str,
+        collection: str,
+        body: dict[str, Any],
+        arrived: float | None = None,
+        **checks: Any,
     ) -> dict[str, Any]:
         knobs = runtime.knobs
         # Draw in a fixed order, and only for knobs that are on, so a seeded run draws the
@@ -101,13 +106,14 @@ def install_requests(app: FastAPI, emu: Emulator) -> None:
             ),
             min_seconds=knobs.request_seconds,
             state=state,
+            arrived=arrived,
             **checks,
         )
         emu.worker.schedule(rid, delay)
         return {"requestId": rid, **OK}
 
     @app.post("/manager/requests/archive", tags=["requests"])
-    def archive(body: ArchiveBody, _caller: Operator) -> dict[str, Any]:
+    def archive(body: ArchiveBody, _caller: Operator, request: Request) -> dict[str, Any]:
         # Before anything else DIVA does with the call, refusals included: the hook judges
         # the call's arrival, not what DIVA makes of it.
         emu.hook.archive_arrived(body.objectName, body.collectionName, list(body.components))
@@ -126,6 +132,7 @@ def install_requests(app: FastAPI, emu: Emulator) -> None:
             body.objectName,
             body.collectionName,
             data,
+            arrived=getattr(request.state, "arrived", None),
             must_exist=False,
             not_being_archived=True,
         )

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS requests (
     status_code INTEGER NOT NULL DEFAULT 1000, abort_reason TEXT NOT NULL DEFAULT 'DIVA_AR_NONE',
     priority INTEGER NOT NULL, submitted REAL NOT NULL, started REAL, completed REAL,
     due REAL NOT NULL, committed INTEGER NOT NULL DEFAULT 0, fate TEXT NOT NULL DEFAULT '',
-    body TEXT NOT NULL, result TEXT NOT NULL DEFAULT '{}', info TEXT NOT NULL DEFAULT '');
+    body TEXT NOT NULL, result TEXT NOT NULL DEFAULT '{}', info TEXT NOT NULL DEFAULT '',
+    arrived REAL);
 CREATE INDEX IF NOT EXISTS requests_state ON requests (state);
 CREATE INDEX IF NOT EXISTS requests_object ON requests (object_name, collection);
 """
@@ -110,6 +111,9 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
+            if "arrived" not in columns:  # a state directory from before the column
+                self._db.execute("ALTER TABLE requests ADD COLUMN arrived REAL")
 
     def close(self) -> None:
         with self._lock:
@@ -197,8 +201,13 @@ class Store:
         must_exist: bool | None = None,
         not_being_archived: bool = False,
         state: RequestState = RequestState.PENDING,
+        arrived: float | None = None,
     ) -> int:
         """Record a new request (PENDING, or ``state``) after DIVA's admission checks, atomically.
+
+        ``submitted`` is now, once the call was parsed, checked and let in; ``arrived``
+        (epoch seconds) when the call's headers reached the app, for the benchmarks that
+        time the sender and not the emulator's own work.
 
         ``must_exist`` True: the object must be stored (else 1009); False: it must not be
         (else 1016). ``not_being_archived``: no unfinished archive of it (else 1040).
@@ -230,7 +239,7 @@ class Store:
                     raise Refusal(1016, 409, f"{object_name} ({collection})")
             cur = db.execute(
                 "INSERT INTO requests (type, object_name, collection, state, priority, submitted,"
-                " due, fate, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " due, fate, body, arrived) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     type_,
                     object_name,
@@ -241,6 +250,7 @@ class Store:
                     now + min_seconds,
                     fate,
                     json.dumps(body),
+                    arrived,
                 ),
             )
             assert cur.lastrowid is not None

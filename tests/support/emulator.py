@@ -87,6 +87,16 @@ class RunningEmulator:
             rows = db.execute("SELECT object_name, submitted FROM requests WHERE type='archive'")
             return {name: when for name, when in rows}
 
+    def arrivals(self) -> dict[str, float]:
+        """Each archive request's object name -> the epoch time its call reached the app.
+
+        Taken before the emulator does anything with the call (token, parsing, checks,
+        its database), so it times the sender alone; :meth:`submitted` includes that work.
+        """
+        with contextlib.closing(sqlite3.connect(self.state / "emulator.db", timeout=30)) as db:
+            rows = db.execute("SELECT object_name, arrived FROM requests WHERE type='archive'")
+            return {name: when for name, when in rows}
+
     def count_requests(self) -> int:
         with contextlib.closing(sqlite3.connect(self.state / "emulator.db", timeout=30)) as db:
             return int(db.execute("SELECT count(*) FROM requests").fetchone()[0])
