@@ -325,6 +325,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         Edit("            self.dispatcher.log_in()\n", "            pass\n"),
     ),
     _m(
+        "no-freeze-at-start",
+        "A service freezes what its start made: a full collection no longer walks it, "
+        "which held a turn for 20-70 ms",
+        ENGINE,
+        [T_ENGINE + "test_a_service_freezes_what_its_start_made_and_thaws_it_as_it_stops"],
+        Edit("            gc.freeze()\n", "            pass\n"),
+    ),
+    _m(
         "completion-takes-hidden-for-deleted",
         "A file DIVA archived but the daemon cannot look at (its folder's mode, a share's "
         "error) is not deleted: taken for deleted, its path is forgotten and the file, seen "

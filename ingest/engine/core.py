@@ -17,6 +17,7 @@ crash at any point leaves rows that the next start reconciles with DIVA (:meth:`
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import queue
@@ -138,6 +139,13 @@ class Engine:
         self._start()
         if not until_idle:  # a service: its first drop need not wait for the login
             self.dispatcher.log_in()
+            # What start-up made (modules, rules, the ledger's paths) lives as long as the
+            # service: frozen out of the collector's sight, a full collection no longer
+            # walks it all. Such a collection held a turn, and the drops due in it, for
+            # 20-70 ms (the detection benchmark's p99 at 20 drops/s: 12-19 ms before,
+            # 6.9 ms after).
+            gc.collect()
+            gc.freeze()
         try:
             while not self._stop.is_set():
                 self._turn()
@@ -148,6 +156,8 @@ class Engine:
                 self._wait(self._quiet_at() if until_idle else None)
         finally:
             self._shutdown()
+            if not until_idle:
+                gc.unfreeze()  # an engine run inside a longer process leaves it as it was
         return 0
 
     # -- the loop ---------------------------------------------------------------------
