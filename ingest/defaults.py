@@ -96,6 +96,11 @@ ENGINE_RETRY_BACKOFF_MAX_SECONDS = 300.0
 ENGINE_OUTAGE_BACKOFF_SECONDS = 1.0
 #: longest pause between two tries to reach DIVA again, seconds
 ENGINE_OUTAGE_BACKOFF_MAX_SECONDS = 15.0
+#: first hold of all submissions once DIVA says its queue is full (1032), doubled each
+#: time it says so again before taking one, seconds
+ENGINE_BUSY_BACKOFF_SECONDS = 2.0
+#: longest hold of all submissions while DIVA's queue stays full, seconds
+ENGINE_BUSY_BACKOFF_MAX_SECONDS = 60.0
 #: every backoff wait is drawn within +/- this fraction of its value (a fraction, 0..1)
 ENGINE_BACKOFF_JITTER_FRACTION = 0.2
 #: first wait before a native watcher that failed is started again, doubled each time, seconds

@@ -166,15 +166,39 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     _m(
         "queue-full-fails-at-once",
-        "Queue full (1032) retried with backoff",
+        "Queue full (1032) holds every submission, spending no drop's attempt",
         "ingest/wire.py",
         [
-            T_PACING + "test_queue_full_is_retried_with_backoff_until_every_drop_completes",
+            T_PACING + "test_queue_full_holds_the_drops_without_spending_their_attempts",
             "tests/test_client.py::test_queue_full_is_busy_and_transient",
         ],
         Edit(
             '            return DivaBusy(f"DIVA is busy ({where}): {detail}", **ctx)\n',
             "            return DivaRefused(message, **ctx)\n",
+        ),
+    ),
+    _m(
+        "queue-full-spends-an-attempt",
+        "Queue full (1032) holds every submission, spending no drop's attempt",
+        "ingest/engine/submissions.py",
+        [
+            T_PACING + "test_queue_full_holds_the_drops_without_spending_their_attempts",
+            T_PACING + "test_queue_full_holds_every_submission_not_only_the_refused_one",
+        ],
+        Edit("        tr.attempts -= 1\n", ""),
+    ),
+    _m(
+        "queue-full-holds-only-the-refused-drop",
+        "Queue full (1032) holds every submission, spending no drop's attempt",
+        "ingest/engine/submissions.py",
+        [T_PACING + "test_queue_full_holds_every_submission_not_only_the_refused_one"],
+        Edit(
+            "            self.schedule.pause(now + hold)\n",
+            "            self._held_to = now + hold\n",
+        ),
+        Edit(
+            "        delay = max(0.0, self.schedule.pause_until - now)\n",
+            "        delay = max(0.0, self._held_to - now)\n",
         ),
     ),
     _m(

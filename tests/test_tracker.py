@@ -58,6 +58,7 @@ from ingest.protocol import DELETE_ON_SOURCE, RequestState
 WALL0 = 1_800_000_000.0  # epoch seconds at the start of every test
 MONO0 = 500.0  # monotonic seconds at the start of every test
 RETRY = defaults.ENGINE_RETRY_BACKOFF_SECONDS
+BUSY = defaults.ENGINE_BUSY_BACKOFF_SECONDS
 OUTAGE = defaults.ENGINE_OUTAGE_BACKOFF_SECONDS
 
 _paths = itertools.count(1)
@@ -379,38 +380,54 @@ def test_a_permanent_refusal_rejects_the_drop(h: Harness, error: DivaError, code
     assert h.tracker.schedule.in_flight == 0
 
 
-def test_busy_1032_backs_off_within_jitter_then_gives_up_at_max_attempts(h: Harness) -> None:
+def test_busy_1032_holds_submissions_with_a_doubling_hold_and_spends_no_attempt(
+    h: Harness,
+) -> None:
+    """DIVA's queue full is DIVA's state: more refusals than ``max_attempts`` (3) fail
+    nothing, and the hold doubles until DIVA takes a request, then starts over."""
     tr = h.settled()
-    for attempt in (1, 2):
+    for refusal in (1, 2, 3, 4):
         job = only(h.turn(), Submitted)
         h.turn(answer(job, DivaBusy("queue full", status_code=1032)))
         row = h.row(tr)
         assert row["state"] == State.RETRY_WAIT and row["status_code"] == 1032
+        assert row["attempts"] == 0  # not an attempt
         assert not tr.uncertain  # DIVA's own status: it created nothing
         delay = row["next_attempt_at"] - h.wall
-        base = RETRY * 2 ** (attempt - 1)
+        base = BUSY * 2 ** (refusal - 1)
         assert 0.8 * base <= delay <= 1.2 * base
         assert h.tracker.schedule.in_flight == 0  # a drop waiting to retry holds no place
+        assert h.tracker.schedule.paused(h.now)  # and no other drop goes meanwhile
         when = h.deadline()
         assert when == pytest.approx(h.now + delay)
         h.tick_to(when - 0.01)
         assert h.turn() == []
         h.tick_to(when)
     job = only(h.turn(), Submitted)
-    assert h.row(tr)["attempts"] == 3
-    h.turn(answer(job, DivaBusy("queue full", status_code=1032)))
+    h.turn(answer(job, 42))
     row = h.row(tr)
-    assert row["state"] == State.FAILED
-    assert row["error"] == "gave up after 3 attempts: queue full"
+    assert row["state"] == State.SUBMITTED and row["attempts"] == 1
     assert row["submitted_at"] == WALL0  # the first intent's time is kept
+    # DIVA took one: the next drop refused starts from the first hold again.
+    other = h.settled()
+    job = only(h.turn(), Submitted)
+    h.turn(answer(job, DivaBusy("queue full", status_code=1032)))
+    delay = h.row(other)["next_attempt_at"] - h.wall
+    assert 0.8 * BUSY <= delay <= 1.2 * BUSY
 
 
-def test_busy_frees_the_place_for_the_next_drop(ledger: Ledger, tmp_path: Path) -> None:
+def test_busy_holds_the_next_drop_too(ledger: Ledger, tmp_path: Path) -> None:
+    """The place the refused drop frees is not given to the next one while DIVA says its
+    queue is full: that drop would only be refused in its turn."""
     h = Harness(ledger, tmp_path, max_in_flight=1)
     first, second = h.settled(), h.settled()
     job = only(h.turn(), Submitted)
-    nxt = only(h.turn(answer(job, DivaBusy("queue full", status_code=1032))), Submitted)
-    assert nxt.key == second.key and h.row(first)["state"] == State.RETRY_WAIT
+    assert h.turn(answer(job, DivaBusy("queue full", status_code=1032))) == []
+    assert h.row(first)["state"] == State.RETRY_WAIT
+    assert h.row(second)["state"] == State.DETECTED
+    h.wait_out()
+    nxt = only(h.turn(), Submitted)
+    assert nxt.key in (first.key, second.key)
 
 
 def test_not_found_on_archive_is_retried_as_certain(h: Harness) -> None:

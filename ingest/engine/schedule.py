@@ -73,8 +73,14 @@ class Schedule:
             self._flying.discard(tr.id)
 
     def paused(self, now: float) -> bool:
-        """True while DIVA is unreachable or refuses our login: submit nothing."""
+        """True while DIVA is unreachable, refuses our login or says its queue is full:
+        submit nothing."""
         return now < self._pause_until
+
+    @property
+    def pause_until(self) -> float:
+        """When the pause in force ends (monotonic seconds; in the past when none is)."""
+        return self._pause_until
 
     def pause(self, until: float) -> None:
         self._pause_until = max(self._pause_until, until)

@@ -30,6 +30,7 @@ from ..drop import absent
 from ..errors import (
     CANNOT_CONFIRM,
     DivaAuthError,
+    DivaBusy,
     DivaError,
     DivaNotFound,
     DivaObjectExists,
@@ -89,6 +90,7 @@ class Tracker:
         self.schedule = Schedule(max_in_flight)
         self._tokens = itertools.count(1)  # never reset: stale answers stay recognisable
         self._outages = 0
+        self._busy = 0  # DIVA's queue-full answers since it last took a request
 
     def __repr__(self) -> str:
         return f"<Tracker live={len(self.drops)} {self.schedule!r}>"
@@ -254,6 +256,7 @@ class Tracker:
             tr.request_id = result
             tr.uncertain = False
             self._outages = 0
+            self._busy = 0
             self.move(
                 turn, tr, State.SUBMITTED, f"DIVA accepted request {tr.request_id}",
                 request_id=tr.request_id, status_code=None, status_name=None,
@@ -275,6 +278,10 @@ class Tracker:
             # the same body fails again, and DIVA created nothing.
             tr.uncertain = False
             self.move(turn, tr, State.REJECTED, str(result), **_codes(result), error=str(result))
+            return
+        if isinstance(result, DivaBusy):
+            tr.uncertain = False
+            self._queue_full(turn, tr, result)
             return
         tr.uncertain = uncertain(result)
         # A call that may have reached DIVA is never the end of the drop, even on its last
@@ -318,6 +325,31 @@ class Tracker:
         self.move(
             turn, tr, State.RETRY_WAIT, f"{why}; next attempt in {delay:.0f} s",
             next_attempt_at=self.wall() + delay, error=why, **_codes(error),
+        )  # fmt: skip
+        self._retry(tr, now + delay)
+
+    def _queue_full(self, turn: Turn, tr: Tracked, error: DivaBusy) -> None:
+        """DIVA's queue is full (1032): DIVA's state, not the drop's, as an outage is.
+
+        DIVA created nothing, so the drop waits to be sent again without spending an
+        attempt: a queue that stays full for an hour fails no drop. No drop is sent until
+        DIVA has had time to take more (the hold doubles while it keeps saying so), rather
+        than each ready drop being refused in turn; polls go on, as they free places.
+        """
+        now = turn.now
+        if not self.schedule.paused(now):
+            self._busy += 1
+            hold = _backoff(self._busy, self.rng, busy=True)
+            log.warning("DIVA's queue is full (%s); holding submissions for %.0f s", error, hold)
+            self.schedule.pause(now + hold)
+        delay = max(0.0, self.schedule.pause_until - now)
+        tr.attempts -= 1
+        why = f"archiving refused: {error}"
+        self.move(
+            turn, tr, State.RETRY_WAIT,
+            f"{why}; sent again once DIVA takes more, in {delay:.0f} s (not an attempt)",
+            attempts=tr.attempts, next_attempt_at=self.wall() + delay, error=why,
+            **_codes(error),
         )  # fmt: skip
         self._retry(tr, now + delay)
 
@@ -503,11 +535,17 @@ class Tracker:
         self.queue(tr)
 
 
-def _backoff(attempt: int, rng: random.Random, *, outage: bool = False) -> float:
-    """How long to wait before the next try: after a drop's failure, or while DIVA is out."""
+def _backoff(
+    attempt: int, rng: random.Random, *, outage: bool = False, busy: bool = False
+) -> float:
+    """How long to wait before the next try: after a drop's failure, while DIVA is out,
+    or while its queue is full."""
     if outage:
         base = defaults.ENGINE_OUTAGE_BACKOFF_SECONDS
         cap = defaults.ENGINE_OUTAGE_BACKOFF_MAX_SECONDS
+    elif busy:
+        base = defaults.ENGINE_BUSY_BACKOFF_SECONDS
+        cap = defaults.ENGINE_BUSY_BACKOFF_MAX_SECONDS
     else:
         base = defaults.ENGINE_RETRY_BACKOFF_SECONDS
         cap = defaults.ENGINE_RETRY_BACKOFF_MAX_SECONDS
