@@ -88,6 +88,10 @@ ENGINE_STARTS_PER_TURN = 64
 ENGINE_HINT_CACHE_SIZE = 100_000
 #: on SIGTERM, wait this long for DIVA calls already made to answer, seconds
 ENGINE_STOP_GRACE_SECONDS = 10.0
+#: a service's GIL switch interval (the interpreter's default is 0.005), seconds: the
+#: engine thread gives the GIL up at every stat and ledger call, then waits for it up to
+#: this long while a DIVA or watcher thread runs
+ENGINE_GIL_SWITCH_SECONDS = 0.0005
 #: first wait after a transient failure of one drop, doubled each attempt, seconds
 ENGINE_RETRY_BACKOFF_SECONDS = 5.0
 #: longest wait between two attempts of one drop, seconds

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest import watch
+from ingest import defaults, watch
 from ingest.client import DivaClient
 from ingest.emulator.server import EmulatorProcess
 
@@ -72,23 +72,30 @@ def test_a_service_freezes_what_its_start_made_and_thaws_it_as_it_stops(
     deployment: Deployment,
 ) -> None:
     """A full collection walking every start-up object held a turn (and the drops due in
-    it) for 20-70 ms: a service freezes them once started. An engine run inside a longer
-    process (as here) leaves the collector as it found it; a batch run freezes nothing."""
+    it) for 20-70 ms: a service freezes them once started. Its engine thread, waiting for
+    the GIL up to 5 ms each time it gave it up, held turns of 8-15 ms: a service switches
+    threads ten times as often. An engine run inside a longer process (as here) leaves the
+    interpreter as it found it; a batch run changes neither."""
     dep = deployment
     dep.rule()
+    switch = sys.getswitchinterval()
     assert gc.get_freeze_count() == 0
     dep.start(until_idle=True)
     assert dep.thread is not None
     dep.thread.join(timeout=30)
     dep.stop()
     assert gc.get_freeze_count() == 0
+    assert sys.getswitchinterval() == switch
     dep.start()
     (dep.watch / "after.mxf").write_bytes(b"after the start")
     dep.wait_state("after.mxf", "COMPLETED")
     frozen = gc.get_freeze_count()
     assert frozen > 1000, frozen
+    assert sys.getswitchinterval() == pytest.approx(defaults.ENGINE_GIL_SWITCH_SECONDS)
+    assert switch > defaults.ENGINE_GIL_SWITCH_SECONDS
     dep.stop()
     assert gc.get_freeze_count() == 0
+    assert sys.getswitchinterval() == switch
 
 
 def test_a_service_stopped_during_its_login_leaves_no_connection_open(
