@@ -143,8 +143,8 @@ class Engine:
             # What start-up made (modules, rules, the ledger's paths) lives as long as the
             # service: frozen out of the collector's sight, a full collection no longer
             # walks it all. Such a collection held a turn, and the drops due in it, for
-            # 20-70 ms (the detection benchmark's p99 at 20 drops/s: 12-19 ms before,
-            # 6.9 ms after).
+            # 28-73 ms (57 ms on a run's first drop); 16-43 ms after, over what was made
+            # since (gc.callbacks in the detection benchmark).
             gc.collect()
             gc.freeze()
             # The engine thread gives the GIL up at every stat and ledger call, then waited
