@@ -124,27 +124,23 @@ def test_queue_full_holds_the_drops_without_spending_their_attempts(
 
 
 def test_queue_full_holds_every_submission_not_only_the_refused_one(
-    deployment: Deployment, quick_backoff: None
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once DIVA says its queue is full, no drop is sent until the hold is over: a drop
     that settles meanwhile waits for it too, rather than being refused in its turn."""
     dep = deployment
     hold = 2.0  # long enough that a drop settling within it is plainly held
-    defaults_hold = defaults.ENGINE_BUSY_BACKOFF_SECONDS
-    defaults.ENGINE_BUSY_BACKOFF_SECONDS = hold
-    try:
-        block_diva(dep, seconds=4)
-        dep.write_config(max_attempts=1)
-        dep.rule(settle_seconds=0.1)
-        (dep.watch / "first.mxf").write_bytes(b"refused first")
-        dep.start()
-        first = wait_for(lambda: refusal(dep, "first.mxf"), 30)
-        (dep.watch / "second.mxf").write_bytes(b"settles during the hold")
-        held = dep.rows("first.mxf")[-1]
-        rows = [dep.wait_state(f"{n}.mxf", "COMPLETED", "FAILED", timeout=60)
-                for n in ("first", "second")]  # fmt: skip
-    finally:
-        defaults.ENGINE_BUSY_BACKOFF_SECONDS = defaults_hold
+    monkeypatch.setattr(defaults, "ENGINE_BUSY_BACKOFF_SECONDS", hold)
+    block_diva(dep, seconds=4)
+    dep.write_config(max_attempts=1)
+    dep.rule(settle_seconds=0.1)
+    (dep.watch / "first.mxf").write_bytes(b"refused first")
+    dep.start()
+    first = wait_for(lambda: refusal(dep, "first.mxf"), 30)
+    (dep.watch / "second.mxf").write_bytes(b"settles during the hold")
+    held = dep.rows("first.mxf")[-1]
+    rows = [dep.wait_state(f"{n}.mxf", "COMPLETED", "FAILED", timeout=60)
+            for n in ("first", "second")]  # fmt: skip
     assert [r["state"] for r in rows] == ["COMPLETED", "COMPLETED"], [r["error"] for r in rows]
     # What the operator saw meanwhile: DIVA's code, no attempt spent, and when it goes again.
     assert held["state"] == "RETRY_WAIT" and held["status_code"] == 1032, held

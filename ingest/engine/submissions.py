@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .. import defaults
 from ..client import RequestInfo
@@ -302,7 +302,7 @@ class Tracker:
         )
         if outage:
             self._outages += 1
-            delay = _backoff(self._outages, self.rng, outage=True)
+            delay = _backoff(self._outages, self.rng, "outage")
             if not self.schedule.paused(now):
                 log.error("DIVA unavailable (%s); pausing submissions for %.0f s", error, delay)
             self.schedule.pause(now + delay)
@@ -339,7 +339,7 @@ class Tracker:
         now = turn.now
         if not self.schedule.paused(now):
             self._busy += 1
-            hold = _backoff(self._busy, self.rng, busy=True)
+            hold = _backoff(self._busy, self.rng, "busy")
             log.warning("DIVA's queue is full (%s); holding submissions for %.0f s", error, hold)
             self.schedule.pause(now + hold)
         delay = max(0.0, self.schedule.pause_until - now)
@@ -536,19 +536,18 @@ class Tracker:
 
 
 def _backoff(
-    attempt: int, rng: random.Random, *, outage: bool = False, busy: bool = False
+    attempt: int, rng: random.Random, kind: Literal["drop", "outage", "busy"] = "drop"
 ) -> float:
-    """How long to wait before the next try: after a drop's failure, while DIVA is out,
-    or while its queue is full."""
-    if outage:
-        base = defaults.ENGINE_OUTAGE_BACKOFF_SECONDS
-        cap = defaults.ENGINE_OUTAGE_BACKOFF_MAX_SECONDS
-    elif busy:
-        base = defaults.ENGINE_BUSY_BACKOFF_SECONDS
-        cap = defaults.ENGINE_BUSY_BACKOFF_MAX_SECONDS
-    else:
-        base = defaults.ENGINE_RETRY_BACKOFF_SECONDS
-        cap = defaults.ENGINE_RETRY_BACKOFF_MAX_SECONDS
+    """How long to wait before the next try: after a drop's failure (``drop``), while
+    DIVA is out (``outage``), or while its queue is full (``busy``)."""
+    base, cap = {
+        "drop": (defaults.ENGINE_RETRY_BACKOFF_SECONDS, defaults.ENGINE_RETRY_BACKOFF_MAX_SECONDS),
+        "outage": (
+            defaults.ENGINE_OUTAGE_BACKOFF_SECONDS,
+            defaults.ENGINE_OUTAGE_BACKOFF_MAX_SECONDS,
+        ),
+        "busy": (defaults.ENGINE_BUSY_BACKOFF_SECONDS, defaults.ENGINE_BUSY_BACKOFF_MAX_SECONDS),
+    }[kind]
     return backoff_seconds(attempt, base, cap, rng)
 
 
