@@ -354,7 +354,26 @@ MUTATIONS: tuple[Mutation, ...] = (
         "which held a turn for 20-70 ms",
         ENGINE,
         [T_ENGINE + "test_a_service_freezes_what_its_start_made_and_thaws_it_as_it_stops"],
-        Edit("            gc.freeze()\n", "            pass\n"),
+        Edit("        gc.freeze()\n", "        pass\n"),
+    ),
+    _m(
+        "no-freeze-after-the-login",
+        "A service freezes again once its login is over: the connection pool it made (and "
+        "the 10,000 objects httpcore's import brings) no longer walked by full collections",
+        ENGINE,
+        [T_ENGINE + "test_a_service_freezes_what_its_start_made_and_thaws_it_as_it_stops"],
+        Edit(
+            "                if not frozen and self.dispatcher.login_over:\n",
+            "                if False:\n",
+        ),
+    ),
+    _m(
+        "response-keeps-its-stream",
+        "A read response lets its stream go: left referring to each other, every DIVA call "
+        "left some 40 objects for the cycle collector, 2-5 ms at a time",
+        CLIENT,
+        ["tests/test_client.py::test_a_call_leaves_nothing_for_the_cycle_collector"],
+        Edit("            response.stream = _SPENT\n", "            pass\n"),
     ),
     _m(
         "default-switch-interval",

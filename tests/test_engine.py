@@ -11,7 +11,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from ingest import defaults, watch
@@ -69,10 +71,11 @@ def test_the_service_logs_in_at_start_and_its_first_drop_uses_that_login(
 
 
 def test_a_service_freezes_what_its_start_made_and_thaws_it_as_it_stops(
-    deployment: Deployment,
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full collection walking every start-up object held a turn (and the drops due in
-    it) for 20-70 ms: a service freezes them once started. Its engine thread, waiting for
+    it) for 20-70 ms: a service freezes them once started, and again once its login is
+    over. Its engine thread, waiting for
     the GIL up to 5 ms each time it gave it up, held turns of 8-15 ms: a service switches
     threads ten times as often. An engine run inside a longer process (as here) leaves the
     interpreter as it found it; a batch run changes neither."""
@@ -86,11 +89,25 @@ def test_a_service_freezes_what_its_start_made_and_thaws_it_as_it_stops(
     dep.stop()
     assert gc.get_freeze_count() == 0
     assert sys.getswitchinterval() == switch
+
+    made = httpx.Client
+
+    def first_made(*args: Any, **kwargs: Any) -> httpx.Client:
+        """In a fresh process the pool's making imports httpcore (0.1 s): after the start."""
+        time.sleep(0.2)
+        return made(*args, **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", first_made)
     dep.start()
     (dep.watch / "after.mxf").write_bytes(b"after the start")
     dep.wait_state("after.mxf", "COMPLETED")
     frozen = gc.get_freeze_count()
     assert frozen > 1000, frozen
+    # The DIVA client's pool, made by the login after the start (its first use imports
+    # httpcore), is frozen too: the engine froze again once the login was over.
+    engine = dep.engine
+    assert engine is not None and engine.client._made is not None
+    assert not any(o is engine.client._made for o in gc.get_objects())
     assert sys.getswitchinterval() == pytest.approx(defaults.ENGINE_GIL_SWITCH_SECONDS)
     assert switch > defaults.ENGINE_GIL_SWITCH_SECONDS
     dep.stop()

@@ -138,15 +138,10 @@ class Engine:
     def run(self, *, until_idle: bool = False) -> int:
         """Run until :meth:`stop` (or, with ``until_idle``, until there is nothing to do)."""
         self._start()
+        frozen = until_idle  # a batch run freezes nothing
         if not until_idle:  # a service: its first drop need not wait for the login
             self.dispatcher.log_in()
-            # What start-up made (modules, rules, the ledger's paths) lives as long as the
-            # service: frozen out of the collector's sight, a full collection no longer
-            # walks it all. Such a collection held a turn, and the drops due in it, for
-            # 28-73 ms (57 ms on a run's first drop); 16-43 ms after, over what was made
-            # since (gc.callbacks in the detection benchmark).
-            gc.collect()
-            gc.freeze()
+            self._freeze()
             # The engine thread gives the GIL up at every stat and ledger call, then waited
             # up to 5 ms (the default) for it while a DIVA or watcher thread ran: turns of
             # 8-15 ms for one settle. Back to back, detection's p99 at 20/s was 5.4-5.5 ms
@@ -160,6 +155,8 @@ class Engine:
                 if until_idle and self._idle():
                     log.info("idle: every drop is in a final state; exiting")
                     break
+                if not frozen and self.dispatcher.login_over:
+                    frozen = self._freeze()
                 self._wait(self._quiet_at() if until_idle else None)
         finally:
             self._shutdown()
@@ -167,6 +164,21 @@ class Engine:
                 gc.unfreeze()
                 sys.setswitchinterval(switch)
         return 0
+
+    @staticmethod
+    def _freeze() -> bool:
+        """Move what the service made so far out of the collector's sight: once started,
+        then once the login is over (its first call made the DIVA client's connection
+        pool, and imported httpcore and what it brings: some 10,000 objects)."""
+        # What start-up made (modules, rules, the ledger's paths) lives as long as the
+        # service: frozen, a full collection no longer walks it all. Such a collection
+        # held a turn, and the drops due in it, for 28-73 ms (57 ms on a run's first
+        # drop); 16-43 ms after the first freeze, mostly over what the login imported
+        # (gc.callbacks in the detection benchmark). The second collection walks only
+        # what was made since the first.
+        gc.collect()
+        gc.freeze()
+        return True
 
     # -- the loop ---------------------------------------------------------------------
 

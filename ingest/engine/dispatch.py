@@ -373,6 +373,12 @@ class Dispatcher:
         self._login = threading.Thread(target=login, name="ingest-diva-login", daemon=True)
         self._login.start()
 
+    @property
+    def login_over(self) -> bool:
+        """Whether the login of :meth:`log_in` has ended, made or failed (True when none
+        was started): the DIVA client's connection pool exists by then."""
+        return self._login is None or not self._login.is_alive()
+
     def _work(self) -> None:
         while True:
             with self._ready:
