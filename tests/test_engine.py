@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pytest
 from ingest import defaults, watch
 from ingest.client import DivaClient
 from ingest.emulator.server import EmulatorProcess
+from ingest.engine.core import Engine
+from ingest.rules import RuleSet
 
 from .support.deployment import DIVA_PASSWORD_ENV, Deployment
 from .support.emulator import md5
@@ -113,6 +116,48 @@ def test_a_service_freezes_what_its_start_made_and_thaws_it_as_it_stops(
     dep.stop()
     assert gc.get_freeze_count() == 0
     assert sys.getswitchinterval() == switch
+
+
+def test_a_new_files_events_in_one_turn_match_the_rules_once(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new file's create, writes and close reach the engine together. Each matched the
+    rules (a realpath each) until the turn's look put the file in the settle timer: now
+    one match per file and turn, then one as its drop is read, one before it is sent, and
+    one for the event of DIVA deleting it."""
+    dep = deployment
+    dep.rule()
+    matched: Counter[str] = Counter()
+    match = RuleSet.match
+
+    def counted(self: RuleSet, path: Path) -> Any:
+        matched[path.name] += 1
+        return match(self, path)
+
+    monkeypatch.setattr(RuleSet, "match", counted)
+    armed, holding, released = threading.Event(), threading.Event(), threading.Event()
+    turn = Engine._turn
+
+    def held(self: Engine) -> None:
+        if armed.is_set() and not released.is_set():
+            holding.set()
+            released.wait(30)
+        turn(self)
+
+    monkeypatch.setattr(Engine, "_turn", held)
+    engine = dep.start()
+    wait_for(lambda: dep.watcher() is not None, 30)
+    armed.set()
+    wait_for(holding.is_set, 10)  # the next turn waits: the file's events queue up
+    with open(dep.watch / "events.mxf", "wb") as f:
+        for _ in range(4):
+            f.write(b"x" * 1000)
+            f.flush()
+    # its create, writes and close (inotify may fold the writes into one event)
+    wait_for(lambda: engine._queue.qsize() >= 3, 10)
+    released.set()
+    dep.wait_state("events.mxf", "COMPLETED")
+    assert matched["events.mxf"] == 4
 
 
 def test_a_service_stopped_during_its_login_leaves_no_connection_open(
