@@ -12,6 +12,7 @@ from the project root, where ``tests`` is a package.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -167,6 +168,39 @@ def timed_child(cmd: Sequence[str], env: dict[str, str] | None = None,
         raise RuntimeError(f"{' '.join(cmd[:5])} exited {proc.returncode}:\n{out[-2000:]}")
     _, wall, rss = found[-1].split()
     return float(wall), int(rss) / 1024, out[-2000:]
+
+
+_PROBE = r"""
+import json, sys, time
+def work():
+    s = 0
+    for i in range(20000):
+        s += i * i
+    return s
+chunks, end = [], time.time() + float(sys.argv[1])
+while time.time() < end:
+    began, wall = time.perf_counter(), time.time()
+    work()
+    chunks.append((wall, (time.perf_counter() - began) * 1000))
+    time.sleep(0.02)
+print(json.dumps(chunks))
+"""
+
+
+@contextlib.contextmanager
+def host_probe(seconds: float) -> Iterator[list[tuple[float, float]]]:
+    """A process timing one fixed piece of CPU work (about 1.5 ms) every 20 ms for
+    ``seconds``: a piece that takes several times the median marks a moment when the
+    machine itself ran slow (a shared host's vCPU starved; here about 100 ms every
+    1.5 s, with nothing else running). Yields ``[(wall time, ms)]``, filled as the
+    block ends."""
+    chunks: list[tuple[float, float]] = []
+    proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(seconds)], stdout=subprocess.PIPE)
+    try:
+        yield chunks
+    finally:
+        out, _ = proc.communicate(timeout=seconds + 60)
+        chunks.extend((float(w), float(ms)) for w, ms in json.loads(out))
 
 
 def python_env() -> dict[str, str]:

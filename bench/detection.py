@@ -14,6 +14,7 @@ own work: what this benchmark measured before 2026-11-29 13:00) are kept as
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from functools import partial
@@ -26,6 +27,7 @@ from .common import (
     daemon_log,
     deployment,
     emulator,
+    host_probe,
     percentile,
     wait_until,
     workdir,
@@ -40,6 +42,8 @@ RATES = (20.0, 200.0)
 FAST_FACTOR = 5
 SETTLE = 0.2  # seconds
 TARGET_P99_MS = 10.0
+#: a piece of the host probe's work this many times its median: the host ran slow
+SLOW_FACTOR = 3.0
 #: the default, and the guide's minimum (until 2026-11-29 this ran at 1 s, whose polls
 #: took the emulator's time from the archive calls being timed)
 POLL = 10.0  # seconds
@@ -71,10 +75,44 @@ def _arrived(emu: Emulator, names: set[str]) -> bool:
     return names <= set(emu.submitted())
 
 
+def _host(
+    chunks: list[tuple[float, float]], overheads: list[float], written: list[float]
+) -> dict[str, float]:
+    """The host probe's figures for the steady rate: how slow its slowest work ran, and
+    how many of the drops late beyond the target had a slowdown of the host (a chunk of
+    the probe's work taking SLOW_FACTOR times its median) between 50 ms before they
+    were due and their arrival, against the share of the drops on time that had one."""
+    durations = [ms for _, ms in chunks]
+    typical = med(durations)
+    slow = sorted(at for at, ms in chunks if ms > SLOW_FACTOR * typical)
+
+    def in_slowdown(due: float, late_ms: float) -> bool:
+        return any(due - 0.05 <= at <= due + late_ms / 1000 for at in slow)
+
+    late = [in_slowdown(t + SETTLE, ms) for t, ms in zip(written, overheads, strict=True)
+            if ms > TARGET_P99_MS]  # fmt: skip
+    on_time = [in_slowdown(t + SETTLE, ms) for t, ms in zip(written, overheads, strict=True)
+               if ms <= TARGET_P99_MS]  # fmt: skip
+    at = f"{RATES[0]:g}/s"
+    return {
+        f"host_chunk_p50_ms@{at}": round(typical, 2),
+        f"host_chunk_max_ms@{at}": round(max(durations), 2),
+        f"host_slow_chunks@{at}": len(slow),
+        f"host_chunks@{at}": len(chunks),
+        f"late_drops@{at}": len(late),
+        f"late_drops_in_host_slowdowns@{at}": sum(late),
+        f"on_time_drops_in_host_slowdowns_pct@{at}": round(
+            100 * sum(on_time) / max(1, len(on_time)), 1
+        ),
+    }
+
+
 def run(size: int) -> Result:
     counts = {rate: size if i == 0 else size * FAST_FACTOR for i, rate in enumerate(RATES)}
     overheads: dict[float, list[float]] = {}
     accepted: dict[float, list[float]] = {}
+    written_at: dict[float, list[float]] = {}
+    probed: list[tuple[float, float]] = []
     # DIVA's own limit on unfinished requests is lifted: at 200/s the emulator's default
     # (300) refused most drops with 1032, and each refused drop's 5 s backoff was then
     # measured as its detection.
@@ -88,18 +126,29 @@ def run(size: int) -> Result:
             except TimeoutError:
                 raise RuntimeError(f"ingest did not start:\n{daemon_log(dep)}") from None
             for n, rate in enumerate(RATES):
-                written = _write(dep, f"det{n}-", counts[rate], rate)
-                arrived = partial(_arrived, emu, set(written))
+                # The host's own slowdowns, timed beside the steady rate only: at the fast
+                # rate both cores are busy, and the probe's work would add to it.
+                seconds = counts[rate] / rate + 1.0
+                probe: contextlib.AbstractContextManager[list[tuple[float, float]]] = (
+                    host_probe(seconds) if n == 0 else contextlib.nullcontext([])
+                )
+                with probe as chunks:
+                    written = _write(dep, f"det{n}-", counts[rate], rate)
+                probed = probed or chunks
+                all_arrived = partial(_arrived, emu, set(written))
                 try:
-                    wait_until(arrived, 60 + len(written) / rate, 0.2)
+                    wait_until(all_arrived, 60 + len(written) / rate, 0.2)
                 except TimeoutError:
                     log = daemon_log(dep)
                     raise RuntimeError(f"not every drop was submitted:\n{log}") from None
                 arrived, submitted = emu.arrivals(), emu.submitted()
                 overheads[rate] = [(arrived[k] - (t + SETTLE)) * 1000 for k, t in written.items()]
+                written_at[rate] = list(written.values())
                 accepted[rate] = [(submitted[k] - (t + SETTLE)) * 1000 for k, t in written.items()]
             assert proc.poll() is None, daemon_log(dep)
     figures: dict[str, float] = {}
+    if probed:
+        figures |= _host(probed, overheads[RATES[0]], written_at[RATES[0]])
     p99s = []
     for rate, ms in overheads.items():
         at = f"{rate:g}/s"
