@@ -378,7 +378,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     _m(
         "response-keeps-its-stream",
         "A read response lets its stream go: left referring to each other, every DIVA call "
-        "left some 40 objects for the cycle collector, 2-5 ms at a time",
+        "left some 40 objects for the cycle collector",
         CLIENT,
         ["tests/test_client.py::test_a_call_leaves_nothing_for_the_cycle_collector"],
         Edit("            response.stream = _SPENT\n", "            pass\n"),

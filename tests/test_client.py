@@ -93,8 +93,8 @@ def test_a_call_leaves_nothing_for_the_cycle_collector(
     emulator: RunningEmulator, operator: DivaClient
 ) -> None:
     """httpx's response and its stream refer to each other: each call left some 40
-    objects that only the cycle collector freed, on the daemon's threads, 2-5 ms at a
-    time. A read response lets its stream go; refcounting frees the rest."""
+    objects that only the cycle collector freed, on the daemon's threads. A read
+    response lets its stream go; refcounting frees the rest."""
     data = b"cycle" * 100
     drop(emulator, "clips/gc.mxf", data)
     operator.versions()  # logged in, the pool made
