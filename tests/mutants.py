@@ -373,7 +373,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         "per event",
         "ingest/engine/intake.py",
         [T_ENGINE + "test_a_new_files_events_in_one_turn_match_the_rules_once"],
-        Edit("            if cached[0][1] in looks:\n", "            if False:\n"),
+        Edit(
+            "            if cached[0][1] in self._looks.get(watch, ()):\n",
+            "            if False:\n",
+        ),
     ),
     _m(
         "response-keeps-its-stream",

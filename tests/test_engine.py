@@ -78,10 +78,10 @@ def test_a_service_freezes_what_its_start_made_and_thaws_it_as_it_stops(
 ) -> None:
     """A full collection walking every start-up object held a turn (and the drops due in
     it) for 20-70 ms: a service freezes them once started, and again once its login is
-    over. Its engine thread, waiting for
-    the GIL up to 5 ms each time it gave it up, held turns of 8-15 ms: a service switches
-    threads ten times as often. An engine run inside a longer process (as here) leaves the
-    interpreter as it found it; a batch run changes neither."""
+    over. Its engine thread, waiting for the GIL up to 5 ms each time it gave it up, held
+    turns of 8-15 ms: a service switches threads ten times as often. An engine run inside
+    a longer process (as here) leaves the interpreter as it found it; a batch run changes
+    neither."""
     dep = deployment
     dep.rule()
     switch = sys.getswitchinterval()

@@ -156,7 +156,8 @@ class Engine:
                     log.info("idle: every drop is in a final state; exiting")
                     break
                 if not frozen and self.dispatcher.login_over:
-                    frozen = self._freeze()
+                    self._freeze()
+                    frozen = True
                 self._wait(self._quiet_at() if until_idle else None)
         finally:
             self._shutdown()
@@ -166,7 +167,7 @@ class Engine:
         return 0
 
     @staticmethod
-    def _freeze() -> bool:
+    def _freeze() -> None:
         """Move what the service made so far out of the collector's sight: once started,
         then once the login is over (its first call made the DIVA client's connection
         pool, and imported httpcore and what it brings: some 10,000 objects)."""
@@ -179,7 +180,6 @@ class Engine:
         # (gc.callbacks); the second collection itself took 2.7-3.6 ms.
         gc.collect()
         gc.freeze()
-        return True
 
     # -- the loop ---------------------------------------------------------------------
 

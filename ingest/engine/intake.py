@@ -113,13 +113,13 @@ class Intake:
         # A file being written sends an event per write: once its drop is known to be
         # settling, restart the timer without matching the rules again.
         cached = self._hinted.get(path)
-        looks = self._looks.setdefault(watch, set())
         if cached is not None:
             if cached[0] in self.settler:
                 self.settler.touch(cached[0], settle=cached[1], now=now)
                 return
-            if cached[0][1] in looks:
+            if cached[0][1] in self._looks.get(watch, ()):
                 return  # this turn's look reads it: a new file's create, writes and close
+        looks = self._looks.setdefault(watch, set())
         match = self.book.rules.match(Path(path))
         if match is not None and not match.marker:
             key = (watch, match.drop)
