@@ -23,6 +23,7 @@ import base64
 import json
 import re
 import urllib.parse
+from collections.abc import Generator
 
 import pytest
 
@@ -74,7 +75,9 @@ def leaks_in(text: str) -> list[str]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
     # A report carries the sections of every phase so far; read only this phase's, so a
     # leak in the call is blamed on the call, not again on the teardown.

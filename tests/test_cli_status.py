@@ -282,12 +282,16 @@ def _watching(config: Path, **popen: object) -> subprocess.Popen[bytes]:
 def test_watch_refreshes_until_ctrl_c_and_exits_0(tmp_path: Path) -> None:
     config = healthy(tmp_path)
     proc = _watching(config, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
+    stdout = proc.stdout
+    assert stdout is not None
     out: list[bytes] = []
-    reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, b"")))
+    reader = threading.Thread(target=lambda: out.extend(iter(stdout.readline, b"")))
     reader.start()
+
+    def text() -> str:
+        return b"".join(out).decode()
+
     try:
-        text = lambda: b"".join(out).decode()  # noqa: E731
         wait_for(lambda: text().count("healthy: 2 drops in the ledger") >= 2, timeout=30)
         # A drop fails meanwhile: a later refresh shows it, without restarting the watch.
         ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
@@ -301,7 +305,7 @@ def test_watch_refreshes_until_ctrl_c_and_exits_0(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         code = _ended(proc)
         reader.join(10)
-        proc.stdout.close()
+        stdout.close()
     assert code == 0, (tmp_path / "stderr.txt").read_text()
     frames = text().split("ingest status at ")[1:]
     assert len(frames) >= 3 and "every 0.2 s (Ctrl-C to stop)" in frames[0]

@@ -165,7 +165,13 @@ def test_a_huge_body_is_refused_not_read(monkeypatch: pytest.MonkeyPatch) -> Non
     big = httpx.Response(200, content=b'{"x": "' + b"a" * 5000 + b'"}')
     chunked = httpx.Response(200, stream=httpx.ByteStream(b"[" + b"1," * 4000 + b"1]"))
     for answer in (big, chunked):
-        with make_client(FakeDiva(lambda req, f, a=answer: a)) as diva:
+
+        def answer_with(
+            req: httpx.Request, f: FakeDiva, a: httpx.Response = answer
+        ) -> httpx.Response:
+            return a
+
+        with make_client(FakeDiva(answer_with)) as diva:
             with pytest.raises(DivaProtocolError, match="accepted"):
                 diva.versions()
 

@@ -75,8 +75,13 @@ def test_connections_are_reused_and_capped(tmp_path: Path) -> None:
 def test_a_waiting_thread_gets_the_connection_given_back(tmp_path: Path) -> None:
     pool = _pool(tmp_path / "t.db", size=1, overflow=0, timeout=10)
     got = threading.Event()
+
+    def wait_then_take() -> None:
+        pool.connect().__enter__()
+        got.set()
+
     with pool.connect():
-        waiter = threading.Thread(target=lambda: (pool.connect().__enter__(), got.set()))
+        waiter = threading.Thread(target=wait_then_take)
         waiter.start()
         assert not got.wait(0.2)  # held here: the other thread waits
     waiter.join(10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -105,7 +105,7 @@ def test_threads_start_only_as_calls_need_them_up_to_the_limit() -> None:
             pool.run(_job(Submitted, name, ran, gate))
         assert len(pool._threads) == 3, "five calls at once, three threads at most"
         gate.set()
-        assert sorted(answers.get(timeout=10).result for _ in range(5)) == list("cdefg")
+        assert sorted(cast(str, answers.get(timeout=10).result) for _ in range(5)) == list("cdefg")
     finally:
         pool.shutdown()
     assert not any(t.is_alive() for t in pool._threads)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,7 +39,7 @@ def checker(tmp_path: Path) -> Iterator[IntentChecker]:
         found.close()
 
 
-def detect(ledger: Ledger, name: str, **fields: object) -> int:
+def detect(ledger: Ledger, name: str, **fields: Any) -> int:
     with ledger.batch() as tx:
         return tx.add(rule="news", watch="/w", path=f"{name}.mxf", object_name=name,
                       collection="NEWS", **fields)  # fmt: skip

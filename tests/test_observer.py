@@ -63,7 +63,7 @@ def _engine_observer(config: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
     assert engine.run(until_idle=True) == 0
     ledger = Ledger.open(f"sqlite:///{config.parent / 'ledger.db'}")
     try:
-        rows = {row["watch"]: row["observer"] for row in ledger.watchers()}
+        rows: dict[str, str] = {row["watch"]: row["observer"] for row in ledger.watchers()}
     finally:
         ledger.close()
     return rows[str(folder)]

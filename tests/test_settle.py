@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 from ingest.engine.folders import Folder
 from ingest.rules import Rule
@@ -81,9 +82,9 @@ def test_many_drops_come_due_in_deadline_order() -> None:
     for i in range(20_000):
         s.observe(i, (i, i, 1), settle=float(i % 7), now=0.0)
     assert s.next_deadline() == 0.0
-    seen = []
+    seen: list[int] = []
     for t in range(7):
-        batch = s.due(now=float(t))
+        batch = cast(list[int], s.due(now=float(t)))  # the keys observed above are ints
         # Exactly the drops whose deadline is t: none early, none held back.
         assert sorted(batch) == list(range(t, 20_000, 7)), t
         seen.extend(batch)

@@ -8,6 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,7 +207,7 @@ def test_explain_shows_fields_and_values(tmp_path: Path) -> None:
 # -- the daemon -------------------------------------------------------------------------
 
 
-def _sidecar_rule(dep: Deployment, fields: str, **keys: object) -> None:
+def _sidecar_rule(dep: Deployment, fields: str, **keys: Any) -> None:
     path = dep.rule(**keys)
     with path.open("a") as f:
         f.write(f"[rule.fields]\n{fields}")

@@ -25,7 +25,7 @@ import pytest
 
 from ingest import defaults
 from ingest.client import RequestInfo
-from ingest.drop import Drop
+from ingest.drop import Drop, Kind
 from ingest.engine.dispatch import (
     Checked,
     Job,
@@ -179,7 +179,7 @@ class Harness:
     ) -> Tracked:
         """A settled drop with its archive body and files, and its ledger row."""
         path = f"d{next(_paths)}" + ("" if members else ".mxf")
-        kind = "folder" if members else "file"
+        kind: Kind = "folder" if members else "file"
         watch = str(self.folder)
         with self.ledger.batch(now=self.wall) as tx:
             drop_id = tx.add(rule="news", watch=watch, path=path, kind=kind, state=state,

@@ -329,21 +329,22 @@ def hold_intent_commits(seconds: float) -> Callable[[], None]:
     after_of: dict[int, int] = {}
     saved = (Connections._began, Connections._commit)
 
-    def begin(pool: Connections, db: Any) -> None:
-        saved[0](pool, db)
-        if not isinstance(db, sqlite3.Connection):
+    # (Named as the methods' parameters are: mypy then takes these for the methods.)
+    def begin(self: Connections, conn: Any) -> None:
+        saved[0](self, conn)
+        if not isinstance(conn, sqlite3.Connection):
             return
         try:
-            row = db.execute("SELECT coalesce(max(id), 0) FROM transitions").fetchone()
+            row = conn.execute("SELECT coalesce(max(id), 0) FROM transitions").fetchone()
         except sqlite3.Error:  # not a ledger, or not migrated yet
             return
-        after_of[id(db)] = int(row[0])
+        after_of[id(conn)] = int(row[0])
 
-    def commit(pool: Connections, db: Any) -> None:
+    def commit(self: Connections, conn: Any) -> None:
         try:
-            _hold(db, after_of.pop(id(db), None))
+            _hold(conn, after_of.pop(id(conn), None))
         finally:
-            saved[1](pool, db)
+            saved[1](self, conn)
 
     def _hold(db: Any, after: int | None) -> None:
         if after is None or not isinstance(db, sqlite3.Connection):
