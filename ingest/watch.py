@@ -134,6 +134,7 @@ class Scan:
     errors: dict[str, str] = field(default_factory=dict)  # relpath -> error reading it
     dev: int | None = None  # st_dev of the watch folder itself
     entries: int = 0  # directory entries looked at
+    folders: int = 0  # folders walked, the watch folder among them
     #: each folder's listing, for the next poll (only when the scan was given listings)
     listings: dict[str, Listing] | None = None
     #: the ``known`` this scan compared with
@@ -206,11 +207,12 @@ def scan(
         (start, prefix + "/" if prefix else "", (top.st_mtime_ns, top.st_ctime_ns, top.st_ino))
     ]
     first = True
-    entries = count = 0
+    entries = count = folders = 0
     # The loop runs once per entry of trees of hundreds of thousands: locals, the stat
     # type bits compared inline, and the ignore regex only for names that could match.
     while stack:
         folder, rel, stamp = stack.pop()
+        folders += 1
         if on_folder is not None and not first:
             on_folder(folder)
         before = listings.get(folder) if listings is not None else None
@@ -296,7 +298,7 @@ def scan(
             # Trusted from the next poll on only if the mtime was this one a poll ago too.
             stable = before is not None and before[0] == stamp
             listed[folder] = (stamp, stable, "\0".join(names))
-    result.entries, result.count = entries, count
+    result.entries, result.count, result.folders = entries, count, folders
     result.listings = listed if keep else None
     if known is None:
         result.files = changed  # every file differs from nothing

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,47 @@ def test_without_delete_on_source_the_file_stays_and_is_not_archived_again(
     wait_for(lambda: (w := dep.watcher()) and w["last_scan_at"] > scans["last_scan_at"])
     assert len(dep.rows("keep.mxf")) == 1
     assert len(dep.archive_requests()) == 1
+
+
+def _scanned_after(dep: Deployment, at: float) -> bool:
+    row = dep.watcher()
+    return row is not None and row["last_scan_at"] > at
+
+
+def test_a_start_says_what_its_first_scan_and_the_ledgers_read_cost(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An admin of a large tree reads in the log where a start's time went: the first
+    scan of each folder (files, folders, seconds) and the read of what the ledger
+    settled there. The scans after it (a rescan, a poll) say nothing at INFO."""
+    dep = deployment
+    dep.rule(delete_on_source=False)
+    (dep.watch / "a").mkdir()
+    for name in ("one.mxf", "a/two.mxf", "a/notes.txt"):
+        (dep.watch / name).write_bytes(b"x")
+
+    def first_scans() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "first scan" in r.getMessage()]
+
+    with caplog.at_level("INFO", logger="ingest"):
+        dep.start(until_idle=True)
+        assert dep.thread is not None
+        dep.thread.join(timeout=60)
+        dep.stop()
+        assert [len(dep.rows(p)) for p in ("one.mxf", "a/two.mxf")] == [1, 1]
+        said = first_scans()
+        assert len(said) == 1
+        assert f"{dep.watch}: first scan: 3 files in 2 folders in " in said[0]
+        assert "the ledger's 0 settled paths read in " in said[0]
+        caplog.clear()
+        dep.start()  # a service: its rescans come every 2 s
+        for _ in range(2):  # its first scan, then a rescan
+            scans = dep.watcher()
+            assert scans is not None
+            wait_for(partial(_scanned_after, dep, scans["last_scan_at"]))
+        said = first_scans()
+    assert len(said) == 1, said
+    assert "the ledger's 2 settled paths read in " in said[0]
 
 
 def test_files_dropped_while_the_daemon_was_down_are_found(deployment: Deployment) -> None:

@@ -94,6 +94,9 @@ class Folder:
     #: each folder's listing by the last poll, kept only while polled on a filesystem
     #: whose folder mtimes are trusted (:data:`ingest.watch.TRUSTED_FOLDER_MTIMES`)
     listings: dict[str, Listing] | None = None
+    #: what the ledger settled here, as last read whole: (paths, seconds), for the log
+    #: line of the first scan after it
+    loaded: tuple[int, float] | None = None
 
     @property
     def settle_max(self) -> float:
@@ -171,11 +174,17 @@ class Folders(Mapping[str, Folder]):
 
     def reload(self, now: float) -> None:
         """Read what the ledger settled anew, and scan every folder again from scratch."""
-        for watch, folder in self._folders.items():
-            self.settled[watch] = self.ledger.settled_by_path(watch)
+        for folder in self._folders.values():
+            self._load(folder)
             folder.next_scan = now
             folder.scanned = False
             folder.recent = None
+
+    def _load(self, folder: Folder) -> None:
+        """Read what the ledger settled in ``folder``, timed for its first scan's log line."""
+        started = time.perf_counter()
+        self.settled[folder.watch] = settled = self.ledger.settled_by_path(folder.watch)
+        folder.loaded = (len(settled), time.perf_counter() - started)
 
     def remember(self, watch: str, path: str, value: Packed | None) -> None:
         """A drop at ``path`` is live (None), or final as it is on disk now (its size and
@@ -218,7 +227,10 @@ class Folders(Mapping[str, Folder]):
                         "%s: folder mtimes on %s are not trusted: every poll lists every "
                         "folder", watch, chosen.fstype,
                     )  # fmt: skip
-                self.settled[watch] = self.ledger.settled_by_path(watch) if load else {}
+                if load:
+                    self._load(folder)
+                else:
+                    self.settled[watch] = {}
                 if observer == "native":
                     self._start_watcher(folder, now)
             folder.rules = rules
@@ -307,6 +319,7 @@ class Folders(Mapping[str, Folder]):
         # A file set's manifest can stay as it was while the files it lists arrive: it
         # goes to the rules (and reads them) on every scan.
         sets = any(r.mode == "fileset" for r in folder.rules)
+        started = time.perf_counter()
         try:
             result = scan(
                 folder.watch,
@@ -318,6 +331,7 @@ class Folders(Mapping[str, Folder]):
         except OSError as exc:
             self.pause(tx, folder, f"cannot read the folder: {exc.strerror or exc}")
             return None
+        took = time.perf_counter() - started
         if folder.dev is not None and result.dev != folder.dev and not result.count:
             self.pause(tx, folder, "the folder now reads empty on another filesystem")
             return None
@@ -338,6 +352,18 @@ class Folders(Mapping[str, Folder]):
         elif watcher is not None:
             folder.watcher_failures = 0  # every folder is watched: the backoff starts over
         folder.empty_since = None
+        if not folder.scanned:
+            # What a start costs, where an admin of a large tree would look for it: the
+            # scan is the walk, the read the ledger's part (docs/performance.md).
+            read = ""
+            if folder.loaded is not None:
+                paths, seconds = folder.loaded
+                read = f"; the ledger's {paths:,} settled paths read in {seconds:.2f} s"
+            log.info(
+                "%s: first scan: %s files in %s folders in %.2f s%s", folder.watch,
+                f"{result.count:,}", f"{result.folders:,}", took, read,
+            )  # fmt: skip
+            folder.loaded = None
         folder.dev = result.dev
         folder.last_count = result.count
         if folder.paused:
