@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sqlite3
 import statistics
@@ -25,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +203,54 @@ def host_probe(seconds: float) -> Iterator[list[tuple[float, float]]]:
     finally:
         out, _ = proc.communicate(timeout=seconds + 60)
         chunks.extend((float(w), float(ms)) for w, ms in json.loads(out))
+
+
+_FIRST_SCAN = re.compile(
+    r"first scan: ([\d,]+) files in ([\d,]+) folders in ([\d.]+) s"
+    r"; the ledger's ([\d,]+) settled paths read in ([\d.]+) s"
+)
+
+
+def startup_profile(dep: Deployment) -> dict[str, float]:
+    """Where one more ``ingest run --until-idle`` of ``dep`` spends its time, from its own
+    INFO log (JSON, stamped to the millisecond): Python's start, the imports, the config
+    and rules up to the engine's start; the read of what the ledger settled; the first
+    scan (the walk); and the rest (the sweep; the quiet wait of ``--until-idle``, half a
+    second from the engine's start at least, which a small tree's start shows; the stop;
+    the interpreter's exit).
+
+    Run apart from the timed rounds, which log warnings only: the figures explain a
+    ratio, they are not it.
+    """
+    cmd = [
+        sys.executable, "-m", "ingest", "--log-level", "info", "--log-format", "json", "run",
+        "--config", str(dep.config), "--until-idle",
+    ]  # fmt: skip
+    began = time.time()
+    proc = subprocess.run(cmd, capture_output=True, env=python_env(), timeout=1800)
+    ended = time.time()
+    err = proc.stderr.decode(errors="replace")
+    started = scanned = None
+    for line in err.splitlines():
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        at = datetime.fromisoformat(record["time"]).timestamp()
+        if record["message"].startswith("ingest engine starting"):
+            started = at
+        elif found := _FIRST_SCAN.search(record["message"]):
+            scanned = at, float(found[3]), float(found[5])
+    if proc.returncode != 0 or started is None or scanned is None:
+        raise RuntimeError(f"no start-up profile (exit {proc.returncode}):\n{err[-2000:]}")
+    at, scan_s, read_s = scanned
+    to_start = started - began
+    return {
+        "wall_s": round(ended - began, 2),
+        "to_engine_start_s": round(to_start, 2),
+        "ledger_read_s": round(read_s, 2),
+        "scan_s": round(scan_s, 2),
+        "rest_s": round(ended - began - to_start - read_s - scan_s, 2),
+    }
 
 
 def python_env() -> dict[str, str]:

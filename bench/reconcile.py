@@ -22,6 +22,7 @@ from .common import (
     make_tree,
     median,
     python_env,
+    startup_profile,
     timed_child,
     workdir,
 )
@@ -80,6 +81,7 @@ def run(size: int) -> Result:
             ],
             RUNS,
         )
+        profile = startup_profile(dep)
         with contextlib.closing(sqlite3.connect(dep.ledger)) as db:
             rows = db.execute("SELECT count(*) FROM drops").fetchone()[0]
     ratio = ingest_s / bare_s
@@ -94,6 +96,7 @@ def run(size: int) -> Result:
             "ingest_s": round(ingest_s, 2),
             "ingest_peak_rss_mb": round(ingest_mb, 1),
             "ledger_rows_after": rows,
+            "profile": profile,
         },
         baseline={
             "bare_walk_s": round(bare_s, 2),
@@ -107,5 +110,8 @@ def run(size: int) -> Result:
             "faster and smaller than DirectorySnapshot; nothing submitted"
         ),
         met=met,
-        notes=["every figure is a whole process: Python start-up and imports included"],
+        notes=[
+            "every figure is a whole process: Python start-up and imports included",
+            "profile: one more start, from its INFO log (bench.common.startup_profile)",
+        ],
     )

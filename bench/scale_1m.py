@@ -35,6 +35,7 @@ from .common import (
     deployment,
     fill_ledger_completed,
     make_tree,
+    startup_profile,
     wait_until,
     workdir,
 )
@@ -65,6 +66,7 @@ def run(size: int) -> Result:
         (bare_s, bare_mb), (native_s, native_mb) = interleaved(
             [bare_cmd, native.run_command("--until-idle")], runs
         )
+        profile = startup_profile(native)
         # The same tree and ledger, polled: the config and rule written again.
         start = time.process_time()
         for _ in range(RUNS):
@@ -97,6 +99,7 @@ def run(size: int) -> Result:
     if states != {"COMPLETED": size} or rows != size:
         notes.append(f"ledger changed: {states}, {rows} rows")
     notes.append("start-up figures are whole processes: Python start-up and imports included")
+    notes.append("native_profile: one more start, from its INFO log (bench.common.startup_profile)")
     met = (
         start_ratio <= TARGET_START_RATIO and max(native_mb, polled_mb) < TARGET_RSS_MB
         and cycle_ratio <= TARGET_CYCLE_RATIO and rows == size and states == {"COMPLETED": size}
@@ -113,6 +116,7 @@ def run(size: int) -> Result:
             "cycle_ratio": round(cycle_ratio, 2),
             "native_start_ratio": round(native_s / bare_s, 2),
             "polling_start_ratio": round(polled_s / bare2_s, 2),
+            "native_profile": profile,
         },
         baseline={
             "bare_walk_s": round(bare_s, 2),
