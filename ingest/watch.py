@@ -134,7 +134,7 @@ class Scan:
     errors: dict[str, str] = field(default_factory=dict)  # relpath -> error reading it
     dev: int | None = None  # st_dev of the watch folder itself
     entries: int = 0  # directory entries looked at
-    folders: int = 0  # folders walked, the watch folder among them
+    folders: int = 0  # folders come to, the watch folder and any unreadable one among them
     #: each folder's listing, for the next poll (only when the scan was given listings)
     listings: dict[str, Listing] | None = None
     #: the ``known`` this scan compared with
