@@ -239,10 +239,10 @@ def startup_profile(dep: Deployment) -> dict[str, float]:
         if record["message"].startswith("ingest engine starting"):
             started = at
         elif found := _FIRST_SCAN.search(record["message"]):
-            scanned = at, float(found[3]), float(found[5])
+            scanned = float(found[3]), float(found[5])
     if proc.returncode != 0 or started is None or scanned is None:
         raise RuntimeError(f"no start-up profile (exit {proc.returncode}):\n{err[-2000:]}")
-    at, scan_s, read_s = scanned
+    scan_s, read_s = scanned
     to_start = started - began
     return {
         "wall_s": round(ended - began, 2),
