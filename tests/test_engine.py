@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -206,16 +205,9 @@ def test_without_delete_on_source_the_file_stays_and_is_not_archived_again(
     row = dep.wait_state("keep.mxf", "COMPLETED")
     assert row["qos"] == 0 and row["source_deleted"] == 0
     assert (dep.watch / "keep.mxf").exists()
-    scans = dep.watcher()
-    assert scans is not None
-    wait_for(lambda: (w := dep.watcher()) and w["last_scan_at"] > scans["last_scan_at"])
+    dep.wait_scan()
     assert len(dep.rows("keep.mxf")) == 1
     assert len(dep.archive_requests()) == 1
-
-
-def _scanned_after(dep: Deployment, at: float) -> bool:
-    row = dep.watcher()
-    return row is not None and row["last_scan_at"] > at
 
 
 def test_a_start_says_what_its_first_scan_and_the_ledgers_read_cost(
@@ -245,10 +237,8 @@ def test_a_start_says_what_its_first_scan_and_the_ledgers_read_cost(
         assert "the ledger's 0 settled paths read in " in said[0]
         caplog.clear()
         dep.start()  # a service: its rescans come every 2 s
-        for _ in range(2):  # its first scan, then a rescan
-            scans = dep.watcher()
-            assert scans is not None
-            wait_for(partial(_scanned_after, dep, scans["last_scan_at"]))
+        dep.wait_scan()  # its first scan
+        dep.wait_scan()  # and a rescan
         said = first_scans()
     assert len(said) == 1, said
     assert "the ledger's 2 settled paths read in " in said[0]
@@ -354,9 +344,7 @@ def test_permanent_refusals_are_rejected_and_leave_the_file(
     assert row["status_code"] == code and str(code) in row["error"]
     assert (dep.watch / "bad.mxf").read_bytes() == b"bad"
     assert row["attempts"] == 1
-    scans = dep.watcher()
-    assert scans is not None
-    wait_for(lambda: (w := dep.watcher()) and w["last_scan_at"] > scans["last_scan_at"])
+    dep.wait_scan()
     assert len(dep.rows("bad.mxf")) == 1  # not submitted again until it changes
 
 

@@ -537,9 +537,7 @@ def test_unreadable_files_and_folders_as_an_unprivileged_user(
         else:
             # A folder it cannot list hides its files: never a drop, never sent, left as
             # it is. Scans after the canary's completion see it the same way.
-            watcher = dep.watcher()
-            assert watcher is not None
-            wait_for(lambda: (w := dep.watcher()) and w["last_scan_at"] > watcher["last_scan_at"])
+            dep.wait_scan()
             assert dep.rows("locked/secret.mxf") == []
             assert [r["objectName"] for r in dep.archive_requests()] == ["canary"]
             # ...and says so, once, naming the folder.

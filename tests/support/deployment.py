@@ -201,6 +201,17 @@ class Deployment:
             found = row.fetchone()
             return dict(found) if found else None
 
+    def wait_scan(self, timeout: float = 15.0) -> None:
+        """Wait for a scan of the watch folder recorded after the last one recorded now."""
+        before = self.watcher()
+        assert before is not None, "no scan of the watch folder recorded yet"
+
+        def scanned_since() -> bool:
+            row = self.watcher()
+            return row is not None and row["last_scan_at"] > before["last_scan_at"]
+
+        wait_for(scanned_since, timeout)
+
     # -- the emulator's side --
 
     def objects(self) -> list[dict[str, Any]]:
