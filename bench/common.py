@@ -222,10 +222,7 @@ def startup_profile(dep: Deployment) -> dict[str, float]:
     Run apart from the timed rounds, which log warnings only: the figures explain a
     ratio, they are not it.
     """
-    cmd = [
-        sys.executable, "-m", "ingest", "--log-level", "info", "--log-format", "json", "run",
-        "--config", str(dep.config), "--until-idle",
-    ]  # fmt: skip
+    cmd = dep.run_command("--until-idle", log=("--log-level", "info", "--log-format", "json"))
     began = time.time()
     proc = subprocess.run(cmd, capture_output=True, env=python_env(), timeout=1800)
     ended = time.time()
@@ -299,11 +296,13 @@ class Deployment:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "ingest", *args, "--config", str(self.config)]
 
-    def run_command(self, *flags: str) -> list[str]:
-        """``ingest --log-level warning run --config ... [flags]``."""
+    def run_command(
+        self, *flags: str, log: Sequence[str] = ("--log-level", "warning")
+    ) -> list[str]:
+        """``ingest --log-level warning run --config ... [flags]`` (``log``: the logging
+        options instead)."""
         return [
-            sys.executable, "-m", "ingest", "--log-level", "warning", "run",
-            "--config", str(self.config), *flags,
+            sys.executable, "-m", "ingest", *log, "run", "--config", str(self.config), *flags,
         ]  # fmt: skip
 
     def watching(self) -> bool:

@@ -89,10 +89,10 @@ def _host(
     def in_slowdown(due: float, late_ms: float) -> bool:
         return any(due - 0.05 <= at <= due + late_ms / 1000 for at in slow)
 
-    late = [in_slowdown(t + SETTLE, ms) for t, ms in zip(written, overheads, strict=True)
-            if ms > TARGET_P99_MS]  # fmt: skip
-    on_time = [in_slowdown(t + SETTLE, ms) for t, ms in zip(written, overheads, strict=True)
-               if ms <= TARGET_P99_MS]  # fmt: skip
+    late: list[bool] = []
+    on_time: list[bool] = []
+    for t, ms in zip(written, overheads, strict=True):
+        (late if ms > TARGET_P99_MS else on_time).append(in_slowdown(t + SETTLE, ms))
     at = f"{RATES[0]:g}/s"
     return {
         f"host_chunk_p50_ms@{at}": round(typical, 2),
